@@ -1,0 +1,102 @@
+//! Resource limits for one job: CPU (fuel), memory, wall-clock time and output size.
+//!
+//! Every task runs under [`Limits`]. The defaults are deliberately tight (deny by
+//! default); a task's manifest may raise them; a job may only lower them
+//! ([`Limits::lowered_by`]).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::job::LimitOverrides;
+
+/// The limits a job runs under.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    /// CPU budget in fuel units (≈1 unit per wasm instruction; on this class of machine
+    /// 1 billion fuel is 35–70 ms of guest CPU). Running out ends the job with
+    /// `OutOfFuel`. Default: 10 billion.
+    pub fuel: u64,
+    /// Largest linear memory the guest may grow to, in bytes. Default: 64 MiB.
+    pub memory_bytes: u64,
+    /// Hard wall-clock limit: the guest is stopped at its next yield point
+    /// (`TimeLimitExceeded`). Host waits (sleep, HTTP) count, unlike fuel. Default: 300 s.
+    pub time_limit: Duration,
+    /// Soft wall-clock limit: the guest is stopped with `SoftTimeLimitExceeded`, which a
+    /// retry policy may retry (wasm has no asynchronous exceptions, so the guest cannot
+    /// catch it the way a Python task can). Default: none.
+    pub soft_time_limit: Option<Duration>,
+    /// Largest JSON result, in bytes. Default: 1 MiB.
+    pub output_bytes: u64,
+    /// Captured stdout, stderr and log lines kept per job, in bytes each; the rest is
+    /// dropped and marked truncated. Default: 64 KiB.
+    pub log_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            fuel: 10_000_000_000,
+            memory_bytes: 64 << 20,
+            time_limit: Duration::from_secs(300),
+            soft_time_limit: None,
+            output_bytes: 1 << 20,
+            log_bytes: 64 << 10,
+        }
+    }
+}
+
+impl Limits {
+    /// These limits, lowered by what a job asks for. A request above a limit is ignored:
+    /// jobs can tighten limits, never loosen them.
+    pub fn lowered_by(&self, job: &LimitOverrides) -> Limits {
+        let secs = |s: f64| Duration::from_secs_f64(s.max(0.0));
+        let mut limits = self.clone();
+        if let Some(fuel) = job.fuel {
+            limits.fuel = limits.fuel.min(fuel);
+        }
+        if let Some(memory) = job.memory_bytes {
+            limits.memory_bytes = limits.memory_bytes.min(memory);
+        }
+        if let Some(hard) = job.time_limit.filter(|s| s.is_finite()) {
+            limits.time_limit = limits.time_limit.min(secs(hard));
+        }
+        if let Some(soft) = job.soft_time_limit.filter(|s| s.is_finite()) {
+            let soft = secs(soft);
+            limits.soft_time_limit = Some(limits.soft_time_limit.map_or(soft, |s| s.min(soft)));
+        }
+        if let Some(output) = job.output_bytes {
+            limits.output_bytes = limits.output_bytes.min(output);
+        }
+        limits
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_lower_but_never_raise() {
+        let base = Limits::default();
+        let lowered = base.lowered_by(&LimitOverrides {
+            fuel: Some(5),
+            memory_bytes: Some(u64::MAX),
+            time_limit: Some(1.5),
+            soft_time_limit: Some(1.0),
+            output_bytes: Some(10),
+        });
+        assert_eq!(lowered.fuel, 5);
+        assert_eq!(lowered.memory_bytes, base.memory_bytes);
+        assert_eq!(lowered.time_limit, Duration::from_millis(1500));
+        assert_eq!(lowered.soft_time_limit, Some(Duration::from_secs(1)));
+        assert_eq!(lowered.output_bytes, 10);
+
+        let raised = base.lowered_by(&LimitOverrides {
+            fuel: Some(u64::MAX),
+            time_limit: Some(1e9),
+            ..Default::default()
+        });
+        assert_eq!(raised, base);
+    }
+}

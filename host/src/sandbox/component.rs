@@ -1,0 +1,84 @@
+//! Sprout task components (world `sprout:task/task`): store state, the host interface
+//! the guest imports, and the generated bindings for calling `tasks` and `run`.
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::limiter::MemoryLimiter;
+use super::output::CapturedOutput;
+
+/// Generated from `wit/task.wit`, the single source of truth shared with the guest SDK.
+#[allow(missing_docs)]
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "task",
+        exports: { default: async },
+    });
+}
+
+pub use bindings::sprout::task::host::{JobInfo, Level};
+pub use bindings::sprout::task::types::TaskError;
+pub use bindings::{Task, TaskPre};
+
+/// Per-job store data of a component guest.
+pub struct ComponentState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    /// Memory cap for this job.
+    pub limiter: MemoryLimiter,
+    /// The job the guest may ask about.
+    pub job: JobInfo,
+    /// Where `log` lines and stdout go.
+    pub log: CapturedOutput,
+    /// The last progress the guest reported: (done, total).
+    pub progress: Option<(u64, u64)>,
+}
+
+impl ComponentState {
+    /// State for one job.
+    pub fn new(wasi: WasiCtx, limiter: MemoryLimiter, job: JobInfo, log: CapturedOutput) -> Self {
+        ComponentState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter,
+            job,
+            log,
+            progress: None,
+        }
+    }
+}
+
+impl WasiView for ComponentState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl bindings::sprout::task::types::Host for ComponentState {}
+
+impl bindings::sprout::task::host::Host for ComponentState {
+    fn log(&mut self, level: Level, message: String) {
+        let level_name = match level {
+            Level::Trace => "TRACE",
+            Level::Debug => "DEBUG",
+            Level::Info => "INFO",
+            Level::Warn => "WARN",
+            Level::Error => "ERROR",
+        };
+        tracing::debug!(job = %self.job.id, task = %self.job.task, "guest {level_name}: {message}");
+        self.log
+            .append(format!("[{level_name}] {message}\n").as_bytes());
+    }
+
+    fn progress(&mut self, done: u64, total: u64) {
+        self.progress = Some((done, total));
+    }
+
+    fn job(&mut self) -> JobInfo {
+        self.job.clone()
+    }
+}

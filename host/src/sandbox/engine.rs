@@ -1,0 +1,68 @@
+//! The one wasmtime [`Engine`] per process, configured for many small concurrent guests.
+//!
+//! Choices (measured on the 2-core dev machine, see `WASMTIME-48.md` in the design
+//! notes): fuel metering for both the CPU budget and preemption (fuel slices of ~1M keep
+//! tokio's timers and I/O on time even with 100 spinning guests; epoch ticks did not),
+//! and the pooling allocator (half the per-job cost of on-demand allocation).
+
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// Engine-wide settings. They bound what any task may ask for.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// Most guests alive at once in this process (pool slots). Default: 1100.
+    pub max_instances: u32,
+    /// Ceiling for any task's memory limit, in bytes (each slot reserves this much
+    /// address space, not memory). Default: 4 GiB.
+    pub max_memory_bytes: u64,
+    /// Fuel consumed between two yields to the async runtime. Default: 1,000,000
+    /// (≈35–70 µs of guest CPU).
+    pub fuel_slice: u64,
+    /// Native stack for wasm frames. Default: 512 KiB.
+    pub max_wasm_stack: usize,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            max_instances: 1100,
+            max_memory_bytes: 4 << 30,
+            fuel_slice: 1_000_000,
+            max_wasm_stack: 512 << 10,
+        }
+    }
+}
+
+/// Builds the engine.
+///
+/// # Errors
+/// The settings are inconsistent (wasmtime validates them here, once).
+pub fn build_engine(settings: &EngineSettings) -> wasmtime::Result<Engine> {
+    let mut config = Config::new();
+    config.consume_fuel(true);
+    config.wasm_backtrace_max_frames(std::num::NonZeroUsize::new(32));
+    config.max_wasm_stack(settings.max_wasm_stack);
+    // The fiber stack must hold the wasm stack plus host frames.
+    config.async_stack_size(settings.max_wasm_stack * 2);
+    config.parallel_compilation(true);
+
+    let slots = settings.max_instances.max(1);
+    let mut pool = PoolingAllocationConfig::new();
+    // A WASI p2 Rust component has 3 core modules (main, shim, fixups), 1 memory and
+    // 2 tables; a WASI command module has 1 of each. Leave headroom for other toolchains.
+    pool.total_component_instances(slots)
+        .total_core_instances(slots.saturating_mul(4))
+        .total_memories(slots.saturating_mul(2))
+        .total_tables(slots.saturating_mul(3))
+        .total_stacks(slots)
+        .max_core_instances_per_component(16)
+        .max_memories_per_component(4)
+        .max_tables_per_component(8)
+        .max_memory_size(settings.max_memory_bytes as usize)
+        .max_unused_warm_slots(slots)
+        .linear_memory_keep_resident(1 << 20)
+        .table_keep_resident(64 << 10)
+        .async_stack_keep_resident(128 << 10);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&config)
+}

@@ -1,0 +1,561 @@
+//! The sandbox: runs one job in a fresh, limited wasmtime instance.
+//!
+//! One [`Sandbox`] per process owns the [`wasmtime::Engine`] (fuel metering, pooling
+//! allocator), the linkers (WASI p2 + Sprout's host interface for components, WASI p1
+//! for command modules) and the compiled-module caches. [`Sandbox::load`] turns task-file
+//! bytes into a [`TaskModule`]; [`Sandbox::run`] runs one job of it and always returns
+//! an [`Execution`] — every failure becomes an [`Outcome`], never a panic or an `Err`.
+//!
+//! Preemption: fuel is both the job's CPU budget and its time slice. Every
+//! `fuel_slice` units the guest yields to tokio, so one CPU-heavy guest cannot starve
+//! the others or the worker's I/O. Wall-clock limits wrap the call in a timeout; dropping
+//! the future stops the guest at its next yield point.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use wasmtime::component::{Component, Linker as ComponentLinker};
+use wasmtime::{Engine, Linker, Module, Store};
+use wasmtime_wasi::p2::pipe::MemoryInputPipe;
+use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
+
+use crate::limits::Limits;
+use crate::outcome::{Execution, Outcome, RetryRequest, TimeLimitKind};
+
+pub mod cache;
+pub mod classify;
+pub mod command;
+pub mod component;
+pub mod engine;
+pub mod limiter;
+pub mod module;
+pub mod output;
+
+pub use cache::ArtifactCache;
+pub use engine::EngineSettings;
+pub use module::{LoadError, ModuleKind, TaskModule};
+
+use classify::{Observed, classify};
+use command::{COMMAND_FAILED, CommandState, INVALID_OUTPUT};
+use component::{ComponentState, JobInfo, Task};
+use limiter::MemoryLimiter;
+use module::{Format, check_command_module, link_component, sniff};
+use output::CapturedOutput;
+
+/// Fuel allowed for listing a component's tasks at load time.
+const INSPECT_FUEL: u64 = 1_000_000_000;
+
+/// What to run: one task of a loaded module, with arguments, limits and job context.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    /// The task name as the module knows it.
+    pub task: String,
+    /// Positional arguments.
+    pub args: Vec<Value>,
+    /// Keyword arguments.
+    pub kwargs: serde_json::Map<String, Value>,
+    /// Effective limits (task limits already lowered by the job).
+    pub limits: Limits,
+    /// The job id (for the guest's `job()` and logs).
+    pub job_id: String,
+    /// Retries so far.
+    pub retries: u32,
+    /// The queue it came from.
+    pub queue: String,
+}
+
+impl RunRequest {
+    /// A request with default limits and a random job id, for tools and tests.
+    pub fn new(task: impl Into<String>, args: Vec<Value>) -> Self {
+        RunRequest {
+            task: task.into(),
+            args,
+            kwargs: Default::default(),
+            limits: Limits::default(),
+            job_id: uuid::Uuid::new_v4().to_string(),
+            retries: 0,
+            queue: crate::job::DEFAULT_QUEUE.into(),
+        }
+    }
+}
+
+struct Inner {
+    engine: Engine,
+    component_linker: ComponentLinker<ComponentState>,
+    module_linker: Linker<CommandState>,
+    settings: EngineSettings,
+    disk_cache: Option<ArtifactCache>,
+    loaded: Mutex<HashMap<String, Arc<TaskModule>>>,
+}
+
+/// The per-process sandbox. Cheap to clone (an `Arc`).
+#[derive(Clone)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+impl Sandbox {
+    /// Builds the engine and linkers. `cache_dir` enables the on-disk artifact cache.
+    ///
+    /// # Errors
+    /// Invalid engine settings, or linker setup failure.
+    pub fn new(settings: EngineSettings, cache_dir: Option<&Path>) -> anyhow::Result<Self> {
+        let engine = engine::build_engine(&settings)?;
+        let mut component_linker = ComponentLinker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut component_linker)?;
+        Task::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut component_linker, |s| s)?;
+        let mut module_linker = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut module_linker, |s: &mut CommandState| {
+            &mut s.wasi
+        })?;
+        let disk_cache = cache_dir.map(|dir| ArtifactCache::new(dir, &engine));
+        Ok(Sandbox {
+            inner: Arc::new(Inner {
+                engine,
+                component_linker,
+                module_linker,
+                settings,
+                disk_cache,
+                loaded: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The engine settings in force.
+    pub fn settings(&self) -> &EngineSettings {
+        &self.inner.settings
+    }
+
+    /// Loads a task file from disk. See [`Sandbox::load`].
+    ///
+    /// # Errors
+    /// [`LoadError`] with a readable reason.
+    pub async fn load_file(&self, path: &Path) -> Result<Arc<TaskModule>, LoadError> {
+        let bytes = tokio::fs::read(path)
+            .await
+            .map_err(|source| LoadError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        self.load(bytes).await
+    }
+
+    /// Validates, compiles (off the async threads, or from the artifact cache) and
+    /// pre-links task-file bytes; components are instantiated once to list their tasks.
+    /// The same bytes load once per process (content-hash cache).
+    ///
+    /// # Errors
+    /// [`LoadError`] with a readable reason; nothing is cached then.
+    pub async fn load(&self, bytes: Vec<u8>) -> Result<Arc<TaskModule>, LoadError> {
+        let hash = blake3::hash(&bytes).to_hex().to_string();
+        if let Some(module) = self.lock_loaded().get(&hash) {
+            return Ok(module.clone());
+        }
+        let this = self.clone();
+        let hash2 = hash.clone();
+        let kind = tokio::task::spawn_blocking(move || this.compile(&hash2, &bytes))
+            .await
+            .map_err(|e| LoadError::Compile(format!("compiler task failed: {e}")))??;
+        let tasks = match &kind {
+            ModuleKind::Task(pre) => self.inspect_tasks(pre).await?,
+            _ => Vec::new(),
+        };
+        let module = Arc::new(TaskModule {
+            hash: hash.clone(),
+            kind,
+            tasks,
+        });
+        self.lock_loaded().insert(hash, module.clone());
+        Ok(module)
+    }
+
+    fn lock_loaded(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<TaskModule>>> {
+        self.inner.loaded.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Blocking: compile or deserialize, then pre-link.
+    fn compile(&self, hash: &str, bytes: &[u8]) -> Result<ModuleKind, LoadError> {
+        let format = sniff(bytes)?;
+        let engine = &self.inner.engine;
+        let cached = self.inner.disk_cache.as_ref().map(|c| c.path_for(hash));
+        let compile_err = |e: wasmtime::Error| LoadError::Compile(format!("{e:#}"));
+        match format {
+            Format::Component => {
+                let component = match cached.as_deref().filter(|p| p.exists()) {
+                    // SAFETY: the artifact was written by this cache for an engine with the
+                    // same compatibility hash (it is in the file name), atomically.
+                    Some(path) => unsafe { Component::deserialize_file(engine, path) }
+                        .or_else(|_| self.compile_component(hash, bytes)),
+                    None => self.compile_component(hash, bytes),
+                }
+                .map_err(compile_err)?;
+                let pre = self
+                    .inner
+                    .component_linker
+                    .instantiate_pre(&component)
+                    .map_err(|e| {
+                        LoadError::WrongShape(format!(
+                            "the component needs imports Sprout does not provide: {e:#}"
+                        ))
+                    })?;
+                link_component(pre)
+            }
+            Format::CoreModule => {
+                let module = match cached.as_deref().filter(|p| p.exists()) {
+                    // SAFETY: as above.
+                    Some(path) => unsafe { Module::deserialize_file(engine, path) }
+                        .or_else(|_| self.compile_module(hash, bytes)),
+                    None => self.compile_module(hash, bytes),
+                }
+                .map_err(compile_err)?;
+                check_command_module(&module)?;
+                let pre = self
+                    .inner
+                    .module_linker
+                    .instantiate_pre(&module)
+                    .map_err(|e| {
+                        LoadError::WrongShape(format!(
+                            "the module needs imports Sprout does not provide (only WASI p1): {e:#}"
+                        ))
+                    })?;
+                Ok(ModuleKind::CommandModule(pre))
+            }
+        }
+    }
+
+    fn compile_component(&self, hash: &str, bytes: &[u8]) -> wasmtime::Result<Component> {
+        let artifact = self.inner.engine.precompile_component(bytes)?;
+        if let Some(cache) = &self.inner.disk_cache {
+            cache.store(hash, &artifact);
+        }
+        // SAFETY: the artifact was produced by this engine a moment ago.
+        unsafe { Component::deserialize(&self.inner.engine, &artifact) }
+    }
+
+    fn compile_module(&self, hash: &str, bytes: &[u8]) -> wasmtime::Result<Module> {
+        let artifact = self.inner.engine.precompile_module(bytes)?;
+        if let Some(cache) = &self.inner.disk_cache {
+            cache.store(hash, &artifact);
+        }
+        // SAFETY: as above.
+        unsafe { Module::deserialize(&self.inner.engine, &artifact) }
+    }
+
+    /// Instantiates a task component once and calls its `tasks` export.
+    async fn inspect_tasks(
+        &self,
+        pre: &component::TaskPre<ComponentState>,
+    ) -> Result<Vec<String>, LoadError> {
+        let limits = Limits::default();
+        let log = CapturedOutput::new(limits.log_bytes as usize);
+        let wasi = WasiCtxBuilder::new()
+            .stdout(log.clone())
+            .stderr(log.clone())
+            .build();
+        let job = JobInfo {
+            id: "inspect".into(),
+            task: String::new(),
+            retries: 0,
+            queue: String::new(),
+        };
+        let state = ComponentState::new(wasi, MemoryLimiter::new(limits.memory_bytes), job, log);
+        let mut store = self.new_store(state, INSPECT_FUEL, |s| &mut s.limiter);
+        let call = async {
+            let task = pre.instantiate_async(&mut store).await?;
+            task.call_tasks(&mut store).await
+        };
+        match tokio::time::timeout(Duration::from_secs(10), call).await {
+            Ok(Ok(names)) => Ok(names),
+            Ok(Err(e)) => Err(LoadError::Inspect(format!("{e:#}"))),
+            Err(_) => Err(LoadError::Inspect(
+                "`tasks` did not return within 10 s".into(),
+            )),
+        }
+    }
+
+    fn new_store<T: 'static>(
+        &self,
+        state: T,
+        fuel: u64,
+        limiter: impl (FnMut(&mut T) -> &mut MemoryLimiter) + Send + Sync + 'static,
+    ) -> Store<T> {
+        let mut store = Store::new(&self.inner.engine, state);
+        let mut limiter = limiter;
+        store.limiter(move |s| limiter(s) as &mut dyn wasmtime::ResourceLimiter);
+        store
+            .set_fuel(fuel)
+            .expect("fuel is enabled in the engine config");
+        store
+            .fuel_async_yield_interval(Some(self.inner.settings.fuel_slice))
+            .expect("fuel is enabled in the engine config");
+        store
+    }
+
+    /// Runs one job in a fresh instance and reports how it ended.
+    ///
+    /// Never fails: every error is an [`Outcome`]. Limits in `request.limits` above the
+    /// engine's ceiling are capped at the ceiling.
+    pub async fn run(&self, module: &TaskModule, request: RunRequest) -> Execution {
+        let mut request = request;
+        request.limits.memory_bytes = request
+            .limits
+            .memory_bytes
+            .min(self.inner.settings.max_memory_bytes);
+        match &module.kind {
+            ModuleKind::Task(pre) => self.run_task(pre, request).await,
+            ModuleKind::CommandComponent(pre) => self.run_command_component(pre, request).await,
+            ModuleKind::CommandModule(pre) => self.run_command_module(pre, request).await,
+        }
+    }
+
+    async fn run_task(
+        &self,
+        pre: &component::TaskPre<ComponentState>,
+        req: RunRequest,
+    ) -> Execution {
+        let limits = req.limits.clone();
+        let log = CapturedOutput::new(limits.log_bytes as usize);
+        let stderr = CapturedOutput::new(limits.log_bytes as usize);
+        let wasi = WasiCtxBuilder::new()
+            .stdout(log.clone())
+            .stderr(stderr.clone())
+            .build();
+        let job = JobInfo {
+            id: req.job_id.clone(),
+            task: req.task.clone(),
+            retries: req.retries,
+            queue: req.queue.clone(),
+        };
+        let state = ComponentState::new(
+            wasi,
+            MemoryLimiter::new(limits.memory_bytes),
+            job,
+            log.clone(),
+        );
+        let mut store = self.new_store(state, limits.fuel, |s| &mut s.limiter);
+        let args = Value::Array(req.args).to_string();
+        let kwargs = Value::Object(req.kwargs).to_string();
+        let started = Instant::now();
+        let call = async {
+            let task = pre.instantiate_async(&mut store).await?;
+            task.call_run(&mut store, &req.task, &args, &kwargs).await
+        };
+        let result = with_time_limits(call, &limits).await;
+        let duration = started.elapsed();
+        let fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+        let observed = Observed {
+            fuel_budget: limits.fuel,
+            memory_limit: limits.memory_bytes,
+            memory_limit_hit: store.data().limiter.hit,
+            stderr: String::from_utf8_lossy(&stderr.contents()).into_owned(),
+        };
+        let outcome = match result {
+            Err(time_limit) => time_limit,
+            Ok(Err(error)) => classify(&error, &observed),
+            Ok(Ok(Err(guest))) => Outcome::GuestError {
+                kind: guest.kind,
+                message: guest.message,
+                retry: guest.retry.map(|r| RetryRequest {
+                    countdown: r.countdown_ms.map(Duration::from_millis),
+                }),
+            },
+            Ok(Ok(Ok(json))) => parse_output(json.as_bytes(), false, limits.output_bytes),
+        };
+        let logs = join_logs(&log, &stderr);
+        Execution {
+            outcome,
+            fuel_used,
+            duration,
+            logs,
+        }
+    }
+
+    async fn run_command_component(
+        &self,
+        pre: &wasmtime_wasi::p2::bindings::CommandPre<ComponentState>,
+        req: RunRequest,
+    ) -> Execution {
+        let limits = req.limits.clone();
+        let (wasi, stdout, stderr) = command_stdio(&req, |b| b.build());
+        let job = JobInfo {
+            id: req.job_id.clone(),
+            task: req.task.clone(),
+            retries: req.retries,
+            queue: req.queue.clone(),
+        };
+        let log = CapturedOutput::new(limits.log_bytes as usize);
+        let state = ComponentState::new(wasi, MemoryLimiter::new(limits.memory_bytes), job, log);
+        let mut store = self.new_store(state, limits.fuel, |s| &mut s.limiter);
+        let started = Instant::now();
+        let call = async {
+            let command = pre.instantiate_async(&mut store).await?;
+            match command.wasi_cli_run().call_run(&mut store).await? {
+                Ok(()) => Ok(0),
+                Err(()) => Ok(1),
+            }
+        };
+        let result = with_time_limits(call, &limits).await;
+        let duration = started.elapsed();
+        let fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+        let memory_limit_hit = store.data().limiter.hit;
+        command_execution(
+            result,
+            &limits,
+            memory_limit_hit,
+            &stdout,
+            &stderr,
+            fuel_used,
+            duration,
+        )
+    }
+
+    async fn run_command_module(
+        &self,
+        pre: &wasmtime::InstancePre<CommandState>,
+        req: RunRequest,
+    ) -> Execution {
+        let limits = req.limits.clone();
+        let (wasi, stdout, stderr) = command_stdio(&req, |b| b.build_p1());
+        let state = CommandState {
+            wasi,
+            limiter: MemoryLimiter::new(limits.memory_bytes),
+        };
+        let mut store = self.new_store(state, limits.fuel, |s| &mut s.limiter);
+        let started = Instant::now();
+        let call = async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+            start.call_async(&mut store, ()).await.map(|()| 0)
+        };
+        let result = with_time_limits(call, &limits).await;
+        let duration = started.elapsed();
+        let fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+        let memory_limit_hit = store.data().limiter.hit;
+        command_execution(
+            result,
+            &limits,
+            memory_limit_hit,
+            &stdout,
+            &stderr,
+            fuel_used,
+            duration,
+        )
+    }
+}
+
+/// Runs `call` under the soft and hard wall-clock limits; `Err` is the time-limit
+/// outcome. Dropping the future stops the guest at its next fuel yield or host await.
+async fn with_time_limits<T>(call: impl Future<Output = T>, limits: &Limits) -> Result<T, Outcome> {
+    let (kind, limit) = match limits.soft_time_limit {
+        Some(soft) if soft < limits.time_limit => (TimeLimitKind::Soft, soft),
+        _ => (TimeLimitKind::Hard, limits.time_limit),
+    };
+    tokio::time::timeout(limit, call)
+        .await
+        .map_err(|_| Outcome::TimeLimit { kind, limit })
+}
+
+/// Builds a WASI context whose stdin is the job's JSON and whose stdout/stderr are
+/// captured; returns it with the two capture buffers.
+fn command_stdio<C>(
+    req: &RunRequest,
+    build: impl FnOnce(&mut WasiCtxBuilder) -> C,
+) -> (C, CapturedOutput, CapturedOutput) {
+    let input = serde_json::json!({ "args": req.args, "kwargs": req.kwargs }).to_string();
+    // One byte more than the cap, so "exactly at the cap" and "over it" differ.
+    let stdout = CapturedOutput::new(req.limits.output_bytes.saturating_add(1) as usize);
+    let stderr = CapturedOutput::new(req.limits.log_bytes as usize);
+    let mut builder = WasiCtxBuilder::new();
+    builder
+        .stdin(MemoryInputPipe::new(input))
+        .stdout(stdout.clone())
+        .stderr(stderr.clone())
+        .arg(&req.task);
+    (build(&mut builder), stdout, stderr)
+}
+
+/// Turns a command's exit (or error) and its captured stdio into an [`Execution`].
+fn command_execution(
+    result: Result<wasmtime::Result<i32>, Outcome>,
+    limits: &Limits,
+    memory_limit_hit: bool,
+    stdout: &CapturedOutput,
+    stderr: &CapturedOutput,
+    fuel_used: u64,
+    duration: Duration,
+) -> Execution {
+    let stderr_text = String::from_utf8_lossy(&stderr.contents()).into_owned();
+    let exit = match result {
+        Err(time_limit) => Err(time_limit),
+        Ok(Ok(code)) => Ok(code),
+        Ok(Err(error)) => match error.downcast_ref::<I32Exit>() {
+            Some(exit) => Ok(exit.0),
+            None => Err(classify(
+                &error,
+                &Observed {
+                    fuel_budget: limits.fuel,
+                    memory_limit: limits.memory_bytes,
+                    memory_limit_hit,
+                    stderr: stderr_text.clone(),
+                },
+            )),
+        },
+    };
+    let outcome = match exit {
+        Err(outcome) => outcome,
+        Ok(0) => parse_output(&stdout.contents(), stdout.overflowed(), limits.output_bytes),
+        Ok(code) => {
+            let message = stderr_text.trim();
+            Outcome::GuestError {
+                kind: COMMAND_FAILED.into(),
+                message: if message.is_empty() {
+                    format!("exited with status {code}")
+                } else {
+                    message.to_string()
+                },
+                retry: None,
+            }
+        }
+    };
+    Execution {
+        outcome,
+        fuel_used,
+        duration,
+        logs: stderr.text(),
+    }
+}
+
+/// Parses a guest's JSON result, enforcing the output cap.
+fn parse_output(bytes: &[u8], overflowed: bool, limit: u64) -> Outcome {
+    if overflowed || bytes.len() as u64 > limit {
+        return Outcome::OutputTooLarge { limit_bytes: limit };
+    }
+    let text = String::from_utf8_lossy(bytes);
+    let text = text.trim();
+    if text.is_empty() {
+        return Outcome::Success { value: Value::Null };
+    }
+    match serde_json::from_str(text) {
+        Ok(value) => Outcome::Success { value },
+        Err(e) => Outcome::GuestError {
+            kind: INVALID_OUTPUT.into(),
+            message: format!("the task's output is not JSON ({e}): {:.200}", text),
+            retry: None,
+        },
+    }
+}
+
+fn join_logs(log: &CapturedOutput, stderr: &CapturedOutput) -> String {
+    let mut logs = log.text();
+    let err = stderr.text();
+    if !err.is_empty() {
+        if !logs.is_empty() && !logs.ends_with('\n') {
+            logs.push('\n');
+        }
+        logs.push_str(&err);
+    }
+    logs
+}
