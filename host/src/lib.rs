@@ -9,10 +9,24 @@
 //!   fuel-metered, memory-capped instance. The only place that classifies traps.
 //! - [`broker`] and [`backend`] — where jobs wait (fetch with a lease, ack) and where
 //!   results go; the embedded SQLite file is the default.
+//! - [`manifest`] and [`registry`] — task files and their manifests, loaded into the
+//!   set of task names a worker can run.
+//! - [`pool`] — how jobs run: the async pool (many guests on tokio, preempted by fuel).
+//! - [`worker`] — the consume loop: reserve capacity, fetch, run, store, ack; shutdown.
+//! - [`client`] — the producer side for programs; [`cli`] and [`commands`] — the
+//!   `sprout` command line.
 pub mod backend;
 pub mod broker;
 pub mod celery;
+pub mod cli;
+pub mod client;
+pub mod commands;
 pub mod job;
 pub mod limits;
+pub mod manifest;
 pub mod outcome;
+pub mod pool;
+pub mod registry;
 pub mod sandbox;
+pub mod telemetry;
+pub mod worker;

@@ -1,1 +1,34 @@
-fn main() {}
+//! The `sprout` binary: parse flags, run the command, map errors to exit codes.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use sprout::cli::{Cli, Command};
+use sprout::commands;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    sprout::telemetry::init(&cli.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Run(args) => commands::run::run(args).await,
+            Command::Tasks(args) => commands::tasks::run(args).await,
+            Command::Worker(args) => commands::worker::run(args).await,
+            Command::Send(args) => commands::send::run(args).await,
+            Command::Result(args) => commands::result::run(args).await,
+            Command::Status(args) => commands::status::run(args).await,
+            Command::Purge(args) => commands::purge::run(args).await,
+        }
+    });
+    commands::exit_code(result)
+}

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub mod redis;
 pub mod sqlite;
 
 /// The state of a job, with Celery's names.
@@ -202,6 +203,25 @@ pub trait ResultBackend: Send + Sync {
     /// # Errors
     /// [`BackendError`] on connection failure or a corrupt record.
     async fn get(&self, id: &str) -> Result<Option<ResultRecord>, BackendError>;
+
+    /// The most recently updated records, newest first (for `sprout status`). Backends
+    /// that cannot list cheaply return an empty list.
+    ///
+    /// # Errors
+    /// [`BackendError`].
+    async fn recent(&self, limit: usize) -> Result<Vec<ResultRecord>, BackendError> {
+        let _ = limit;
+        Ok(Vec::new())
+    }
+
+    /// How many records are in each state (for `sprout status`); empty when the backend
+    /// cannot count cheaply.
+    ///
+    /// # Errors
+    /// [`BackendError`].
+    async fn counts(&self) -> Result<Vec<(State, u64)>, BackendError> {
+        Ok(Vec::new())
+    }
 
     /// Waits until `id` reaches a terminal state, or `timeout` passes (then returns the
     /// latest record, which may be `None`).

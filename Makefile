@@ -1,0 +1,44 @@
+# Sprout — the two commands a new user needs: `make demo` and `make test`.
+# Everything else here is what those two are made of.
+
+CARGO ?= cargo
+TASKS_DIR := target/tasks
+SPROUT := target/release/sprout
+
+.PHONY: all build tasks demo test test-tasks lint fmt bench clean
+
+all: build tasks
+
+## Installs the wasm targets if missing and builds the example tasks to target/tasks/.
+tasks:
+	./tasks/build.sh $(TASKS_DIR)
+
+## Builds the sprout binary (release).
+build:
+	$(CARGO) build --release --bin sprout
+
+## Builds everything, starts a worker on the embedded SQLite broker, sends a mix of
+## jobs, prints every result and a summary, and stops the worker.
+demo: build tasks
+	./examples/demo/run.sh $(SPROUT) $(TASKS_DIR)
+
+## The whole test suite: host unit + integration tests (real binary, real wasm tasks,
+## real SQLite; Redis tests run when Redis is reachable), guest SDK and task unit tests.
+test: tasks
+	$(CARGO) test --workspace --release
+	CARGO_TARGET_DIR=target/wasm $(CARGO) test --manifest-path tasks/Cargo.toml
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## Benchmarks (numbers go to BENCHMARKS.md).
+bench: build tasks
+	$(CARGO) bench --bench sandbox
+
+clean:
+	$(CARGO) clean
+	rm -f sprout.db sprout.db-wal sprout.db-shm

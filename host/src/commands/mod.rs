@@ -1,0 +1,121 @@
+//! The `sprout` commands, one module each. They build library objects from parsed
+//! flags, call the library and print; `main.rs` maps their errors to exit codes.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use serde_json::{Map, Value};
+
+use crate::cli::LimitArgs;
+use crate::limits::Limits;
+use crate::sandbox::{ArtifactCache, EngineSettings, Sandbox};
+
+pub mod purge;
+pub mod result;
+pub mod run;
+pub mod send;
+pub mod status;
+pub mod tasks;
+pub mod worker;
+
+/// Exit code: the task (or a job) failed.
+pub const EXIT_TASK_FAILED: u8 = 1;
+/// Exit code: bad usage or arguments.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code: the task file cannot be loaded or does not provide the task.
+pub const EXIT_INVALID_TASK: u8 = 3;
+
+/// An error that carries its own exit code.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ExitError {
+    /// The process exit code.
+    pub code: u8,
+    /// What to print.
+    pub message: String,
+}
+
+impl ExitError {
+    /// An error exiting with `code`.
+    pub fn new(code: u8, message: impl Into<String>) -> Self {
+        ExitError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Worker-wide default limits from flags.
+pub fn default_limits(args: &LimitArgs) -> Limits {
+    let mut limits = Limits::default();
+    if let Some(fuel) = args.fuel {
+        limits.fuel = fuel;
+    }
+    if let Some(secs) = args.time_limit {
+        limits.time_limit = std::time::Duration::from_secs_f64(secs.max(0.0));
+    }
+    if let Some(secs) = args.soft_time_limit {
+        limits.soft_time_limit = Some(std::time::Duration::from_secs_f64(secs.max(0.0)));
+    }
+    if let Some(mib) = args.memory {
+        limits.memory_bytes = mib << 20;
+    }
+    limits
+}
+
+/// Builds the process's sandbox with room for `max_instances` concurrent guests.
+///
+/// # Errors
+/// The engine cannot be built.
+pub fn build_sandbox(args: &LimitArgs, max_instances: usize) -> anyhow::Result<Sandbox> {
+    let settings = EngineSettings {
+        max_instances: u32::try_from(max_instances + 16).unwrap_or(u32::MAX),
+        ..EngineSettings::default()
+    };
+    let cache_dir = (!args.no_cache).then(|| {
+        args.cache_dir
+            .clone()
+            .unwrap_or_else(ArtifactCache::default_dir)
+    });
+    Sandbox::new(settings, cache_dir.as_deref()).context("cannot build the wasm engine")
+}
+
+/// Parses `ARGS_JSON`: an array is the positional arguments, any other JSON value is a
+/// single argument.
+///
+/// # Errors
+/// Not JSON.
+pub fn parse_args(text: &str) -> anyhow::Result<Vec<Value>> {
+    match serde_json::from_str(text) {
+        Ok(Value::Array(args)) => Ok(args),
+        Ok(other) => Ok(vec![other]),
+        Err(e) => Err(ExitError::new(EXIT_USAGE, format!("ARGS is not JSON ({e}): {text}")).into()),
+    }
+}
+
+/// Parses `--kwargs`: must be a JSON object.
+///
+/// # Errors
+/// Not a JSON object.
+pub fn parse_kwargs(text: &str) -> anyhow::Result<Map<String, Value>> {
+    match serde_json::from_str(text) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => bail!(ExitError::new(EXIT_USAGE, "--kwargs must be a JSON object")),
+        Err(e) => bail!(ExitError::new(
+            EXIT_USAGE,
+            format!("--kwargs is not JSON ({e})")
+        )),
+    }
+}
+
+/// Maps a command result to the process exit code, printing the error chain.
+pub fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            let code = error.downcast_ref::<ExitError>().map_or(1, |e| e.code);
+            eprintln!("error: {error:#}");
+            ExitCode::from(code)
+        }
+    }
+}

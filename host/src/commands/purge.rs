@@ -1,0 +1,23 @@
+//! `sprout purge [-Q queues]`: drop waiting jobs.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::broker;
+use crate::cli::PurgeArgs;
+
+/// Runs the command.
+///
+/// # Errors
+/// An unreachable broker.
+pub async fn run(args: PurgeArgs) -> anyhow::Result<ExitCode> {
+    let connection = broker::connect(&args.broker.broker)
+        .await
+        .with_context(|| format!("cannot open broker {}", args.broker.broker))?;
+    for queue in &args.queues {
+        let n = connection.broker.purge(queue).await?;
+        println!("purged {n} job(s) from {queue}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

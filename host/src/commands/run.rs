@@ -1,0 +1,102 @@
+//! `sprout run FILE TASK [ARGS]`: one task, locally, no broker.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::cli::RunArgs;
+use crate::outcome::Outcome;
+use crate::registry;
+use crate::sandbox::RunRequest;
+
+use super::{EXIT_INVALID_TASK, EXIT_TASK_FAILED, ExitError};
+
+/// Runs the command.
+///
+/// # Errors
+/// Bad arguments ([`super::EXIT_USAGE`]) or an unloadable file / unknown task
+/// ([`EXIT_INVALID_TASK`]).
+pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let call_args = super::parse_args(&args.args)?;
+    let kwargs = super::parse_kwargs(&args.kwargs)?;
+    let sandbox = super::build_sandbox(&args.limits, 1)?;
+    let defaults = super::default_limits(&args.limits);
+    let entries = registry::load_file(&sandbox, &args.file, &defaults)
+        .await
+        .map_err(|reason| {
+            ExitError::new(
+                EXIT_INVALID_TASK,
+                format!("{}: {reason}", args.file.display()),
+            )
+        })?;
+    let Some(entry) = entries.iter().find(|e| e.name == args.task) else {
+        let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+        return Err(ExitError::new(
+            EXIT_INVALID_TASK,
+            format!(
+                "{} has no task {:?} (it has: {})",
+                args.file.display(),
+                args.task,
+                names.join(", ")
+            ),
+        )
+        .into());
+    };
+    // Explicit flags are the author's limits for this run: they replace the manifest's.
+    let mut limits = entry.limits.clone();
+    if let Some(fuel) = args.limits.fuel {
+        limits.fuel = fuel;
+    }
+    if let Some(secs) = args.limits.time_limit {
+        limits.time_limit = Duration::from_secs_f64(secs.max(0.0));
+    }
+    if let Some(secs) = args.limits.soft_time_limit {
+        limits.soft_time_limit = Some(Duration::from_secs_f64(secs.max(0.0)));
+    }
+    if let Some(mib) = args.limits.memory {
+        limits.memory_bytes = mib << 20;
+    }
+    let mut request = RunRequest::new(entry.export.clone(), call_args);
+    request.kwargs = kwargs;
+    request.limits = limits;
+    let execution = sandbox.run(&entry.module, request).await;
+
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&execution)?);
+    } else {
+        if !execution.logs.is_empty() {
+            eprint!("{}", execution.logs);
+            if !execution.logs.ends_with('\n') {
+                eprintln!();
+            }
+        }
+        match &execution.outcome {
+            Outcome::Success { value } => println!("{value}"),
+            failure => {
+                eprintln!(
+                    "{}: {}",
+                    failure.error_kind().unwrap_or("Error"),
+                    failure.error_message().unwrap_or_default()
+                );
+                if let Outcome::Trap {
+                    backtrace: Some(bt),
+                    ..
+                } = failure
+                {
+                    eprintln!("{bt}");
+                }
+            }
+        }
+        eprintln!(
+            "fuel used: {}  duration: {:.3} ms",
+            execution.fuel_used,
+            execution.duration.as_secs_f64() * 1e3
+        );
+    }
+    Ok(match execution.outcome {
+        Outcome::Success { .. } => ExitCode::SUCCESS,
+        Outcome::InvalidTaskFile { .. } | Outcome::UnknownTask { .. } => {
+            ExitCode::from(EXIT_INVALID_TASK)
+        }
+        _ => ExitCode::from(EXIT_TASK_FAILED),
+    })
+}

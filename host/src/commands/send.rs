@@ -1,0 +1,143 @@
+//! `sprout send TASK [ARGS]`: enqueue jobs (optionally many, optionally waiting).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::backend::State;
+use crate::cli::SendArgs;
+use crate::client::Client;
+use crate::job::{Job, LimitOverrides};
+
+use super::{EXIT_TASK_FAILED, EXIT_USAGE, ExitError};
+
+/// Jobs published per broker call with `--count`.
+const SEND_BATCH: usize = 1000;
+
+/// Runs the command: prints each job id (or, with `--wait`, each result).
+///
+/// # Errors
+/// Bad arguments or an unreachable broker.
+pub async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
+    let template = build_job(&args)?;
+    let client = Client::connect(&args.broker.broker)
+        .await
+        .with_context(|| format!("cannot open broker {}", args.broker.broker))?;
+    let count = args.count.max(1);
+    let mut ids = Vec::with_capacity(count.min(1_000_000) as usize);
+    let progress = (count > 1).then(|| {
+        let bar = ProgressBar::new(count);
+        bar.set_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} jobs  {per_sec}  eta {eta}")
+                .expect("valid template"),
+        );
+        bar
+    });
+    let started = std::time::Instant::now();
+    let mut sent = 0u64;
+    while sent < count {
+        let n = (count - sent).min(SEND_BATCH as u64) as usize;
+        let batch: Vec<Job> = (0..n)
+            .map(|_| {
+                let mut job = template.clone();
+                if count > 1 {
+                    job.id = uuid::Uuid::new_v4().to_string();
+                }
+                job
+            })
+            .collect();
+        client.send_many(&batch).await?;
+        ids.extend(batch.into_iter().map(|j| j.id));
+        sent += n as u64;
+        if let Some(bar) = &progress {
+            bar.set_position(sent);
+        }
+    }
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
+        let secs = started.elapsed().as_secs_f64();
+        eprintln!(
+            "sent {count} jobs in {secs:.3} s ({:.0} jobs/s)",
+            count as f64 / secs.max(1e-9)
+        );
+    }
+    if !args.wait {
+        if count <= 20 {
+            for id in &ids {
+                println!("{id}");
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let timeout = Duration::from_secs_f64(args.timeout.max(0.0));
+    let mut failed = 0;
+    for id in &ids {
+        let record = client.wait(id, timeout).await?;
+        match record {
+            Some(r) if r.state == State::Success => {
+                if count == 1 {
+                    println!("{}", r.result.unwrap_or_default());
+                }
+            }
+            Some(r) => {
+                failed += 1;
+                let err = r
+                    .error
+                    .map(|e| format!("{}: {}", e.kind, e.message))
+                    .unwrap_or_default();
+                eprintln!("{id} {}: {err}", r.state);
+            }
+            None => {
+                failed += 1;
+                eprintln!(
+                    "{id} PENDING: no result within {:.1} s",
+                    timeout.as_secs_f64()
+                );
+            }
+        }
+    }
+    if count > 1 {
+        eprintln!("{} succeeded, {failed} failed", ids.len() - failed);
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_TASK_FAILED)
+    })
+}
+
+fn build_job(args: &SendArgs) -> anyhow::Result<Job> {
+    let mut job = Job::new(
+        args.task.clone(),
+        super::parse_args(&args.args)?,
+        super::parse_kwargs(&args.kwargs)?,
+    );
+    if let Some(queue) = &args.queue {
+        job.queue = queue.clone();
+    }
+    job.priority = args.priority.min(9);
+    job.max_retries = args.retries;
+    let now = Utc::now();
+    if let Some(secs) = args.countdown {
+        job.eta = Some(now + chrono::Duration::milliseconds((secs * 1e3) as i64));
+    }
+    if let Some(eta) = &args.eta {
+        let eta = DateTime::parse_from_rfc3339(eta).map_err(|e| {
+            ExitError::new(EXIT_USAGE, format!("--eta {eta:?} is not RFC 3339: {e}"))
+        })?;
+        job.eta = Some(eta.with_timezone(&Utc));
+    }
+    if let Some(secs) = args.expires {
+        job.expires = Some(now + chrono::Duration::milliseconds((secs * 1e3) as i64));
+    }
+    job.limits = LimitOverrides {
+        fuel: args.fuel,
+        memory_bytes: args.memory.map(|m| m << 20),
+        time_limit: args.time_limit,
+        ..Default::default()
+    };
+    Ok(job)
+}

@@ -1,0 +1,208 @@
+//! Task manifests: the `<name>.toml` file beside a `<name>.wasm` task file.
+//!
+//! A manifest names the tasks a file serves (aliases such as Celery's
+//! `proj.tasks.add`), the queue they go to by default, their limits and their retry
+//! policy. Unknown keys are errors (a typo must not silently loosen a sandbox). Every
+//! key is optional; see `docs/manifest.md` for the reference.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::limits::Limits;
+
+/// The whole manifest file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Extra names for tasks in this file: alias → task name as the file exports it
+    /// (`"proj.tasks.add" = "add"`).
+    #[serde(default)]
+    pub aliases: BTreeMap<String, String>,
+    /// Default queue for jobs of these tasks when the sender names none.
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// Resource limits (each defaults to the worker's default).
+    #[serde(default)]
+    pub limits: LimitsSection,
+    /// What happens when a job fails.
+    #[serde(default)]
+    pub retry: RetryPolicy,
+}
+
+/// `[limits]`: raise or lower the defaults for this file's tasks.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// CPU budget in fuel units.
+    pub fuel: Option<u64>,
+    /// Memory cap in MiB.
+    pub memory_mib: Option<u64>,
+    /// Hard wall-clock limit in seconds.
+    pub time_limit: Option<f64>,
+    /// Soft wall-clock limit in seconds.
+    pub soft_time_limit: Option<f64>,
+    /// Result-size cap in KiB.
+    pub output_kib: Option<u64>,
+    /// Captured stdout/stderr/log cap in KiB.
+    pub log_kib: Option<u64>,
+}
+
+impl LimitsSection {
+    /// `base` with this section's values applied.
+    pub fn apply(&self, base: &Limits) -> Limits {
+        let mut limits = base.clone();
+        if let Some(fuel) = self.fuel {
+            limits.fuel = fuel;
+        }
+        if let Some(mib) = self.memory_mib {
+            limits.memory_bytes = mib << 20;
+        }
+        if let Some(secs) = self.time_limit {
+            limits.time_limit = Duration::from_secs_f64(secs.max(0.0));
+        }
+        if let Some(secs) = self.soft_time_limit {
+            limits.soft_time_limit = Some(Duration::from_secs_f64(secs.max(0.0)));
+        }
+        if let Some(kib) = self.output_kib {
+            limits.output_bytes = kib << 10;
+        }
+        if let Some(kib) = self.log_kib {
+            limits.log_bytes = kib << 10;
+        }
+        limits
+    }
+}
+
+/// `[retry]`: how failed jobs are retried. A guest's own retry request is honoured up to
+/// `max_retries`; other failures are retried only when their kind is listed in
+/// `autoretry_for`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Most retries per job (a job's own `max_retries` overrides it). Default: 3.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+    /// First backoff delay in seconds; doubles each retry. Default: 1.
+    #[serde(default = "default_backoff")]
+    pub backoff: f64,
+    /// Longest backoff delay in seconds. Default: 600.
+    #[serde(default = "default_backoff_max")]
+    pub backoff_max: f64,
+    /// Randomise each delay to between half and all of it (avoids thundering herds).
+    /// Default: true.
+    #[serde(default = "default_true")]
+    pub jitter: bool,
+    /// Failure kinds retried automatically, e.g. `["ValueError", "TimeLimitExceeded"]`.
+    /// Default: none (running out of fuel, trapping etc. are not retried).
+    #[serde(default)]
+    pub autoretry_for: Vec<String>,
+    /// Retry a job whose worker process died while running it (prefork). Default: true.
+    #[serde(default = "default_true")]
+    pub retry_on_worker_lost: bool,
+}
+
+fn default_max_retries() -> u32 {
+    3
+}
+fn default_backoff() -> f64 {
+    1.0
+}
+fn default_backoff_max() -> f64 {
+    600.0
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_retries: default_max_retries(),
+            backoff: default_backoff(),
+            backoff_max: default_backoff_max(),
+            jitter: true,
+            autoretry_for: Vec::new(),
+            retry_on_worker_lost: true,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay before retry number `retries + 1`: exponential, capped, with jitter.
+    pub fn backoff_for(&self, retries: u32) -> Duration {
+        let base = self.backoff.max(0.0) * 2f64.powi(retries.min(30) as i32);
+        let mut secs = base.min(self.backoff_max.max(0.0));
+        if self.jitter {
+            secs *= rand::random_range(0.5..=1.0);
+        }
+        Duration::from_secs_f64(secs)
+    }
+}
+
+/// A manifest that could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ManifestError {
+    /// The manifest file.
+    pub path: String,
+    /// What is wrong, with the line and column for syntax and unknown-key errors.
+    pub message: String,
+}
+
+impl Manifest {
+    /// Reads the manifest at `path`, or the default when there is none.
+    ///
+    /// # Errors
+    /// [`ManifestError`] naming the file and (for TOML errors) the line.
+    pub fn load_optional(path: &Path) -> Result<Manifest, ManifestError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Manifest::parse(&text).map_err(|message| ManifestError {
+                path: path.display().to_string(),
+                message,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Manifest::default()),
+            Err(e) => Err(ManifestError {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    /// Parses manifest text.
+    ///
+    /// # Errors
+    /// A readable message with line and column.
+    pub fn parse(text: &str) -> Result<Manifest, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_errors_with_a_line() {
+        let err = Manifest::parse("queue = \"q\"\n[limits]\nfuell = 5\n").unwrap_err();
+        assert!(err.contains("fuell"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn applies_limits_and_retry_policy() {
+        let m = Manifest::parse(
+            "aliases = { \"proj.add\" = \"add\" }\n[limits]\nmemory_mib = 8\ntime_limit = 2.5\n[retry]\nmax_retries = 1\njitter = false\n",
+        )
+        .unwrap();
+        let limits = m.limits.apply(&Limits::default());
+        assert_eq!(limits.memory_bytes, 8 << 20);
+        assert_eq!(limits.time_limit, Duration::from_millis(2500));
+        assert_eq!(m.retry.max_retries, 1);
+        assert_eq!(m.retry.backoff_for(0), Duration::from_secs(1));
+        assert_eq!(m.retry.backoff_for(3), Duration::from_secs(8));
+        assert_eq!(m.aliases["proj.add"], "add");
+    }
+}
