@@ -49,7 +49,7 @@ use output::CapturedOutput;
 const INSPECT_FUEL: u64 = 1_000_000_000;
 
 /// What to run: one task of a loaded module, with arguments, limits and job context.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RunRequest {
     /// The task name as the module knows it.
     pub task: String,
