@@ -1,0 +1,198 @@
+//! [`Broker`] for [`SqliteStore`]: the async face of `queue`. Each method runs one
+//! `queue` function on the blocking pool with the writer (or a reader) connection.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::queue::{self, LeasedRow, NewRow, parse_tag};
+use super::{SqliteStore, duration_ms, now_ms};
+use crate::broker::{Broker, BrokerError, DeadLetter, Delivery, DeliveryTag, QueueStats};
+use crate::job::Job;
+
+/// How often an idle `fetch` looks again for jobs from other processes and for etas and
+/// leases that came due. Jobs published in this process wake it at once. Default: 5 ms.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(5);
+
+impl SqliteStore {
+    /// Runs `sql` (see `queue::for_each_tag`) for every tag on the blocking pool, with
+    /// `?3` = now + `offset_ms`.
+    async fn settle(
+        &self,
+        sql: &'static str,
+        tags: &[DeliveryTag],
+        offset_ms: i64,
+    ) -> Result<(), BrokerError> {
+        if tags.is_empty() {
+            return Ok(());
+        }
+        let tags = tags.to_vec();
+        self.run(move |inner| {
+            let at = now_ms().saturating_add(offset_ms);
+            Ok(queue::for_each_tag(&mut inner.writer(), sql, &tags, at)?)
+        })
+        .await
+        .map_err(BrokerError::from)
+    }
+
+    /// One fetch attempt on the blocking pool. Bodies are decoded after the writer lock
+    /// is released.
+    async fn try_fetch(
+        &self,
+        queues: &[String],
+        max: usize,
+        lease_ms: i64,
+    ) -> Result<Vec<Delivery>, BrokerError> {
+        let queues = queues.to_vec();
+        self.run(move |inner| {
+            let rows = queue::lease_rows(&mut inner.writer(), &queues, max, lease_ms)?;
+            Ok(rows.into_iter().map(LeasedRow::into_delivery).collect())
+        })
+        .await
+        .map_err(BrokerError::from)
+    }
+}
+
+#[async_trait]
+impl Broker for SqliteStore {
+    /// Inserts all `jobs` in one transaction (all or none).
+    async fn publish(&self, jobs: &[Job]) -> Result<(), BrokerError> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<NewRow> = jobs.iter().map(NewRow::new).collect();
+        let wake = rows.iter().any(NewRow::is_ready);
+        self.run(move |inner| Ok(queue::publish(&mut inner.writer(), &rows)?))
+            .await?;
+        if wake {
+            self.inner.wake.notify_waiters();
+        }
+        Ok(())
+    }
+
+    /// Leases up to `max` jobs in one `BEGIN IMMEDIATE` transaction, best priority
+    /// first, then oldest first, merging `queues` by that order. An undecodable body comes
+    /// back as a [`Delivery`] whose `job` is the
+    /// [`DecodeError`](crate::broker::DecodeError). When nothing is ready it polls every
+    /// [`POLL_INTERVAL`] (jobs published by this process wake it at once) until `wait`
+    /// runs out; a zero `wait` makes a single attempt.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: the SQLite work runs on the blocking pool and finishes even if
+    /// this future is dropped, so jobs leased by that last attempt are delivered again
+    /// only when their lease expires. Between attempts (while it sleeps) dropping it is
+    /// harmless.
+    async fn fetch(
+        &self,
+        queues: &[String],
+        max: usize,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, BrokerError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let lease_ms = duration_ms(lease);
+        loop {
+            // Registered before the attempt, so a publish during it is not missed.
+            let woken = self.inner.wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let got = if max == 0 || queues.is_empty() {
+                Vec::new()
+            } else {
+                self.try_fetch(queues, max, lease_ms).await?
+            };
+            let now = tokio::time::Instant::now();
+            if !got.is_empty() || now >= deadline {
+                return Ok(got);
+            }
+            let nap = POLL_INTERVAL.min(deadline - now);
+            tokio::select! {
+                () = tokio::time::sleep(nap) => {}
+                () = &mut woken => {}
+            }
+        }
+    }
+
+    /// Sets the lease of each still-owned delivery to now + `lease`.
+    async fn extend(&self, tags: &[DeliveryTag], lease: Duration) -> Result<(), BrokerError> {
+        const SQL: &str =
+            "UPDATE jobs SET state = 2, visible_at = ?3 WHERE id = ?1 AND lease_token = ?2";
+        self.settle(SQL, tags, duration_ms(lease)).await
+    }
+
+    /// Deletes each still-owned delivery, in one transaction. A tag whose job was
+    /// fetched again by someone else after its lease expired deletes nothing.
+    async fn ack(&self, tags: &[DeliveryTag]) -> Result<(), BrokerError> {
+        const SQL: &str = "DELETE FROM jobs WHERE id = ?1 AND lease_token = ?2";
+        self.settle(SQL, tags, 0).await
+    }
+
+    /// Makes each still-owned delivery ready at once. The delivery is not counted: the
+    /// next fetch reports the same `delivery_count` as this one.
+    async fn release(&self, tags: &[DeliveryTag]) -> Result<(), BrokerError> {
+        const SQL: &str = "UPDATE jobs SET state = 0, visible_at = ?3, lease_token = NULL,
+                                  delivery_count = max(delivery_count - 1, 0)
+                           WHERE id = ?1 AND lease_token = ?2";
+        self.settle(SQL, tags, 0).await?;
+        self.inner.wake.notify_waiters();
+        Ok(())
+    }
+
+    /// Deletes the delivery and inserts `job` in one transaction.
+    ///
+    /// # Errors
+    /// [`BrokerError::UnknownDelivery`] (and nothing is enqueued) if the lease was lost.
+    async fn retry(&self, tag: &DeliveryTag, job: &Job) -> Result<(), BrokerError> {
+        let unknown = || BrokerError::UnknownDelivery(tag.clone());
+        let delivery = parse_tag(tag).ok_or_else(unknown)?;
+        let row = NewRow::new(job);
+        let wake = row.is_ready();
+        let owned = self
+            .run(move |inner| Ok(queue::retry(&mut inner.writer(), delivery, &row)?))
+            .await?;
+        if !owned {
+            return Err(unknown());
+        }
+        if wake {
+            self.inner.wake.notify_waiters();
+        }
+        Ok(())
+    }
+
+    /// Moves the delivery, body included, to `dead_letters` in one transaction.
+    ///
+    /// # Errors
+    /// [`BrokerError::UnknownDelivery`] if the lease was lost.
+    async fn dead_letter(&self, tag: &DeliveryTag, reason: &str) -> Result<(), BrokerError> {
+        let unknown = || BrokerError::UnknownDelivery(tag.clone());
+        let delivery = parse_tag(tag).ok_or_else(unknown)?;
+        let reason = reason.to_owned();
+        let owned = self
+            .run(move |inner| Ok(queue::dead_letter(&mut inner.writer(), delivery, &reason)?))
+            .await?;
+        if owned { Ok(()) } else { Err(unknown()) }
+    }
+
+    /// Deletes the ready and scheduled jobs of `queue`. Leased jobs stay: their workers
+    /// still settle them.
+    async fn purge(&self, queue: &str) -> Result<u64, BrokerError> {
+        let name = queue.to_owned();
+        self.run(move |inner| Ok(queue::purge(&inner.writer(), &name)?))
+            .await
+            .map_err(BrokerError::from)
+    }
+
+    /// Counts by queue, sorted by name. A scheduled job whose eta passed, or a leased one
+    /// whose lease expired, counts as ready.
+    async fn stats(&self) -> Result<Vec<QueueStats>, BrokerError> {
+        self.run(|inner| inner.read(|conn| Ok(queue::stats(conn)?)))
+            .await
+            .map_err(BrokerError::from)
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, BrokerError> {
+        self.run(move |inner| inner.read(|conn| Ok(queue::dead_letters(conn, limit)?)))
+            .await
+            .map_err(BrokerError::from)
+    }
+}

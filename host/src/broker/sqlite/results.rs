@@ -1,0 +1,161 @@
+//! [`ResultBackend`] for [`SqliteStore`], and the queries behind `sprout status`.
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::{Failure, SqliteStore};
+use crate::backend::{BackendError, ResultBackend, ResultRecord, State};
+
+/// Upserts one record. The `WHERE` keeps a terminal state: a late or duplicate
+/// non-terminal record (STARTED after SUCCESS) changes nothing, while a terminal record
+/// replaces anything (the latest attempt of an at-least-once job wins).
+const UPSERT: &str = "
+INSERT INTO results (id, task, state, terminal, updated_at, record)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+ON CONFLICT (id) DO UPDATE SET
+    task = excluded.task,
+    state = excluded.state,
+    terminal = excluded.terminal,
+    updated_at = excluded.updated_at,
+    record = excluded.record
+WHERE excluded.terminal OR NOT results.terminal";
+
+/// A record serialised for storage (done before taking the writer lock).
+struct Row {
+    id: String,
+    task: String,
+    state: &'static str,
+    terminal: bool,
+    updated_at: i64,
+    record: Vec<u8>,
+}
+
+fn decode(id: &str, bytes: &[u8]) -> Result<ResultRecord, Failure> {
+    serde_json::from_slice(bytes).map_err(|e| Failure::Corrupt {
+        id: id.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn insert_results(conn: &mut Connection, rows: &[Row]) -> Result<(), Failure> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    {
+        let mut upsert = tx.prepare_cached(UPSERT)?;
+        for r in rows {
+            upsert.execute(params![
+                r.id,
+                r.task,
+                r.state,
+                r.terminal,
+                r.updated_at,
+                r.record
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+#[async_trait]
+impl ResultBackend for SqliteStore {
+    /// Upserts the whole batch in one transaction.
+    async fn store(&self, records: &[ResultRecord]) -> Result<(), BackendError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let rows = records
+            .iter()
+            .map(|r| {
+                let record = serde_json::to_vec(r).map_err(|e| Failure::Corrupt {
+                    id: r.id.clone(),
+                    reason: format!("cannot serialise: {e}"),
+                })?;
+                Ok(Row {
+                    id: r.id.clone(),
+                    task: r.task.clone(),
+                    state: r.state.as_str(),
+                    terminal: r.state.is_terminal(),
+                    updated_at: r.updated_at.timestamp_millis(),
+                    record,
+                })
+            })
+            .collect::<Result<Vec<Row>, Failure>>()?;
+        self.run(move |inner| insert_results(&mut inner.writer(), &rows))
+            .await
+            .map_err(BackendError::from)
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<ResultRecord>, BackendError> {
+        let id = id.to_owned();
+        self.run(move |inner| {
+            inner.read(|conn| {
+                let bytes: Option<Vec<u8>> = conn
+                    .prepare_cached("SELECT record FROM results WHERE id = ?1")?
+                    .query_row([&id], |r| r.get(0))
+                    .optional()?;
+                bytes.map(|b| decode(&id, &b)).transpose()
+            })
+        })
+        .await
+        .map_err(BackendError::from)
+    }
+}
+
+impl SqliteStore {
+    /// The `limit` most recently updated results, newest first (`sprout status`).
+    /// Records that cannot be decoded are skipped with a warning, so one bad row does
+    /// not hide the others.
+    ///
+    /// # Errors
+    /// [`BackendError`] if the database cannot be read.
+    pub async fn recent_results(&self, limit: usize) -> Result<Vec<ResultRecord>, BackendError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(move |inner| {
+            inner.read(|conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT id, record FROM results ORDER BY updated_at DESC LIMIT ?1",
+                )?;
+                let mut rows = stmt.query([limit])?;
+                let mut out = Vec::new();
+                while let Some(row) = rows.next()? {
+                    let id: String = row.get(0)?;
+                    match decode(&id, &row.get::<_, Vec<u8>>(1)?) {
+                        Ok(record) => out.push(record),
+                        Err(e) => tracing::warn!(%e, "skipping unreadable result"),
+                    }
+                }
+                Ok(out)
+            })
+        })
+        .await
+        .map_err(BackendError::from)
+    }
+
+    /// How many results are in each state, in [`State`] order; states with no results
+    /// are left out.
+    ///
+    /// # Errors
+    /// [`BackendError`] if the database cannot be read.
+    pub async fn result_counts(&self) -> Result<Vec<(State, u64)>, BackendError> {
+        let mut counts = self
+            .run(|inner| {
+                inner.read(|conn| {
+                    let mut stmt =
+                        conn.prepare_cached("SELECT state, count(*) FROM results GROUP BY state")?;
+                    let rows =
+                        stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+                    let mut out = Vec::new();
+                    for row in rows {
+                        let (state, n) = row?;
+                        if let Some(state) = State::parse(&state) {
+                            out.push((state, u64::try_from(n).unwrap_or(0)));
+                        }
+                    }
+                    Ok(out)
+                })
+            })
+            .await?;
+        counts.sort_by_key(|(state, _)| *state as u8);
+        Ok(counts)
+    }
+}
