@@ -1,0 +1,160 @@
+//! Throughput of the embedded SQLite broker and result backend.
+//!
+//! Run: `cargo bench -p sprout --bench sqlite_broker`
+//! (`SPROUT_BENCH_JOBS`, default 50000, and `SPROUT_BENCH_BATCH`, default 256, tune it).
+//!
+//! Three phases on a fresh file, each reported as jobs per second:
+//! 1. publish: all jobs, 10 000 per `publish` call (one transaction each);
+//! 2. drain: one consumer loop `fetch(batch)` → `store(batch SUCCESS records)` → `ack(batch)`
+//!    over the jobs of phase 1 — the broker + backend cost a worker pays per job;
+//! 3. end to end: a producer publishing 1 000 per call while two consumers drain
+//!    concurrently, timed from the first publish to the last ack.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use sprout::backend::{ResultBackend, ResultRecord, State};
+use sprout::broker::Broker;
+use sprout::broker::sqlite::SqliteStore;
+use sprout::job::Job;
+
+const LEASE: Duration = Duration::from_secs(60);
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn jobs(queue: &str, n: usize) -> Vec<Job> {
+    (0..n)
+        .map(|i| {
+            let mut job = Job::new(
+                "bench.add",
+                vec![i.into(), 2.into()],
+                serde_json::Map::new(),
+            );
+            job.queue = queue.to_owned();
+            job
+        })
+        .collect()
+}
+
+/// Fetches, stores a result for and acks jobs until `total` (shared) reaches `target`.
+async fn consume(
+    store: Arc<SqliteStore>,
+    queue: String,
+    batch: usize,
+    done: Arc<AtomicUsize>,
+    target: usize,
+) {
+    let queues = [queue];
+    while done.load(Ordering::Relaxed) < target {
+        let got = store
+            .fetch(&queues, batch, LEASE, Duration::from_millis(50))
+            .await
+            .unwrap();
+        if got.is_empty() {
+            continue;
+        }
+        let records: Vec<ResultRecord> = got
+            .iter()
+            .map(|d| {
+                let job = d.job.as_ref().unwrap();
+                let mut rec = ResultRecord::new(job.id.clone(), job.task.clone(), State::Success);
+                rec.result = Some(serde_json::json!(job.args.len()));
+                rec.duration_ms = Some(0.1);
+                rec.fuel_used = Some(1000);
+                rec
+            })
+            .collect();
+        store.store(&records).await.unwrap();
+        let tags: Vec<_> = got.iter().map(|d| d.tag.clone()).collect();
+        store.ack(&tags).await.unwrap();
+        done.fetch_add(got.len(), Ordering::Relaxed);
+    }
+}
+
+fn report(what: &str, n: usize, took: Duration) {
+    let rate = n as f64 / took.as_secs_f64();
+    println!(
+        "{what:<44} {n:>7} jobs in {:>7.1} ms = {rate:>9.0} jobs/s",
+        took.as_secs_f64() * 1e3
+    );
+}
+
+async fn run(n: usize, batch: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        SqliteStore::open(dir.path().join("bench.db"))
+            .await
+            .unwrap(),
+    );
+
+    // 1. publish
+    let sent = jobs("bench", n);
+    let start = Instant::now();
+    for chunk in sent.chunks(10_000) {
+        store.publish(chunk).await.unwrap();
+    }
+    report("publish (10k per call)", n, start.elapsed());
+
+    // 2. drain: fetch + store + ack, one consumer
+    let done = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    consume(store.clone(), "bench".into(), batch, done.clone(), n).await;
+    report(
+        &format!("fetch+store+ack, 1 consumer, batch {batch}"),
+        n,
+        start.elapsed(),
+    );
+    assert_eq!(done.load(Ordering::Relaxed), n);
+
+    // 3. end to end: producer and two consumers at once
+    let sent = jobs("e2e", n);
+    let done = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let producer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for chunk in sent.chunks(1_000) {
+                store.publish(chunk).await.unwrap();
+            }
+        })
+    };
+    let consumers: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(consume(store.clone(), "e2e".into(), batch, done.clone(), n)))
+        .collect();
+    producer.await.unwrap();
+    for consumer in consumers {
+        consumer.await.unwrap();
+    }
+    report(
+        &format!("end to end: publish 1k/call, 2 consumers, batch {batch}"),
+        n,
+        start.elapsed(),
+    );
+
+    let stats = store.stats().await.unwrap();
+    assert!(
+        stats.iter().all(|s| s.ready + s.leased + s.scheduled == 0),
+        "{stats:?}"
+    );
+    let db = std::fs::metadata(dir.path().join("bench.db"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    println!("database file: {:.1} MB", db as f64 / 1e6);
+}
+
+fn main() {
+    let n = env_usize("SPROUT_BENCH_JOBS", 50_000);
+    let batch = env_usize("SPROUT_BENCH_BATCH", 256);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(run(n, batch));
+}
