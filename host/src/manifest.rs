@@ -30,6 +30,35 @@ pub struct Manifest {
     /// What happens when a job fails.
     #[serde(default)]
     pub retry: RetryPolicy,
+    /// What the sandbox grants beyond computing (deny by default).
+    #[serde(default)]
+    pub capabilities: Capabilities,
+}
+
+/// `[capabilities]`: the only ways a task may touch the outside world. Everything is
+/// denied unless listed here.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capabilities {
+    /// Outgoing HTTP destinations, as `scheme://host:port` patterns (`*` wildcards in
+    /// the host's leftmost label and the port), e.g. `"https://*.example.com:443"`,
+    /// `"http://127.0.0.1:*"`.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Host directories mounted read-only: guest path → host path
+    /// (`"/data" = "/srv/feeds"`). Relative host paths are relative to the manifest.
+    #[serde(default)]
+    pub dirs: BTreeMap<String, String>,
+    /// Environment variables the guest sees (name → value). Nothing is inherited.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+impl Capabilities {
+    /// True when nothing is granted.
+    pub fn is_empty(&self) -> bool {
+        *self == Capabilities::default()
+    }
 }
 
 /// `[limits]`: raise or lower the defaults for this file's tasks.

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use crate::limits::Limits;
-use crate::manifest::Manifest;
+use crate::manifest::{Capabilities, Manifest};
 use crate::sandbox::{LoadError, Sandbox, TaskModule};
 
 /// One runnable task name.
@@ -31,6 +31,9 @@ pub struct TaskEntry {
     pub manifest: Arc<Manifest>,
     /// The task's limits: worker defaults with the manifest applied.
     pub limits: Limits,
+    /// What the manifest grants, with relative directories resolved against the
+    /// manifest's folder.
+    pub capabilities: Arc<Capabilities>,
 }
 
 /// A task file that could not be registered.
@@ -147,6 +150,14 @@ pub async fn load_file(
             ));
         }
     }
+    let mut capabilities = manifest.capabilities.clone();
+    let base = file.parent().unwrap_or(Path::new("."));
+    for host in capabilities.dirs.values_mut() {
+        if Path::new(host.as_str()).is_relative() {
+            *host = base.join(host.as_str()).to_string_lossy().into_owned();
+        }
+    }
+    let capabilities = Arc::new(capabilities);
     let manifest = Arc::new(manifest);
     let limits = manifest.limits.apply(defaults);
     let names = exports
@@ -161,6 +172,7 @@ pub async fn load_file(
             module: module.clone(),
             manifest: manifest.clone(),
             limits: limits.clone(),
+            capabilities: capabilities.clone(),
         })
         .collect())
 }

@@ -386,6 +386,7 @@ async fn handle_delivery(shared: &Shared, delivery: Delivery, permit: OwnedSemap
         job_id: job.id.clone(),
         retries: job.retries,
         queue: job.queue.clone(),
+        capabilities: entry.capabilities.clone(),
     };
     let started_at = Utc::now();
     let started = Instant::now();

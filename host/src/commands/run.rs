@@ -58,6 +58,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut request = RunRequest::new(entry.export.clone(), call_args);
     request.kwargs = kwargs;
     request.limits = limits;
+    request.capabilities = entry.capabilities.clone();
     let execution = sandbox.run(&entry.module, request).await;
 
     if args.json {

@@ -23,6 +23,7 @@ use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
 
 use crate::limits::Limits;
+use crate::manifest::Capabilities;
 use crate::outcome::{Execution, Outcome, RetryRequest, TimeLimitKind};
 
 pub mod cache;
@@ -65,6 +66,9 @@ pub struct RunRequest {
     pub retries: u32,
     /// The queue it came from.
     pub queue: String,
+    /// What the task's manifest grants (files, env, network). Empty = deny everything.
+    #[serde(default)]
+    pub capabilities: std::sync::Arc<Capabilities>,
 }
 
 impl RunRequest {
@@ -78,6 +82,7 @@ impl RunRequest {
             job_id: uuid::Uuid::new_v4().to_string(),
             retries: 0,
             queue: crate::job::DEFAULT_QUEUE.into(),
+            capabilities: Default::default(),
         }
     }
 }
@@ -446,6 +451,20 @@ impl Sandbox {
     }
 }
 
+/// Adds what the manifest grants to a WASI context: environment variables and
+/// read-only directories. A directory that cannot be opened is skipped with a warning
+/// (the guest then sees it as missing).
+fn grant(builder: &mut WasiCtxBuilder, capabilities: &Capabilities) {
+    for (name, value) in &capabilities.env {
+        builder.env(name, value);
+    }
+    for (guest, host) in &capabilities.dirs {
+        if let Err(e) = builder.preopened_dir(host, guest, wasmtime_wasi::FsPerms::ReadOnly) {
+            tracing::warn!("cannot grant directory {host} as {guest}: {e:#}");
+        }
+    }
+}
+
 /// Runs `call` under the soft and hard wall-clock limits; `Err` is the time-limit
 /// outcome. Dropping the future stops the guest at its next fuel yield or host await.
 async fn with_time_limits<T>(call: impl Future<Output = T>, limits: &Limits) -> Result<T, Outcome> {
@@ -474,6 +493,7 @@ fn command_stdio<C>(
         .stdout(stdout.clone())
         .stderr(stderr.clone())
         .arg(&req.task);
+    grant(&mut builder, &req.capabilities);
     (build(&mut builder), stdout, stderr)
 }
 
