@@ -1,4 +1,5 @@
 //! Sprout's integration tests: one test binary, one module per area.
 
 mod broker_conformance;
+mod celery_fixtures;
 mod results_sqlite;

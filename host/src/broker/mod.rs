@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 
 use crate::job::Job;
 
+pub mod redis;
 pub mod sqlite;
 
 /// Identifies one delivery of one message, for ack/requeue/dead-letter. Opaque to callers.
@@ -179,6 +180,17 @@ pub trait Broker: Send + Sync {
     /// # Errors
     /// [`BrokerError`].
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, BrokerError>;
+
+    /// Gives back what the broker holds on this worker's behalf beyond the deliveries it
+    /// returned — the Redis broker keeps eta/countdown messages reserved until they are
+    /// due, as Celery workers do. Call once at warm shutdown, after releasing in-flight
+    /// deliveries. The default does nothing.
+    ///
+    /// # Errors
+    /// [`BrokerError`]; held messages then come back after their lease.
+    async fn shutdown(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
 }
 
 /// A broker and its result backend, opened from one URL.
@@ -205,6 +217,17 @@ pub async fn connect(url: &str) -> Result<Connection, BrokerError> {
             broker: store.clone(),
             backend: store,
         });
+    }
+    if url.starts_with("redis") || url.starts_with("unix://") {
+        // Celery's default layout: broker and result backend on the same server and db.
+        let opts = self::redis::RedisOptions::from_url(url)?;
+        let broker = Arc::new(self::redis::RedisBroker::connect(opts.clone()).await?);
+        let backend = Arc::new(
+            crate::backend::redis::RedisBackend::connect(opts)
+                .await
+                .map_err(|e| BrokerError::Connection(e.to_string()))?,
+        );
+        return Ok(Connection { broker, backend });
     }
     Err(BrokerError::UnsupportedUrl(url.to_string()))
 }

@@ -1,0 +1,169 @@
+//! Redis connection settings shared by [`RedisBroker`](super::RedisBroker) and
+//! [`RedisBackend`](crate::backend::redis::RedisBackend).
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::broker::BrokerError;
+
+/// Settings for the Redis broker and result backend.
+///
+/// From a URL: `redis://HOST:PORT/DB?visibility_timeout=3600&global_keyprefix=app:`;
+/// the query keys below are taken out before the URL reaches the Redis client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisOptions {
+    /// The server URL as the Redis client understands it (`redis://127.0.0.1:6379/0`).
+    pub url: String,
+    /// Prefix of every key and channel (kombu's `global_keyprefix`); separates
+    /// deployments (or tests) sharing one database. Default: none.
+    pub key_prefix: String,
+    /// How long a reservation may go without an ack or an extend before any worker's
+    /// sweep puts the message back (kombu's `visibility_timeout`). Every worker on the
+    /// broker, Python or Sprout, must use the same value. Query key
+    /// `visibility_timeout` (seconds). Default: 3600 s, kombu's.
+    pub visibility_timeout: Duration,
+    /// How often a fetching broker looks for expired reservations to restore. Query key
+    /// `sweep_interval` (seconds). Default: 1 s (Celery: about 100 s).
+    pub sweep_interval: Duration,
+    /// The most eta/countdown messages one broker holds reserved while they wait; past
+    /// it, fetch stops taking new messages until some are due. Default: 100 000.
+    pub max_held: usize,
+    /// The longest a waiting fetch sleeps between two polls of the queues. Default: 20 ms.
+    pub poll_interval: Duration,
+    /// How many dead letters `sprout.dead` keeps (oldest dropped). Default: 10 000.
+    pub dead_letter_cap: usize,
+    /// TTL of stored results (Celery's `result_expires`). Query key `result_expires`
+    /// (seconds). Default: 86 400 s.
+    pub result_expires: Duration,
+    /// How long one Redis command may take before it fails. Default: 30 s.
+    pub response_timeout: Duration,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        RedisOptions {
+            url: "redis://127.0.0.1:6379/0".into(),
+            key_prefix: String::new(),
+            visibility_timeout: Duration::from_secs(3600),
+            sweep_interval: Duration::from_secs(1),
+            max_held: 100_000,
+            poll_interval: Duration::from_millis(20),
+            dead_letter_cap: 10_000,
+            result_expires: Duration::from_secs(86_400),
+            response_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+fn seconds(key: &str, value: &str) -> Result<Duration, BrokerError> {
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| BrokerError::UnsupportedUrl(format!("{key}={value}: expected seconds")))
+}
+
+impl RedisOptions {
+    /// Parses a `redis://` (or `rediss://`, `redis+unix://`, `unix://`) URL, taking out
+    /// Sprout's own query keys (`visibility_timeout`, `global_keyprefix`,
+    /// `sweep_interval`, `result_expires`).
+    ///
+    /// # Errors
+    /// [`BrokerError::UnsupportedUrl`] for another scheme or a bad value.
+    pub fn from_url(url: &str) -> Result<RedisOptions, BrokerError> {
+        let scheme_ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
+            .iter()
+            .any(|s| url.starts_with(s));
+        if !scheme_ok {
+            return Err(BrokerError::UnsupportedUrl(url.to_string()));
+        }
+        let mut opts = RedisOptions::default();
+        let (base, query) = match url.split_once('?') {
+            Some((base, query)) => (base, query),
+            None => (url, ""),
+        };
+        let mut kept = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "visibility_timeout" => opts.visibility_timeout = seconds(key, value)?,
+                "sweep_interval" => opts.sweep_interval = seconds(key, value)?,
+                "result_expires" => opts.result_expires = seconds(key, value)?,
+                "global_keyprefix" => opts.key_prefix = value.to_string(),
+                _ => kept.push(pair),
+            }
+        }
+        opts.url = if kept.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        };
+        Ok(opts)
+    }
+
+    /// `key` with the key prefix.
+    pub fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.key_prefix)
+    }
+
+    /// The Redis client for [`RedisOptions::url`].
+    ///
+    /// # Errors
+    /// [`BrokerError::UnsupportedUrl`] when the client rejects the URL.
+    pub fn client(&self) -> Result<redis::Client, BrokerError> {
+        redis::Client::open(self.url.as_str())
+            .map_err(|e| BrokerError::UnsupportedUrl(format!("{}: {e}", self.url)))
+    }
+
+    /// A multiplexed connection that reconnects by itself, with exponential backoff
+    /// (100 ms doubling, at most 2 s apart, 8 tries per command).
+    ///
+    /// # Errors
+    /// [`BrokerError::Connection`] when Redis cannot be reached now.
+    pub async fn connect(&self) -> Result<ConnectionManager, BrokerError> {
+        let config = ConnectionManagerConfig::new()
+            .set_min_delay(Duration::from_millis(100))
+            .set_max_delay(Duration::from_secs(2))
+            .set_number_of_retries(8)
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(self.response_timeout));
+        ConnectionManager::new_with_config(self.client()?, config)
+            .await
+            .map_err(|e| BrokerError::Connection(format!("{}: {e}", self.url)))
+    }
+}
+
+/// Maps a Redis error to a broker error: I/O, timeouts and dropped connections are
+/// [`BrokerError::Connection`] (retrying may help), the rest [`BrokerError::Other`].
+pub fn broker_error(e: redis::RedisError) -> BrokerError {
+    if is_connection(&e) {
+        BrokerError::Connection(e.to_string())
+    } else {
+        BrokerError::Other(e.to_string())
+    }
+}
+
+/// Whether a Redis error means the connection, not the command, failed.
+pub fn is_connection(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_options() {
+        let o = RedisOptions::from_url(
+            "redis://127.0.0.1:6379/9?visibility_timeout=30&global_keyprefix=t1:&protocol=resp3",
+        )
+        .unwrap();
+        assert_eq!(o.url, "redis://127.0.0.1:6379/9?protocol=resp3");
+        assert_eq!(o.visibility_timeout, Duration::from_secs(30));
+        assert_eq!(o.key("unacked"), "t1:unacked");
+        assert!(RedisOptions::from_url("amqp://x").is_err());
+        assert!(RedisOptions::from_url("redis://x/0?visibility_timeout=soon").is_err());
+    }
+}

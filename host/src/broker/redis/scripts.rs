@@ -1,0 +1,198 @@
+//! The Lua scripts that make each broker step atomic on the Redis server.
+//!
+//! Every script names all keys it touches in `KEYS` and never blocks. They run with
+//! `EVALSHA` (loaded on first use by the `redis` crate's `Script`).
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Reserve: pop up to `max` messages from the list keys in order and record each in
+/// `unacked` (`[envelope, "", routing_key]`) and `unacked_index` (score) in the same
+/// atomic step, so a crash can never lose a popped message: it is either still in its
+/// list or already in `unacked`, where the visibility sweep finds it.
+///
+/// KEYS: `unacked`, `unacked_index`, tag sequence, then the list keys.
+/// ARGV: max, score, then the routing key (queue name) of each list key.
+/// Returns a flat array: (list index from 1, envelope, delivery tag) per message.
+///
+/// The delivery tag is read from the envelope's end, where every Celery 5 producer
+/// (and Sprout) writes `"delivery_tag": "…"}}`; other layouts are decoded with cjson,
+/// and a message without a tag gets `sprout-<n>`.
+pub static RESERVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local max = tonumber(ARGV[1])
+local score = ARGV[2]
+local out = {}
+local n = 0
+for i = 4, #KEYS do
+  if n >= max then break end
+  local items = redis.call('RPOP', KEYS[i], max - n)
+  if items then
+    local rk = cjson.encode(ARGV[i - 1])
+    for _, raw in ipairs(items) do
+      local tag = string.match(raw, '"delivery_tag": ?"([^"\\]+)"}}%s*$')
+      local valid = true
+      if not tag then
+        local ok, env = pcall(cjson.decode, raw)
+        valid = ok and type(env) == 'table'
+        if valid and type(env.properties) == 'table' and type(env.properties.delivery_tag) == 'string' then
+          tag = env.properties.delivery_tag
+        end
+      end
+      if not tag or tag == '' then
+        tag = 'sprout-' .. redis.call('INCR', KEYS[3])
+      end
+      local entry
+      if valid then
+        entry = '[' .. raw .. ', "", ' .. rk .. ']'
+      else
+        entry = '[' .. cjson.encode(raw) .. ', "", ' .. rk .. ']'
+      end
+      redis.call('HSET', KEYS[1], tag, entry)
+      redis.call('ZADD', KEYS[2], score, tag)
+      n = n + 1
+      out[#out + 1] = i - 3
+      out[#out + 1] = raw
+      out[#out + 1] = tag
+    end
+  end
+end
+return out
+"#,
+    )
+});
+
+/// Sweep, first half: take `unacked_mutex` (as kombu does, `SET NX PX 300000`) and list
+/// up to `limit` reservations older than the cutoff, with their entries.
+///
+/// KEYS: `unacked_mutex`, `unacked_index`, `unacked`. ARGV: token, cutoff score, limit.
+/// Returns nil when another worker holds the lock, else a flat array (tag, entry or "").
+/// When nothing is stale the lock is released at once.
+pub static SWEEP_SCAN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', 300000) then
+  return false
+end
+local tags = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+if #tags == 0 then
+  redis.call('DEL', KEYS[1])
+  return {}
+end
+local out = {}
+for _, tag in ipairs(tags) do
+  out[#out + 1] = tag
+  out[#out + 1] = redis.call('HGET', KEYS[3], tag) or ''
+end
+return out
+"#,
+    )
+});
+
+/// Compare-and-delete of `unacked_mutex` (kombu's own script).
+///
+/// KEYS: `unacked_mutex`. ARGV: token.
+pub static UNLOCK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local token = redis.call('get', KEYS[1])
+if not token or token ~= ARGV[1] then
+    return 0
+end
+redis.call('del', KEYS[1])
+return 1
+"#,
+    )
+});
+
+/// Restore: put reserved messages back at the consuming end of their lists (RPUSH, so
+/// they are delivered next), each only if it is still reserved — and, for the sweep,
+/// only if its score is still at or below the cutoff (not extended or re-reserved since
+/// it was read). Nothing is restored twice.
+///
+/// KEYS: `unacked`, `unacked_index`, then one target list per message.
+/// ARGV: cutoff score ("" = unconditional), then (tag, envelope) per message.
+/// Returns how many were restored.
+pub static RESTORE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local n = 0
+for i = 3, #KEYS do
+  local tag = ARGV[2 * (i - 2)]
+  local env = ARGV[2 * (i - 2) + 1]
+  local ok = true
+  if ARGV[1] ~= '' then
+    local s = redis.call('ZSCORE', KEYS[2], tag)
+    ok = s and tonumber(s) <= tonumber(ARGV[1])
+  end
+  if ok and redis.call('HDEL', KEYS[1], tag) == 1 then
+    redis.call('ZREM', KEYS[2], tag)
+    redis.call('RPUSH', KEYS[i], env)
+    n = n + 1
+  end
+end
+return n
+"#,
+    )
+});
+
+/// Retry: replace a reservation by a new message (LPUSH, the end of the line) in one
+/// step, only if the reservation is still ours.
+///
+/// KEYS: `unacked`, `unacked_index`, target list. ARGV: tag, envelope.
+/// Returns 1, or 0 when the tag was not reserved.
+pub static REPLACE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then
+  return 0
+end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('LPUSH', KEYS[3], ARGV[2])
+return 1
+"#,
+    )
+});
+
+/// Dead-letter: move a reservation to `sprout.dead` (capped) and, when a result key is
+/// given and holds nothing yet, store and publish a FAILURE there.
+///
+/// KEYS: `unacked`, `unacked_index`, dead list, result key.
+/// ARGV: tag, dead-letter record, cap, result JSON ("" = none), result TTL seconds.
+/// Returns 1, or 0 when the tag was not reserved.
+pub static DEAD_LETTER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then
+  return 0
+end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('LPUSH', KEYS[3], ARGV[2])
+redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[3]) - 1)
+if ARGV[4] ~= '' then
+  if redis.call('SET', KEYS[4], ARGV[4], 'NX', 'EX', tonumber(ARGV[5])) then
+    redis.call('PUBLISH', KEYS[4], ARGV[4])
+  end
+end
+return 1
+"#,
+    )
+});
+
+/// Purge: length and deletion of a queue's four priority lists in one step.
+///
+/// KEYS: the lists. Returns how many messages they held.
+pub static PURGE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local n = 0
+for i = 1, #KEYS do
+  n = n + redis.call('LLEN', KEYS[i])
+  redis.call('DEL', KEYS[i])
+end
+return n
+"#,
+    )
+});

@@ -1,0 +1,466 @@
+//! Workflows: what a worker publishes and stores after a job settles (PROTOCOL.md §7–§8).
+//!
+//! | outcome | publish ([`followups`]) | store ([`settle`]) |
+//! |---|---|---|
+//! | SUCCESS | each `embed.callbacks` signature, then the next `embed.chain` step, with the result prepended to their args (unless immutable) | own SUCCESS with those ids as `children` |
+//! | FAILURE | each `embed.errbacks` signature with the failed id prepended, as a one-off group | own FAILURE, and the same FAILURE under every remaining chain step's id |
+//! | RETRY | nothing here: the retry message goes through `Broker::retry` (see [`retry_job`]) | own RETRY with itself as child |
+//! | REVOKED | nothing | own REVOKED |
+//!
+//! Chords (§8.5) need atomic counting in the result backend, so they are
+//! `ResultBackend::on_chord_part_return`; [`chord_part`], [`chord_body`] and
+//! [`chord_error`] are the pure pieces the Redis backend uses.
+//!
+//! Not supported: nested canvases (a group or chord *inside* a chain or callback) are
+//! rejected when the message is decoded; chords are completed only by a backend that
+//! keeps Celery's chord keys (Redis), not by SQLite; Python-only "new style" errbacks
+//! that take `(request, exc, traceback)` are always sent as messages (§8.3).
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value, json};
+
+use super::{isotime, result};
+use crate::backend::{CeleryResultMeta, ErrorInfo, ResultRecord, State};
+use crate::job::{CeleryContext, DEFAULT_QUEUE, Job};
+
+/// What a worker does once a job has settled: publish these jobs, then store these
+/// records, then (chords) `on_chord_part_return`, then ack.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Settlement {
+    /// Follow-up jobs to publish *before* storing (a client may read the stored result
+    /// and look for its children at once).
+    pub publish: Vec<Job>,
+    /// The job's own record first (annotated with parent, group, children and
+    /// ignore_result), then any records it implies (a failed chain's later steps).
+    pub store: Vec<ResultRecord>,
+}
+
+/// The job's root id (its own id when it starts a workflow).
+fn root_of(job: &Job) -> String {
+    job.celery
+        .as_ref()
+        .and_then(|c| c.root_id.clone())
+        .unwrap_or_else(|| job.id.clone())
+}
+
+fn embed_list<'a>(job: &'a Job, field: &str) -> &'a [Value] {
+    job.celery
+        .as_ref()
+        .and_then(|c| c.embed.get(field))
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+}
+
+/// Whether the message asked for no result (`ignore_result: true`).
+pub fn ignores_result(job: &Job) -> bool {
+    job.celery
+        .as_ref()
+        .and_then(|c| c.extra.get("ignore_result"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}
+
+/// Options given as one signature or a list of them (`link=sig` or `link=[sigs]`).
+fn sig_list(v: Option<&Value>) -> Value {
+    match v {
+        None | Some(Value::Null) => Value::Null,
+        Some(Value::Array(a)) if a.is_empty() => Value::Null,
+        Some(Value::Array(a)) => Value::Array(a.clone()),
+        Some(one) => Value::Array(vec![one.clone()]),
+    }
+}
+
+fn time_option(v: Option<&Value>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    match v? {
+        Value::Number(n) => {
+            let secs = n.as_f64()?;
+            Some(now + chrono::Duration::milliseconds((secs * 1000.0) as i64))
+        }
+        Value::String(s) => isotime::parse(s).ok(),
+        _ => None,
+    }
+}
+
+/// Builds the job a serialized signature stands for, sent as a follow-up of `parent`:
+/// `args_prefix` goes in front of the signature's args unless it is immutable.
+///
+/// Honoured options: `task_id`, `queue` (default `celery`), `priority`, `countdown`,
+/// `eta`, `expires`, `time_limit`, `soft_time_limit`, `group_id`, `group_index`,
+/// `link`, `link_error`, `chord`, `ignore_result`, `shadow`, `reply_to`.
+///
+/// # Errors
+/// The value is not a signature of a plain task.
+pub fn signature_job(sig: &Value, args_prefix: Vec<Value>, parent: &Job) -> Result<Job, String> {
+    let obj = sig.as_object().ok_or("a signature must be an object")?;
+    if !obj.get("subtask_type").is_none_or(Value::is_null) {
+        return Err(format!(
+            "nested canvas {} is not supported",
+            obj["subtask_type"]
+        ));
+    }
+    let task = obj
+        .get("task")
+        .and_then(Value::as_str)
+        .ok_or("a signature needs a task name")?;
+    let empty = Map::new();
+    let opts = obj
+        .get("options")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
+    let immutable = obj
+        .get("immutable")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let own_args = obj
+        .get("args")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let args = if immutable {
+        own_args
+    } else {
+        let mut args = args_prefix;
+        args.extend(own_args);
+        args
+    };
+    let kwargs = obj
+        .get("kwargs")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let text = |k: &str| opts.get(k).and_then(Value::as_str).map(str::to_string);
+
+    let mut job = Job::new(task, args, kwargs);
+    if let Some(id) = text("task_id") {
+        job.id = id;
+    }
+    job.queue = text("queue").unwrap_or_else(|| DEFAULT_QUEUE.to_string());
+    job.priority = opts
+        .get("priority")
+        .and_then(Value::as_i64)
+        .unwrap_or(0)
+        .clamp(0, 9) as u8;
+    let now = Utc::now();
+    job.eta = time_option(opts.get("eta"), now).or_else(|| time_option(opts.get("countdown"), now));
+    job.expires = time_option(opts.get("expires"), now);
+    job.limits.time_limit = opts.get("time_limit").and_then(Value::as_f64);
+    job.limits.soft_time_limit = opts.get("soft_time_limit").and_then(Value::as_f64);
+
+    let mut extra = Map::new();
+    for key in ["group_index", "ignore_result", "shadow", "reply_to"] {
+        if let Some(v) = opts.get(key).filter(|v| !v.is_null()) {
+            extra.insert(key.to_string(), v.clone());
+        }
+    }
+    job.celery = Some(CeleryContext {
+        root_id: Some(root_of(parent)),
+        parent_id: Some(parent.id.clone()),
+        group_id: text("group_id"),
+        embed: json!({
+            "callbacks": sig_list(opts.get("link")),
+            "errbacks": sig_list(opts.get("link_error")),
+            "chain": null,
+            "chord": opts.get("chord").cloned().unwrap_or(Value::Null),
+        }),
+        extra: Value::Object(extra),
+    });
+    Ok(job)
+}
+
+/// Sends `sigs` as Celery sends several callbacks or errbacks: one signature alone, more
+/// as a one-off group (a fresh group id, `group_index` 0, 1, …).
+fn send_all(sigs: &[Value], prefix: &Value, parent: &Job, as_group: bool, out: &mut Vec<Job>) {
+    let gid = as_group.then(|| uuid::Uuid::new_v4().to_string());
+    for (i, sig) in sigs.iter().enumerate() {
+        match signature_job(sig, vec![prefix.clone()], parent) {
+            Ok(mut job) => {
+                if let (Some(gid), Some(ctx)) = (&gid, job.celery.as_mut()) {
+                    ctx.group_id = Some(gid.clone());
+                    if let Some(extra) = ctx.extra.as_object_mut() {
+                        extra.insert("group_index".into(), json!(i));
+                    }
+                }
+                out.push(job);
+            }
+            Err(e) => tracing::warn!(task_id = %parent.id, "skipping follow-up: {e}"),
+        }
+    }
+}
+
+/// The messages a worker must publish after `job` settled as `record` (see the module
+/// table): callbacks and the next chain step on SUCCESS, errbacks on FAILURE, nothing
+/// otherwise or for jobs without Celery context.
+pub fn followups(job: &Job, record: &ResultRecord) -> Vec<Job> {
+    let mut out = Vec::new();
+    if job.celery.is_none() {
+        return out;
+    }
+    match record.state {
+        State::Success => {
+            let value = record.result.clone().unwrap_or(Value::Null);
+            let callbacks = embed_list(job, "callbacks");
+            send_all(callbacks, &value, job, callbacks.len() > 1, &mut out);
+            let chain = embed_list(job, "chain");
+            if let Some((next, rest)) = chain.split_last() {
+                match signature_job(next, vec![value], job) {
+                    Ok(mut step) => {
+                        if let Some(ctx) = step.celery.as_mut() {
+                            ctx.embed["chain"] = Value::Array(rest.to_vec());
+                        }
+                        out.push(step);
+                    }
+                    Err(e) => tracing::warn!(task_id = %job.id, "chain stops here: {e}"),
+                }
+            }
+        }
+        State::Failure => {
+            // Errbacks are always a group, even of one (fixture worker_sent_errback).
+            send_all(
+                embed_list(job, "errbacks"),
+                &json!(job.id),
+                job,
+                true,
+                &mut out,
+            );
+        }
+        State::Pending | State::Started | State::Retry | State::Revoked => {}
+    }
+    out
+}
+
+/// Everything a worker publishes and stores once `job` settled as `record`: the
+/// [`followups`], the record annotated with the job's parent, group, children and
+/// ignore_result, and — on FAILURE — the same failure under every remaining chain
+/// step's id, so that waiting on the chain's last result raises instead of hanging.
+///
+/// For jobs without Celery context it returns `record` alone, so a worker can call it
+/// for every job whatever the broker.
+pub fn settle(job: &Job, mut record: ResultRecord) -> Settlement {
+    let publish = followups(job, &record);
+    let Some(ctx) = job.celery.as_ref() else {
+        return Settlement {
+            publish,
+            store: vec![record],
+        };
+    };
+    let ignore_result = ignores_result(job);
+    let children = match record.state {
+        State::Success => publish.iter().map(|j| j.id.clone()).collect(),
+        State::Retry => vec![job.id.clone()],
+        _ => Vec::new(),
+    };
+    record.celery = Some(CeleryResultMeta {
+        parent_id: ctx.parent_id.clone(),
+        group_id: ctx.group_id.clone(),
+        children,
+        ignore_result,
+    });
+    let mut store = Vec::with_capacity(1);
+    if record.state == State::Failure && !ignore_result {
+        for sig in embed_list(job, "chain") {
+            let opts = sig.get("options");
+            let Some(id) = opts.and_then(|o| o.get("task_id")).and_then(Value::as_str) else {
+                continue;
+            };
+            let mut failed = record.clone();
+            failed.id = id.to_string();
+            failed.task = sig
+                .get("task")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            failed.celery = Some(CeleryResultMeta {
+                group_id: opts
+                    .and_then(|o| o.get("group_id"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+                ..CeleryResultMeta::default()
+            });
+            store.push(failed);
+        }
+    }
+    store.insert(0, record);
+    Settlement { publish, store }
+}
+
+/// The message that retries `job`: the same id, args and embed, `retries + 1`, the
+/// given eta, and `parent_id` = its own id (what `Task.retry` publishes, §5). Publish it
+/// with `Broker::retry`, which also acks the old delivery.
+pub fn retry_job(job: &Job, eta: Option<DateTime<Utc>>) -> Job {
+    let mut next = job.clone();
+    next.retries = job.retries.saturating_add(1);
+    next.eta = eta;
+    if let Some(ctx) = next.celery.as_mut() {
+        ctx.parent_id = Some(job.id.clone());
+        ctx.root_id.get_or_insert_with(|| job.id.clone());
+        if let Some(extra) = ctx.extra.as_object_mut() {
+            extra.remove("redelivered");
+        }
+    }
+    next
+}
+
+/// A chord header part: the group it counts towards, its position, and the body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChordPart<'a> {
+    /// The chord's group id (`headers.group`, else the body's `options.group_id`).
+    pub group_id: String,
+    /// The part's position (`group_index`); orders the body's argument list.
+    pub group_index: i64,
+    /// The body signature from `embed.chord`.
+    pub body: &'a Value,
+}
+
+/// The chord part `job` is, if its embed carries a chord body.
+pub fn chord_part(job: &Job) -> Option<ChordPart<'_>> {
+    let ctx = job.celery.as_ref()?;
+    let body = ctx.embed.get("chord").filter(|b| b.is_object())?;
+    let group_id = ctx.group_id.clone().or_else(|| {
+        body.get("options")?
+            .get("group_id")?
+            .as_str()
+            .map(str::to_string)
+    })?;
+    let group_index = ctx
+        .extra
+        .get("group_index")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    Some(ChordPart {
+        group_id,
+        group_index,
+        body,
+    })
+}
+
+/// The JSON Celery adds to the chord's `.j` set for one finished part:
+/// `[1, "<task id>", "<STATE>", <result or exception dict>]`.
+pub fn chord_entry(record: &ResultRecord) -> String {
+    super::pyjson::to_string(&json!([
+        1,
+        record.id,
+        record.state.as_str(),
+        result::result_value(record)
+    ]))
+}
+
+/// The chord body job, once every part has succeeded: `results` (in header order)
+/// prepended as one list argument, sent as a follow-up of `last` (the job that completed
+/// the chord), in the chord's group.
+///
+/// # Errors
+/// The body is not a signature of a plain task.
+pub fn chord_body(last: &Job, part: &ChordPart<'_>, results: Vec<Value>) -> Result<Job, String> {
+    let mut body = signature_job(part.body, vec![Value::Array(results)], last)?;
+    if let Some(ctx) = body.celery.as_mut() {
+        ctx.group_id = Some(part.group_id.clone());
+    }
+    Ok(body)
+}
+
+/// The FAILURE stored under the chord body's id when a part failed:
+/// `ChordError("Dependency <id> raised ValueError('hdr')")`.
+pub fn chord_error(
+    body_id: &str,
+    body_task: &str,
+    failed_id: &str,
+    err: &ErrorInfo,
+) -> ResultRecord {
+    let mut record = ResultRecord::new(body_id, body_task, State::Failure);
+    record.error = Some(ErrorInfo {
+        kind: "ChordError".into(),
+        message: format!(
+            "Dependency {failed_id} raised {}",
+            result::exception_repr(err)
+        ),
+        traceback: None,
+    });
+    record
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job_with(embed: Value) -> Job {
+        let mut job = Job::new("add", vec![json!(1), json!(2)], Map::new());
+        job.celery = Some(CeleryContext {
+            root_id: Some("root".into()),
+            parent_id: None,
+            group_id: None,
+            embed,
+            extra: json!({}),
+        });
+        job
+    }
+
+    #[test]
+    fn chain_step_and_callbacks() {
+        let job = job_with(json!({
+            "callbacks": [{"task": "log", "args": ["x"], "kwargs": {}, "options": {}, "immutable": false}],
+            "chain": [
+                {"task": "last", "args": [9], "kwargs": {}, "options": {"task_id": "t3"}, "immutable": true},
+                {"task": "mul", "args": [4], "kwargs": {}, "options": {"task_id": "t2", "queue": "cpu", "priority": 7}},
+            ],
+        }));
+        let mut ok = ResultRecord::new(&job.id, "add", State::Success);
+        ok.result = Some(json!(3));
+        let s = settle(&job, ok);
+        assert_eq!(s.publish.len(), 2);
+        let (cb, next) = (&s.publish[0], &s.publish[1]);
+        assert_eq!(cb.args, vec![json!(3), json!("x")]);
+        assert_eq!(
+            (next.id.as_str(), next.queue.as_str(), next.priority),
+            ("t2", "cpu", 7)
+        );
+        assert_eq!(next.args, vec![json!(3), json!(4)]);
+        let ctx = next.celery.as_ref().unwrap();
+        assert_eq!(ctx.parent_id.as_deref(), Some(job.id.as_str()));
+        assert_eq!(ctx.root_id.as_deref(), Some("root"));
+        assert_eq!(ctx.embed["chain"].as_array().unwrap().len(), 1);
+        let links = s.store[0].celery.as_ref().unwrap();
+        assert_eq!(links.children, vec![cb.id.clone(), "t2".to_string()]);
+    }
+
+    #[test]
+    fn failure_propagates_down_the_chain_and_sends_errbacks() {
+        let job = job_with(json!({
+            "errbacks": [{"task": "on_err", "args": ["extra"], "kwargs": {}, "options": {}}],
+            "chain": [{"task": "last", "args": [], "kwargs": {}, "options": {"task_id": "t3"}}],
+        }));
+        let mut failed = ResultRecord::new(&job.id, "add", State::Failure);
+        failed.error = Some(ErrorInfo {
+            kind: "ValueError".into(),
+            message: "mid".into(),
+            traceback: None,
+        });
+        let s = settle(&job, failed);
+        assert_eq!(s.store.len(), 2);
+        assert_eq!(s.store[1].id, "t3");
+        assert_eq!(s.store[1].error.as_ref().unwrap().kind, "ValueError");
+        assert_eq!(s.publish.len(), 1);
+        assert_eq!(s.publish[0].args, vec![json!(job.id), json!("extra")]);
+        let ctx = s.publish[0].celery.as_ref().unwrap();
+        assert!(ctx.group_id.is_some());
+        assert_eq!(ctx.extra["group_index"], json!(0));
+    }
+
+    #[test]
+    fn retry_keeps_identity() {
+        let job = job_with(json!(null));
+        let next = retry_job(&job, None);
+        assert_eq!(next.id, job.id);
+        assert_eq!(next.retries, 1);
+        assert_eq!(
+            next.celery.unwrap().parent_id.as_deref(),
+            Some(job.id.as_str())
+        );
+        let s = settle(&job, ResultRecord::new(&job.id, "add", State::Retry));
+        assert!(s.publish.is_empty());
+        assert_eq!(
+            s.store[0].celery.as_ref().unwrap().children,
+            vec![job.id.clone()]
+        );
+    }
+}
