@@ -159,9 +159,11 @@ impl Sandbox {
         if let Some(module) = self.lock_loaded().get(&hash) {
             return Ok(module.clone());
         }
+        let bytes: Arc<[u8]> = bytes.into();
         let this = self.clone();
         let hash2 = hash.clone();
-        let kind = tokio::task::spawn_blocking(move || this.compile(&hash2, &bytes))
+        let bytes2 = bytes.clone();
+        let kind = tokio::task::spawn_blocking(move || this.compile(&hash2, &bytes2))
             .await
             .map_err(|e| LoadError::Compile(format!("compiler task failed: {e}")))??;
         let tasks = match &kind {
@@ -172,6 +174,7 @@ impl Sandbox {
             hash: hash.clone(),
             kind,
             tasks,
+            bytes,
         });
         self.lock_loaded().insert(hash, module.clone());
         Ok(module)

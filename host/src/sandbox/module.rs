@@ -2,6 +2,7 @@
 //! pre-link them into a [`TaskModule`] ready to instantiate per job.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use wasmtime::component::InstancePre as ComponentInstancePre;
 use wasmtime::{InstancePre, Module};
@@ -19,6 +20,10 @@ pub struct TaskModule {
     /// Task names a component declares through its `tasks` export (empty for commands,
     /// whose one task is named after the file).
     pub tasks: Vec<String>,
+    /// The wasm bytes the module was loaded from, so the exact version can be sent to
+    /// another process (the prefork pool's children load it by these bytes, not by a
+    /// path that hot reload may have changed since).
+    pub bytes: Arc<[u8]>,
 }
 
 impl std::fmt::Debug for TaskModule {
@@ -27,6 +32,7 @@ impl std::fmt::Debug for TaskModule {
             .field("hash", &self.hash)
             .field("kind", &self.kind.name())
             .field("tasks", &self.tasks)
+            .field("bytes", &self.bytes.len())
             .finish()
     }
 }
