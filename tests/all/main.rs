@@ -2,4 +2,6 @@
 
 mod broker_conformance;
 mod celery_fixtures;
+mod redis_backend;
+mod redis_broker;
 mod results_sqlite;

@@ -1,0 +1,306 @@
+//! The Redis result backend: what it writes is what Celery clients read (keys, TTL,
+//! PUBLISH with `task_id`), the SUCCESS guard, `ignore_result`, waiting over pub/sub,
+//! and chord completion with Celery 5.7's bookkeeping keys.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sprout::backend::redis::RedisBackend;
+use sprout::backend::{ErrorInfo, ResultBackend, ResultRecord, State};
+use sprout::broker::Broker;
+use sprout::broker::redis::RedisBroker;
+use sprout::celery;
+use sprout::job::{CeleryContext, Job};
+
+use crate::broker_conformance::{fetch_now, fresh_queue, job_of};
+use crate::redis_broker::{cleanup, raw, redis_up, test_options};
+
+fn success(id: &str, value: Value) -> ResultRecord {
+    let mut r = ResultRecord::new(id, "add", State::Success);
+    r.result = Some(value);
+    r
+}
+
+#[tokio::test]
+async fn store_get_and_the_key_celery_reads() {
+    if !redis_up("store_get_and_the_key_celery_reads") {
+        return;
+    }
+    let opts = test_options();
+    let backend = RedisBackend::connect(opts.clone()).await.unwrap();
+    let id = uuid::Uuid::new_v4().to_string();
+    let mut rec = success(&id, json!({"sum": 5}));
+    rec.fuel_used = Some(1234);
+    rec.worker = Some("w1".into());
+    backend.store(std::slice::from_ref(&rec)).await.unwrap();
+
+    let mut conn = raw(&opts).await;
+    let key = opts.key(&format!("celery-task-meta-{id}"));
+    let (stored, ttl): (String, i64) = redis::pipe()
+        .get(&key)
+        .ttl(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 86_000 && ttl <= 86_400, "ttl {ttl}");
+    let meta: Value = serde_json::from_str(&stored).unwrap();
+    assert_eq!(meta["status"], json!("SUCCESS"));
+    assert_eq!(meta["result"], json!({"sum": 5}));
+    assert_eq!(meta["task_id"], json!(id));
+    assert_eq!(meta["children"], json!([]));
+
+    let back = backend.get(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (back.state, back.result.clone()),
+        (State::Success, Some(json!({"sum": 5})))
+    );
+    assert_eq!(
+        (back.fuel_used, back.worker.as_deref()),
+        (Some(1234), Some("w1"))
+    );
+    assert!(backend.get("unknown").await.unwrap().is_none());
+    cleanup(&opts).await;
+}
+
+#[tokio::test]
+async fn success_is_never_overwritten_and_final_beats_started() {
+    if !redis_up("success_is_never_overwritten_and_final_beats_started") {
+        return;
+    }
+    let opts = test_options();
+    let backend = RedisBackend::connect(opts.clone()).await.unwrap();
+    let id = "guarded";
+    backend
+        .store(&[ResultRecord::new(id, "t", State::Started)])
+        .await
+        .unwrap();
+    backend.store(&[success(id, json!(1))]).await.unwrap();
+    // A late STARTED, a duplicate run's FAILURE, and a second SUCCESS change nothing.
+    let mut failed = ResultRecord::new(id, "t", State::Failure);
+    failed.error = Some(ErrorInfo {
+        kind: "ValueError".into(),
+        message: "x".into(),
+        traceback: None,
+    });
+    backend
+        .store(&[
+            ResultRecord::new(id, "t", State::Started),
+            failed.clone(),
+            success(id, json!(2)),
+        ])
+        .await
+        .unwrap();
+    let got = backend.get(id).await.unwrap().unwrap();
+    assert_eq!((got.state, got.result), (State::Success, Some(json!(1))));
+
+    // FAILURE is final against STARTED, but a later SUCCESS (redelivered run) wins.
+    backend.store(&[failed.clone()]).await.unwrap();
+    let other = "other";
+    failed.id = other.into();
+    backend
+        .store(&[
+            failed.clone(),
+            ResultRecord::new(other, "t", State::Started),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        backend.get(other).await.unwrap().unwrap().state,
+        State::Failure
+    );
+    backend.store(&[success(other, json!(3))]).await.unwrap();
+    assert_eq!(
+        backend.get(other).await.unwrap().unwrap().state,
+        State::Success
+    );
+    cleanup(&opts).await;
+}
+
+#[tokio::test]
+async fn ignore_result_stores_nothing() {
+    if !redis_up("ignore_result_stores_nothing") {
+        return;
+    }
+    let opts = test_options();
+    let backend = RedisBackend::connect(opts.clone()).await.unwrap();
+    let mut job = Job::new("add", vec![json!(1)], Default::default());
+    job.celery = Some(CeleryContext {
+        extra: json!({"ignore_result": true}),
+        ..Default::default()
+    });
+    let s = celery::settle(&job, success(&job.id, json!(1)));
+    backend.store(&s.store).await.unwrap();
+    assert!(backend.get(&job.id).await.unwrap().is_none());
+    cleanup(&opts).await;
+}
+
+/// `wait` returns as soon as the result is published (the store script publishes
+/// exactly the stored JSON, whose `task_id` the Python client needs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_is_woken_by_publish() {
+    if !redis_up("wait_is_woken_by_publish") {
+        return;
+    }
+    let opts = test_options();
+    let backend = std::sync::Arc::new(RedisBackend::connect(opts.clone()).await.unwrap());
+    let id = uuid::Uuid::new_v4().to_string();
+
+    let writer = {
+        let (backend, id) = (backend.clone(), id.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            backend
+                .store(&[ResultRecord::new(&id, "t", State::Started)])
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            backend.store(&[success(&id, json!("done"))]).await.unwrap();
+            Instant::now()
+        })
+    };
+    let got = backend
+        .wait(&id, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    let woke = Instant::now();
+    let stored = writer.await.unwrap();
+    assert_eq!(
+        (got.state, got.result),
+        (State::Success, Some(json!("done")))
+    );
+    assert!(
+        woke.duration_since(stored) < Duration::from_millis(100),
+        "woken by the publish"
+    );
+
+    // A timeout returns the latest state.
+    let slow = backend
+        .wait("never", Duration::from_millis(150))
+        .await
+        .unwrap();
+    assert!(slow.is_none());
+    cleanup(&opts).await;
+}
+
+/// The chord of PROTOCOL.md §8.5: the client sets `.s`; parts finishing in any order
+/// complete it once, and the body gets the results in header order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chord_completes_once_in_header_order() {
+    if !redis_up("chord_completes_once_in_header_order") {
+        return;
+    }
+    let opts = test_options();
+    let backend = RedisBackend::connect(opts.clone()).await.unwrap();
+    let broker = RedisBroker::connect(opts.clone()).await.unwrap();
+    let gid = uuid::Uuid::new_v4().to_string();
+    let body_id = uuid::Uuid::new_v4().to_string();
+    let queue = fresh_queue("chord");
+    let mut conn = raw(&opts).await;
+    let _: () = redis::cmd("SET")
+        .arg(opts.key(&format!("celery-taskset-meta-{gid}.s")))
+        .arg(3)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let body = json!({"task": "tsum", "args": [], "kwargs": {}, "options":
+        {"task_id": body_id, "group_id": gid, "queue": queue}, "subtask_type": null, "immutable": false});
+    let part = |i: usize| {
+        let mut job = Job::new("add", vec![json!(i)], Default::default());
+        job.celery = Some(CeleryContext {
+            root_id: Some(job.id.clone()),
+            group_id: Some(gid.clone()),
+            embed: json!({"callbacks": null, "errbacks": null, "chain": null, "chord": body}),
+            extra: json!({"group_index": i}),
+            ..Default::default()
+        });
+        job
+    };
+    let parts: Vec<Job> = (0..3).map(part).collect();
+    for i in [2usize, 0, 1] {
+        let rec = success(&parts[i].id, json!(i * 10));
+        backend.store(std::slice::from_ref(&rec)).await.unwrap();
+        backend
+            .on_chord_part_return(&parts[i], &rec, &broker)
+            .await
+            .unwrap();
+        // A redelivered duplicate of a part counts once.
+        backend
+            .on_chord_part_return(&parts[i], &rec, &broker)
+            .await
+            .unwrap();
+    }
+    let got = fetch_now(&broker, &queue, 10).await;
+    assert_eq!(got.len(), 1, "the body, once");
+    let body_job = job_of(&got[0]);
+    assert_eq!(body_job.id, body_id);
+    assert_eq!(body_job.args, vec![json!([0, 10, 20])]);
+    assert_eq!(
+        body_job.celery.as_ref().unwrap().group_id.as_deref(),
+        Some(gid.as_str())
+    );
+    // Late parts after completion do nothing.
+    backend
+        .on_chord_part_return(&parts[0], &success(&parts[0].id, json!(0)), &broker)
+        .await
+        .unwrap();
+    assert!(fetch_now(&broker, &queue, 10).await.is_empty());
+    broker.ack(&[got[0].tag.clone()]).await.unwrap();
+    cleanup(&opts).await;
+}
+
+/// A failed part: the body is not sent; its id gets Celery's ChordError.
+#[tokio::test]
+async fn chord_with_a_failed_part_fails_the_body() {
+    if !redis_up("chord_with_a_failed_part_fails_the_body") {
+        return;
+    }
+    let opts = test_options();
+    let backend = RedisBackend::connect(opts.clone()).await.unwrap();
+    let broker = RedisBroker::connect(opts.clone()).await.unwrap();
+    let (gid, body_id) = ("g-fail", "body-fail");
+    let mut conn = raw(&opts).await;
+    let _: () = redis::cmd("SET")
+        .arg(opts.key(&format!("celery-taskset-meta-{gid}.s")))
+        .arg(2)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let body = json!({"task": "tsum", "args": [], "kwargs": {}, "options": {"task_id": body_id, "group_id": gid}});
+    let mut parts = Vec::new();
+    for i in 0..2 {
+        let mut job = Job::new("add", vec![], Default::default());
+        job.id = format!("part-{i}");
+        job.celery = Some(CeleryContext {
+            group_id: Some(gid.into()),
+            embed: json!({"chord": body}),
+            extra: json!({"group_index": i}),
+            ..Default::default()
+        });
+        parts.push(job);
+    }
+    backend
+        .on_chord_part_return(&parts[0], &success("part-0", json!(2)), &broker)
+        .await
+        .unwrap();
+    let mut failed = ResultRecord::new("part-1", "fail", State::Failure);
+    failed.error = Some(ErrorInfo {
+        kind: "ValueError".into(),
+        message: "hdr".into(),
+        traceback: None,
+    });
+    backend
+        .on_chord_part_return(&parts[1], &failed, &broker)
+        .await
+        .unwrap();
+    let rec = backend.get(body_id).await.unwrap().expect("body result");
+    assert_eq!(rec.state, State::Failure);
+    let err = rec.error.unwrap();
+    assert_eq!(err.kind, "ChordError");
+    assert_eq!(err.message, "Dependency part-1 raised ValueError('hdr')");
+    assert!(
+        fetch_now(&broker, "celery", 10).await.is_empty(),
+        "no body sent"
+    );
+    cleanup(&opts).await;
+}
