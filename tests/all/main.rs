@@ -2,6 +2,12 @@
 
 mod broker_conformance;
 mod celery_fixtures;
+mod cli;
+mod concurrency;
+mod loading;
+mod outcomes;
 mod redis_backend;
 mod redis_broker;
 mod results_sqlite;
+mod support;
+mod worker;
