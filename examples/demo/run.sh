@@ -56,14 +56,14 @@ good=0; bad=0; i=0
 for spec in "${JOBS[@]}"; do
   IFS='|' read -r name _task _args expect <<<"$spec"
   out=$(cat "$WORK/$i.out"); err=$(grep -v '^\s*$' "$WORK/$i.err" | tail -1 || true)
-  if [ -n "$out" ]; then result="$out"; kind=ok; else result="$err"; kind=$(sed -E 's/^[^ ]+ [A-Z]+: ([A-Za-z]+):.*/\1/' <<<"$err"); fi
+  if [ -n "$out" ]; then result="$out"; kind=ok; else result=$(sed -E 's/^[^ ]+ //' <<<"$err"); kind=$(sed -E 's/^[A-Z]+: ([A-Za-z]+):.*/\1/' <<<"$result"); fi
   if [ "$kind" = "$expect" ]; then mark="ok"; good=$((good + 1)); else mark="WRONG"; bad=$((bad + 1)); fi
   printf '%-24s %-6s %s\n' "$name" "$mark" "${result:0:90}"
   i=$((i + 1))
 done
 
 echo
-"$SPROUT" status | sed -n '1,4p'
+"$SPROUT" status | sed -n '/^RESULTS/,/^$/p'
 echo
 echo "== summary: $good of ${#JOBS[@]} jobs ended as expected (${elapsed_ms} ms); the hog was preempted"
 echo "   every fuel slice and stopped at its budget while the other jobs ran beside it."

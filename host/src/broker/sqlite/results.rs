@@ -85,6 +85,14 @@ impl ResultBackend for SqliteStore {
             .map_err(BackendError::from)
     }
 
+    async fn recent(&self, limit: usize) -> Result<Vec<ResultRecord>, BackendError> {
+        self.recent_results(limit).await
+    }
+
+    async fn counts(&self) -> Result<Vec<(State, u64)>, BackendError> {
+        self.result_counts().await
+    }
+
     async fn get(&self, id: &str) -> Result<Option<ResultRecord>, BackendError> {
         let id = id.to_owned();
         self.run(move |inner| {
