@@ -59,10 +59,9 @@ pub fn build_engine(settings: &EngineSettings) -> wasmtime::Result<Engine> {
         .max_memories_per_component(4)
         .max_tables_per_component(8)
         .max_memory_size(settings.max_memory_bytes as usize)
-        .max_unused_warm_slots(slots)
-        .linear_memory_keep_resident(1 << 20)
-        .table_keep_resident(64 << 10)
-        .async_stack_keep_resident(128 << 10);
+        .max_unused_warm_slots(slots);
+    // `*_keep_resident` (memset instead of madvise on reuse) measured slower here for
+    // small guests: 51 µs/job without, 56–92 µs with 64–256 KiB (BENCHMARKS.md).
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     Engine::new(&config)
 }

@@ -1,0 +1,216 @@
+//! Sandbox and async-pool benchmarks (issue: sandbox runtime). Not a test: it prints
+//! numbers for BENCHMARKS.md.
+//!
+//! ```text
+//! ./tasks/build.sh target/tasks && cargo bench -p sprout --bench sandbox [-- SECTION...]
+//! ```
+//! Sections: `overhead` (echo jobs/s sequential and at -c 1000), `latency` (p50/p99 of
+//! short jobs beside 2, 10 and 100 hogs), `parked` (RSS per sleeping job at 10k),
+//! `fib` (fib(30) under fuel vs native). `SPROUT_BENCH_TASKS` overrides the task dir.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sprout::limits::Limits;
+use sprout::pool::{AsyncPool, Pool};
+use sprout::registry::Registry;
+use sprout::sandbox::{EngineSettings, RunRequest, Sandbox};
+
+fn tasks_dir() -> PathBuf {
+    std::env::var_os("SPROUT_BENCH_TASKS").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/tasks")
+    })
+}
+
+async fn setup(instances: u32, concurrency: usize, limits: Limits) -> (Arc<dyn Pool>, Arc<Registry>) {
+    let settings = EngineSettings { max_instances: instances, ..EngineSettings::default() };
+    let cache = std::env::temp_dir().join("sprout-bench-cache");
+    let sandbox = Sandbox::new(settings, Some(&cache)).expect("sandbox");
+    let registry = Arc::new(Registry::new());
+    let rejected = registry.load(&sandbox, &[tasks_dir()], &limits).await;
+    assert!(rejected.is_empty(), "{rejected:?} (run ./tasks/build.sh target/tasks first)");
+    (Arc::new(AsyncPool::new(sandbox, concurrency)), registry)
+}
+
+async fn job(pool: &dyn Pool, registry: &Registry, task: &str, args: serde_json::Value) -> sprout::outcome::Execution {
+    let entry = registry.lookup(task).expect("task");
+    let mut request = RunRequest::new(entry.export.clone(), args.as_array().cloned().unwrap_or_default());
+    request.limits = entry.limits.clone();
+    pool.execute(entry, request).await
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn overhead() {
+    let (pool, registry) = setup(1100, 1000, Limits::default()).await;
+    for _ in 0..200 {
+        job(pool.as_ref(), &registry, "echo", json!([1])).await;
+    }
+    let n = 20_000;
+    let started = Instant::now();
+    for i in 0..n {
+        let e = job(pool.as_ref(), &registry, "echo", json!([i])).await;
+        assert!(e.outcome.is_success());
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!("echo sequential:      {:>8.0} jobs/s  ({:.1} µs/job)", n as f64 / secs, secs * 1e6 / n as f64);
+
+    let n = 100_000;
+    let started = Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(1000));
+    let mut handles = Vec::with_capacity(n);
+    for i in 0..n {
+        let permit = sem.clone().acquire_owned().await.unwrap();
+        let (pool, registry) = (pool.clone(), registry.clone());
+        handles.push(tokio::spawn(async move {
+            let e = job(pool.as_ref(), &registry, "echo", json!([i])).await;
+            drop(permit);
+            e.outcome.is_success()
+        }));
+    }
+    for h in handles {
+        assert!(h.await.unwrap());
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!("echo at -c 1000:      {:>8.0} jobs/s  ({:.1} µs/job)", n as f64 / secs, secs * 1e6 / n as f64);
+}
+
+async fn latency() {
+    for hogs in [2usize, 10, 100] {
+        // Hogs with a budget that outlasts the measurement, stopped by their time limit.
+        let limits = Limits { time_limit: Duration::from_secs(30), ..Limits::default() };
+        let (pool, registry) = setup(1100, 1000, limits).await;
+        let entry = registry.lookup("hog").unwrap();
+        let mut hog_handles = Vec::new();
+        for _ in 0..hogs {
+            let (pool, entry) = (pool.clone(), entry.clone());
+            hog_handles.push(tokio::spawn(async move {
+                let mut request = RunRequest::new("hog", vec![]);
+                request.limits = Limits { fuel: u64::MAX / 2, time_limit: Duration::from_secs(30), ..Limits::default() };
+                pool.execute(entry, request).await
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Submit from another OS thread (the broker-side path), 5 ms apart.
+        let handle = tokio::runtime::Handle::current();
+        let (pool2, registry2) = (pool.clone(), registry.clone());
+        let latencies = tokio::task::spawn_blocking(move || {
+            let mut waits = Vec::new();
+            for i in 0..200 {
+                let (pool, registry) = (pool2.clone(), registry2.clone());
+                let submitted = Instant::now();
+                waits.push(handle.spawn(async move {
+                    let e = job(pool.as_ref(), &registry, "echo", json!([i])).await;
+                    assert!(e.outcome.is_success());
+                    submitted.elapsed()
+                }));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            waits
+        })
+        .await
+        .unwrap();
+        let mut l = Vec::new();
+        for w in latencies {
+            l.push(w.await.unwrap());
+        }
+        l.sort();
+        println!(
+            "short jobs beside {hogs:>3} hogs: p50 {:>8.3} ms  p99 {:>8.3} ms  max {:>8.3} ms",
+            percentile(&l, 0.5).as_secs_f64() * 1e3,
+            percentile(&l, 0.99).as_secs_f64() * 1e3,
+            l.last().unwrap().as_secs_f64() * 1e3
+        );
+        for h in hog_handles {
+            h.abort();
+        }
+    }
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    pages * 4096
+}
+
+async fn parked() {
+    let n = 10_000;
+    let (pool, registry) = setup(n as u32 + 100, n, Limits::default()).await;
+    job(pool.as_ref(), &registry, "sleep", json!([0.0])).await;
+    let before = rss_bytes();
+    let started = Instant::now();
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let (pool, registry) = (pool.clone(), registry.clone());
+            tokio::spawn(async move { job(pool.as_ref(), &registry, "sleep", json!([4.0])).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = rss_bytes();
+    for h in handles {
+        assert!(h.await.unwrap().outcome.is_success());
+    }
+    println!(
+        "{n} parked sleep jobs: RSS +{:.1} MiB = {:.1} KiB/job; all done in {:.2} s (sleep 4 s)",
+        (during - before) as f64 / (1 << 20) as f64,
+        (during - before) as f64 / 1024.0 / n as f64,
+        started.elapsed().as_secs_f64()
+    );
+}
+
+fn native_fib(n: u32) -> u64 {
+    if n < 2 { n as u64 } else { native_fib(std::hint::black_box(n - 1)) + native_fib(n - 2) }
+}
+
+async fn fib() {
+    let (pool, registry) = setup(16, 1, Limits::default()).await;
+    job(pool.as_ref(), &registry, "fib", json!([20])).await;
+    let runs = 7;
+    let mut wasm = Vec::new();
+    let mut fuel = 0;
+    for _ in 0..runs {
+        let e = job(pool.as_ref(), &registry, "fib", json!([30])).await;
+        assert_eq!(e.outcome, sprout::outcome::Outcome::Success { value: json!(832040) });
+        wasm.push(e.duration);
+        fuel = e.fuel_used;
+    }
+    let mut native = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        assert_eq!(std::hint::black_box(native_fib(std::hint::black_box(30))), 832040);
+        native.push(t.elapsed());
+    }
+    wasm.sort();
+    native.sort();
+    let (w, n) = (wasm[runs / 2], native[runs / 2]);
+    println!(
+        "fib(30): wasm+fuel {:.2} ms (fuel {fuel}), native {:.2} ms → {:.2}× native (median of {runs})",
+        w.as_secs_f64() * 1e3,
+        n.as_secs_f64() * 1e3,
+        w.as_secs_f64() / n.as_secs_f64()
+    );
+}
+
+fn main() {
+    let sections: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let want = |s: &str| sections.is_empty() || sections.iter().any(|x| x == s);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async {
+        if want("overhead") {
+            overhead().await;
+        }
+        if want("latency") {
+            latency().await;
+        }
+        if want("parked") {
+            parked().await;
+        }
+        if want("fib") {
+            fib().await;
+        }
+    });
+}
