@@ -2,6 +2,7 @@
 
 mod broker_conformance;
 mod celery_fixtures;
+mod celery_redis;
 mod cli;
 mod concurrency;
 mod loading;
