@@ -152,7 +152,8 @@ async fn parked() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let during = rss_bytes();
     for h in handles {
-        assert!(h.await.unwrap().outcome.is_success());
+        let e = h.await.unwrap();
+        assert!(e.outcome.is_success(), "{:?}", e.outcome);
     }
     println!(
         "{n} parked sleep jobs: RSS +{:.1} MiB = {:.1} KiB/job; all done in {:.2} s (sleep 4 s)",

@@ -10,7 +10,8 @@
 //! - [`broker`] and [`backend`] — where jobs wait (fetch with a lease, ack) and where
 //!   results go; the embedded SQLite file is the default.
 //! - [`manifest`] and [`registry`] — task files and their manifests, loaded into the
-//!   set of task names a worker can run.
+//!   set of task names a worker can run, and kept in step with the directories while
+//!   it runs (hot reload, [`registry::watch`]); [`rate_limit`] — per-task job rates.
 //! - [`pool`] — how jobs run: the async pool (many guests on tokio, preempted by fuel).
 //! - [`worker`] — the consume loop: reserve capacity, fetch, run, store, ack; shutdown.
 //! - [`client`] — the producer side for programs; [`cli`] and [`commands`] — the
@@ -26,6 +27,7 @@ pub mod limits;
 pub mod manifest;
 pub mod outcome;
 pub mod pool;
+pub mod rate_limit;
 pub mod registry;
 pub mod sandbox;
 pub mod telemetry;

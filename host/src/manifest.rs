@@ -1,9 +1,10 @@
 //! Task manifests: the `<name>.toml` file beside a `<name>.wasm` task file.
 //!
 //! A manifest names the tasks a file serves (aliases such as Celery's
-//! `proj.tasks.add`), the queue they go to by default, their limits and their retry
-//! policy. Unknown keys are errors (a typo must not silently loosen a sandbox). Every
-//! key is optional; see `docs/manifest.md` for the reference.
+//! `proj.tasks.add`), the queue they go to by default, their rate limit, their limits,
+//! their retry policy and their capabilities. Unknown keys are errors (a typo must not
+//! silently loosen a sandbox). Every key is optional; `docs/manifest.md` is the
+//! reference, and a test below parses a manifest using every key it documents.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -12,6 +13,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::limits::Limits;
+use crate::rate_limit::RateLimit;
+
+/// Prefix of the environment variables that carry `[capabilities] config` values to the
+/// guest: `config = { api_url = "…" }` is `SPROUT_CONFIG_api_url`.
+pub const CONFIG_ENV_PREFIX: &str = "SPROUT_CONFIG_";
 
 /// The whole manifest file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -24,6 +30,11 @@ pub struct Manifest {
     /// Default queue for jobs of these tasks when the sender names none.
     #[serde(default)]
     pub queue: Option<String>,
+    /// Most jobs per second, minute or hour (`"10/s"`, `"100/m"`, `"5/h"`, or a number
+    /// of jobs per second) that one worker starts, per task of this file. Jobs over the
+    /// limit wait (without a pool slot); they are never failed for it. Default: none.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
     /// Resource limits (each defaults to the worker's default).
     #[serde(default)]
     pub limits: LimitsSection,
@@ -50,8 +61,52 @@ pub struct Capabilities {
     #[serde(default)]
     pub dirs: BTreeMap<String, String>,
     /// Environment variables the guest sees (name → value). Nothing is inherited.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "env_map")]
     pub env: BTreeMap<String, String>,
+    /// Configuration values for the task (key → value). The guest reads them as
+    /// environment variables named [`CONFIG_ENV_PREFIX`] + key (`SPROUT_CONFIG_api_url`);
+    /// keys are letters, digits, `_`, `.` and `-`.
+    #[serde(default, deserialize_with = "config_map")]
+    pub config: BTreeMap<String, String>,
+}
+
+/// `[capabilities] env`: names must not be empty, contain `=` or NUL, or use the
+/// prefix reserved for `config` values.
+fn env_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    let map = BTreeMap::<String, String>::deserialize(d)?;
+    for name in map.keys() {
+        if name.is_empty() || name.contains(['=', '\0']) {
+            return Err(serde::de::Error::custom(format!(
+                "env name {name:?} is not a valid environment variable name"
+            )));
+        }
+        if name.starts_with(CONFIG_ENV_PREFIX) {
+            return Err(serde::de::Error::custom(format!(
+                "env name {name:?} uses the prefix {CONFIG_ENV_PREFIX} reserved for `config` \
+                 values: put it in `config` instead"
+            )));
+        }
+    }
+    Ok(map)
+}
+
+/// `[capabilities] config`: keys are letters, digits, `_`, `.` and `-`.
+fn config_map<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    let map = BTreeMap::<String, String>::deserialize(d)?;
+    for key in map.keys() {
+        let valid = !key.is_empty()
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if !valid {
+            return Err(serde::de::Error::custom(format!(
+                "config key {key:?} must be letters, digits, '_', '.' or '-'"
+            )));
+        }
+    }
+    Ok(map)
 }
 
 impl Capabilities {

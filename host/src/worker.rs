@@ -371,6 +371,8 @@ async fn handle_delivery(shared: &Shared, delivery: Delivery, permit: OwnedSemap
         settle(shared, tag, &job, record);
         return;
     };
+    // The manifest's rate limit: wait here, before the job starts or takes a pool slot.
+    shared.registry.throttle(&entry).await;
     if shared.config.track_started {
         let mut started = base_record(shared, &job, State::Started);
         started.started_at = Some(Utc::now());

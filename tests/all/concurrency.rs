@@ -115,3 +115,26 @@ async fn a_full_pool_waits_instead_of_failing() {
     let wall = started.elapsed();
     assert!(wall >= Duration::from_millis(590), "3 waves of 0.2 s: {wall:?}");
 }
+
+/// Dropping a job's future (a caller's timeout, a cold shutdown) stops the guest and
+/// frees its slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_jobs_stop_and_free_their_slot() {
+    let sandbox = support::sandbox(8);
+    let registry = support::registry(&sandbox).await;
+    let pool: Arc<dyn Pool> = Arc::new(AsyncPool::new(sandbox, 1));
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(100),
+        run_job(pool.as_ref(), &registry, "sleep", json!([30.0]), Default::default()),
+    )
+    .await;
+    assert!(cancelled.is_err(), "the sleep is still running at 100 ms");
+    // The only slot must be free again at once.
+    let e = tokio::time::timeout(
+        Duration::from_secs(2),
+        run_job(pool.as_ref(), &registry, "add", json!([1, 2]), Default::default()),
+    )
+    .await
+    .expect("the slot was released");
+    assert!(e.outcome.is_success());
+}

@@ -1,13 +1,18 @@
-//! `sprout tasks [PATHS]`: what a task directory provides.
+//! `sprout tasks [PATHS]`: what a task directory provides — each task with its version,
+//! its limits and everything its manifest grants.
 
 use std::process::ExitCode;
 
-use crate::cli::TasksArgs;
-use crate::outcome::human_bytes;
-use crate::registry;
+use serde_json::Value;
 
-/// Runs the command: one line per task name, then the rejected files. Exits 1 when any
-/// file was rejected.
+use crate::cli::TasksArgs;
+use crate::manifest::Capabilities;
+use crate::outcome::human_bytes;
+use crate::registry::{self, TaskEntry};
+
+/// Runs the command: one line per task name (version, kind, limits, file), then an
+/// indented line with its routing and rate limit and one with its capabilities; then
+/// the rejected files. Exits 1 when any file was rejected.
 ///
 /// # Errors
 /// The engine cannot be built.
@@ -16,8 +21,8 @@ pub async fn run(args: TasksArgs) -> anyhow::Result<ExitCode> {
     let defaults = super::default_limits(&args.limits);
     let (entries, rejected) = registry::scan(&sandbox, &args.paths, &defaults).await;
     println!(
-        "{:<24} {:<18} {:<12} {:>14} {:>9} {:>9}  {}",
-        "TASK", "KIND", "VERSION", "FUEL", "MEMORY", "TIME", "FILE"
+        "{:<24} {:<18} {:<12} {:>14} {:>9} {:>9} {:>9}  FILE",
+        "TASK", "KIND", "VERSION", "FUEL", "MEMORY", "TIME", "OUTPUT"
     );
     for entry in entries.values() {
         let name = if entry.name == entry.export {
@@ -26,15 +31,18 @@ pub async fn run(args: TasksArgs) -> anyhow::Result<ExitCode> {
             format!("{} -> {}", entry.name, entry.export)
         };
         println!(
-            "{:<24} {:<18} {:<12} {:>14} {:>9} {:>8}s  {}",
+            "{:<24} {:<18} {:<12} {:>14} {:>9} {:>8}s {:>9}  {}",
             name,
             entry.module.kind.name(),
             &entry.module.hash[..12],
             entry.limits.fuel,
             human_bytes(entry.limits.memory_bytes),
             entry.limits.time_limit.as_secs_f64(),
+            human_bytes(entry.limits.output_bytes),
             entry.file.display()
         );
+        println!("    {}", settings_line(entry));
+        println!("    grants: {}", grants_line(&entry.capabilities));
     }
     for r in &rejected {
         eprintln!("rejected {}: {}", r.file.display(), r.reason);
@@ -44,4 +52,77 @@ pub async fn run(args: TasksArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Queue, rate limit, the limits not in the table, and the retry policy.
+fn settings_line(entry: &TaskEntry) -> String {
+    let manifest = &entry.manifest;
+    let limits = &entry.limits;
+    let mut parts = vec![
+        format!(
+            "queue: {}",
+            manifest.queue.as_deref().unwrap_or("(the sender's)")
+        ),
+        format!(
+            "rate limit: {}",
+            manifest
+                .rate_limit
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "none".into())
+        ),
+    ];
+    if let Some(soft) = limits.soft_time_limit {
+        parts.push(format!("soft time limit: {}s", soft.as_secs_f64()));
+    }
+    parts.push(format!("log: {}", human_bytes(limits.log_bytes)));
+    parts.push(format!("max retries: {}", manifest.retry.max_retries));
+    if !manifest.retry.autoretry_for.is_empty() {
+        parts.push(format!(
+            "autoretry for: {}",
+            manifest.retry.autoretry_for.join(", ")
+        ));
+    }
+    parts.join("; ")
+}
+
+/// Every granted capability, or "nothing". Rendered from the manifest's own field
+/// names, so a new capability shows up here without changes; the values of `env` and
+/// `config` are left out (they may be secrets), their names are shown.
+fn grants_line(capabilities: &Capabilities) -> String {
+    let Ok(Value::Object(fields)) = serde_json::to_value(capabilities) else {
+        return "?".into();
+    };
+    let mut parts = Vec::new();
+    for (key, value) in fields {
+        let shown = match (&value, key.as_str()) {
+            (Value::Null, _) => continue,
+            (Value::Array(list), _) if list.is_empty() => continue,
+            (Value::Object(map), _) if map.is_empty() => continue,
+            (Value::Object(map), "env" | "config") => {
+                map.keys().cloned().collect::<Vec<_>>().join(", ")
+            }
+            (Value::Object(map), _) => map
+                .iter()
+                .map(|(k, v)| format!("{k}={}", plain(v)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            (Value::Array(list), _) => list.iter().map(plain).collect::<Vec<_>>().join(", "),
+            (other, _) => plain(other),
+        };
+        let read_only = if key == "dirs" { " (read-only)" } else { "" };
+        parts.push(format!("{key} {shown}{read_only}"));
+    }
+    if parts.is_empty() {
+        "nothing (no files, network, env or config)".into()
+    } else {
+        parts.join("; ")
+    }
+}
+
+/// A JSON value without the quotes around strings.
+fn plain(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
 }

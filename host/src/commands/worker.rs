@@ -35,6 +35,14 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     for r in &rejected {
         tracing::error!("rejected task file {}: {}", r.file.display(), r.reason);
     }
+    // Hot reload: new, changed and removed task files are picked up while the worker runs.
+    let _watcher = crate::registry::watch::spawn(
+        registry.clone(),
+        sandbox.clone(),
+        args.tasks.clone(),
+        defaults.clone(),
+        Default::default(),
+    );
     let pool: Arc<dyn Pool> = match pool_kind {
         "async" => Arc::new(AsyncPool::new(sandbox.clone(), args.concurrency)),
         other => bail!(ExitError::new(

@@ -46,12 +46,12 @@ impl Pool for AsyncPool {
         let sandbox = self.sandbox.clone();
         // A separate task: a host bug that panics while running one job fails that job,
         // not the worker.
-        let handle = tokio::spawn(async move {
+        let mut handle = AbortOnDrop(tokio::spawn(async move {
             let execution = sandbox.run(&entry.module, request).await;
             drop(permit);
             execution
-        });
-        match handle.await {
+        }));
+        match (&mut handle.0).await {
             Ok(execution) => execution,
             Err(e) => Execution::not_started(Outcome::WorkerLost {
                 reason: format!("the host task running the job failed: {e}"),
@@ -65,5 +65,15 @@ impl Pool for AsyncPool {
 
     fn kind(&self) -> &'static str {
         "async"
+    }
+}
+
+/// Cancels the job's task when the caller stops waiting for it (a cold shutdown, a
+/// caller's timeout): the guest stops at its next yield point and its slot is freed.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -192,10 +192,11 @@ impl Sandbox {
         let compile_err = |e: wasmtime::Error| LoadError::Compile(format!("{e:#}"));
         match format {
             Format::Component => {
-                let component = match cached.as_deref().filter(|p| p.exists()) {
+                let component = match cached.as_deref().and_then(read_artifact) {
                     // SAFETY: the artifact was written by this cache for an engine with the
-                    // same compatibility hash (it is in the file name), atomically.
-                    Some(path) => unsafe { Component::deserialize_file(engine, path) }
+                    // same compatibility hash (it is in the file name), atomically; wasmtime
+                    // still validates its header and rejects foreign or damaged files.
+                    Some(artifact) => unsafe { Component::deserialize(engine, &artifact) }
                         .or_else(|_| self.compile_component(hash, bytes)),
                     None => self.compile_component(hash, bytes),
                 }
@@ -212,9 +213,9 @@ impl Sandbox {
                 link_component(pre)
             }
             Format::CoreModule => {
-                let module = match cached.as_deref().filter(|p| p.exists()) {
+                let module = match cached.as_deref().and_then(read_artifact) {
                     // SAFETY: as above.
-                    Some(path) => unsafe { Module::deserialize_file(engine, path) }
+                    Some(artifact) => unsafe { Module::deserialize(engine, &artifact) }
                         .or_else(|_| self.compile_module(hash, bytes)),
                     None => self.compile_module(hash, bytes),
                 }
@@ -466,6 +467,13 @@ fn grant(builder: &mut WasiCtxBuilder, capabilities: &Capabilities) {
             tracing::warn!("cannot grant directory {host} as {guest}: {e:#}");
         }
     }
+}
+
+/// Reads a cached artifact into memory. Artifacts are deliberately not mmapped
+/// (`deserialize_file`): a cache file truncated or rewritten in place by someone else
+/// would then crash the process with SIGBUS.
+fn read_artifact(path: &Path) -> Option<Vec<u8>> {
+    std::fs::read(path).ok()
 }
 
 /// Runs `call` under the soft and hard wall-clock limits; `Err` is the time-limit

@@ -74,6 +74,14 @@ pub enum LoadError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The file is larger than the worker accepts (`Sandbox::set_max_task_file_bytes`).
+    #[error("the file is {size} bytes, over the {max}-byte limit for task files")]
+    TooLarge {
+        /// The file's size.
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
     /// Not a WebAssembly binary at all.
     #[error("not a WebAssembly file: {0}")]
     NotWasm(String),
