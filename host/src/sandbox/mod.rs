@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,13 +24,14 @@ use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
 
 use crate::limits::Limits;
-use crate::manifest::Capabilities;
+use crate::manifest::{CONFIG_ENV_PREFIX, Capabilities};
 use crate::outcome::{Execution, Outcome, RetryRequest, TimeLimitKind};
 
 pub mod cache;
 pub mod classify;
 pub mod command;
 pub mod component;
+pub mod deny;
 pub mod engine;
 pub mod limiter;
 pub mod module;
@@ -48,6 +50,9 @@ use output::CapturedOutput;
 
 /// Fuel allowed for listing a component's tasks at load time.
 const INSPECT_FUEL: u64 = 1_000_000_000;
+
+/// Default for [`Sandbox::set_max_task_file_bytes`]: 64 MiB.
+pub const DEFAULT_MAX_TASK_FILE_BYTES: u64 = 64 << 20;
 
 /// What to run: one task of a loaded module, with arguments, limits and job context.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -94,6 +99,7 @@ struct Inner {
     settings: EngineSettings,
     disk_cache: Option<ArtifactCache>,
     loaded: Mutex<HashMap<String, Arc<TaskModule>>>,
+    max_task_file_bytes: AtomicU64,
 }
 
 /// The per-process sandbox. Cheap to clone (an `Arc`).
@@ -111,6 +117,8 @@ impl Sandbox {
         let engine = engine::build_engine(&settings)?;
         let mut component_linker = ComponentLinker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut component_linker)?;
+        // Raw sockets and DNS: denied, and every attempt logged with the job.
+        deny::shadow_sockets(&mut component_linker)?;
         Task::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut component_linker, |s| s)?;
         let mut module_linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut module_linker, |s: &mut CommandState| {
@@ -125,6 +133,7 @@ impl Sandbox {
                 settings,
                 disk_cache,
                 loaded: Mutex::new(HashMap::new()),
+                max_task_file_bytes: AtomicU64::new(DEFAULT_MAX_TASK_FILE_BYTES),
             }),
         })
     }
@@ -134,11 +143,36 @@ impl Sandbox {
         &self.inner.settings
     }
 
+    /// Caps the size of task files [`Sandbox::load_file`] accepts (default
+    /// [`DEFAULT_MAX_TASK_FILE_BYTES`], 64 MiB). Compile time grows with module size, and
+    /// a file is read into memory whole: the cap bounds both for files dropped into a
+    /// task directory. Bytes handed to [`Sandbox::load`] directly are not checked.
+    pub fn set_max_task_file_bytes(&self, bytes: u64) {
+        self.inner
+            .max_task_file_bytes
+            .store(bytes, Ordering::Relaxed);
+    }
+
+    /// The task-file size cap in force.
+    pub fn max_task_file_bytes(&self) -> u64 {
+        self.inner.max_task_file_bytes.load(Ordering::Relaxed)
+    }
+
     /// Loads a task file from disk. See [`Sandbox::load`].
     ///
     /// # Errors
-    /// [`LoadError`] with a readable reason.
+    /// [`LoadError`] with a readable reason; [`LoadError::TooLarge`] (before reading it)
+    /// for a file over [`Sandbox::max_task_file_bytes`].
     pub async fn load_file(&self, path: &Path) -> Result<Arc<TaskModule>, LoadError> {
+        let io_err = |source| LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let size = tokio::fs::metadata(path).await.map_err(io_err)?.len();
+        let max = self.max_task_file_bytes();
+        if size > max {
+            return Err(LoadError::TooLarge { size, max });
+        }
         let bytes = tokio::fs::read(path)
             .await
             .map_err(|source| LoadError::Io {
@@ -328,10 +362,10 @@ impl Sandbox {
         let limits = req.limits.clone();
         let log = CapturedOutput::new(limits.log_bytes as usize);
         let stderr = CapturedOutput::new(limits.log_bytes as usize);
-        let wasi = WasiCtxBuilder::new()
-            .stdout(log.clone())
-            .stderr(stderr.clone())
-            .build();
+        let mut builder = WasiCtxBuilder::new();
+        builder.stdout(log.clone()).stderr(stderr.clone());
+        grant(&mut builder, &req);
+        let wasi = builder.build();
         let job = JobInfo {
             id: req.job_id.clone(),
             task: req.task.clone(),
@@ -455,18 +489,26 @@ impl Sandbox {
     }
 }
 
-/// Adds what the manifest grants to a WASI context: environment variables and
-/// read-only directories. A directory that cannot be opened is skipped with a warning
-/// (the guest then sees it as missing).
-fn grant(builder: &mut WasiCtxBuilder, capabilities: &Capabilities) {
+/// Adds what the manifest grants to a fresh WASI context: environment variables,
+/// `config` values (as `SPROUT_CONFIG_<key>` variables) and read-only directories; and
+/// denies (and logs) raw sockets and DNS. Nothing else is granted: `WasiCtxBuilder::new`
+/// starts with no preopens, no environment, no arguments, no network and stdio that is
+/// not the host's. A directory that cannot be opened is skipped with a warning (the
+/// guest then sees it as missing).
+fn grant(builder: &mut WasiCtxBuilder, req: &RunRequest) {
+    let capabilities: &Capabilities = &req.capabilities;
     for (name, value) in &capabilities.env {
         builder.env(name, value);
     }
+    for (key, value) in &capabilities.config {
+        builder.env(format!("{CONFIG_ENV_PREFIX}{key}"), value);
+    }
     for (guest, host) in &capabilities.dirs {
         if let Err(e) = builder.preopened_dir(host, guest, wasmtime_wasi::FsPerms::ReadOnly) {
-            tracing::warn!("cannot grant directory {host} as {guest}: {e:#}");
+            tracing::warn!(job = %req.job_id, task = %req.task, "cannot grant directory {host} as {guest}: {e:#}");
         }
     }
+    deny::deny_sockets(builder, &req.job_id, &req.task);
 }
 
 /// Reads a cached artifact into memory. Artifacts are deliberately not mmapped
@@ -504,7 +546,7 @@ fn command_stdio<C>(
         .stdout(stdout.clone())
         .stderr(stderr.clone())
         .arg(&req.task);
-    grant(&mut builder, &req.capabilities);
+    grant(&mut builder, req);
     (build(&mut builder), stdout, stderr)
 }
 
