@@ -19,24 +19,42 @@ use sprout::registry::Registry;
 use sprout::sandbox::{EngineSettings, RunRequest, Sandbox};
 
 fn tasks_dir() -> PathBuf {
-    std::env::var_os("SPROUT_BENCH_TASKS").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/tasks")
-    })
+    std::env::var_os("SPROUT_BENCH_TASKS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/tasks"))
 }
 
-async fn setup(instances: u32, concurrency: usize, limits: Limits) -> (Arc<dyn Pool>, Arc<Registry>) {
-    let settings = EngineSettings { max_instances: instances, ..EngineSettings::default() };
+async fn setup(
+    instances: u32,
+    concurrency: usize,
+    limits: Limits,
+) -> (Arc<dyn Pool>, Arc<Registry>) {
+    let settings = EngineSettings {
+        max_instances: instances,
+        ..EngineSettings::default()
+    };
     let cache = std::env::temp_dir().join("sprout-bench-cache");
     let sandbox = Sandbox::new(settings, Some(&cache)).expect("sandbox");
     let registry = Arc::new(Registry::new());
     let rejected = registry.load(&sandbox, &[tasks_dir()], &limits).await;
-    assert!(rejected.is_empty(), "{rejected:?} (run ./tasks/build.sh target/tasks first)");
+    assert!(
+        rejected.is_empty(),
+        "{rejected:?} (run ./tasks/build.sh target/tasks first)"
+    );
     (Arc::new(AsyncPool::new(sandbox, concurrency)), registry)
 }
 
-async fn job(pool: &dyn Pool, registry: &Registry, task: &str, args: serde_json::Value) -> sprout::outcome::Execution {
+async fn job(
+    pool: &dyn Pool,
+    registry: &Registry,
+    task: &str,
+    args: serde_json::Value,
+) -> sprout::outcome::Execution {
     let entry = registry.lookup(task).expect("task");
-    let mut request = RunRequest::new(entry.export.clone(), args.as_array().cloned().unwrap_or_default());
+    let mut request = RunRequest::new(
+        entry.export.clone(),
+        args.as_array().cloned().unwrap_or_default(),
+    );
     request.limits = entry.limits.clone();
     pool.execute(entry, request).await
 }
@@ -57,7 +75,11 @@ async fn overhead() {
         assert!(e.outcome.is_success());
     }
     let secs = started.elapsed().as_secs_f64();
-    println!("echo sequential:      {:>8.0} jobs/s  ({:.1} µs/job)", n as f64 / secs, secs * 1e6 / n as f64);
+    println!(
+        "echo sequential:      {:>8.0} jobs/s  ({:.1} µs/job)",
+        n as f64 / secs,
+        secs * 1e6 / n as f64
+    );
 
     let n = 100_000;
     let started = Instant::now();
@@ -76,13 +98,20 @@ async fn overhead() {
         assert!(h.await.unwrap());
     }
     let secs = started.elapsed().as_secs_f64();
-    println!("echo at -c 1000:      {:>8.0} jobs/s  ({:.1} µs/job)", n as f64 / secs, secs * 1e6 / n as f64);
+    println!(
+        "echo at -c 1000:      {:>8.0} jobs/s  ({:.1} µs/job)",
+        n as f64 / secs,
+        secs * 1e6 / n as f64
+    );
 }
 
 async fn latency() {
     for hogs in [2usize, 10, 100] {
         // Hogs with a budget that outlasts the measurement, stopped by their time limit.
-        let limits = Limits { time_limit: Duration::from_secs(30), ..Limits::default() };
+        let limits = Limits {
+            time_limit: Duration::from_secs(30),
+            ..Limits::default()
+        };
         let (pool, registry) = setup(1100, 1000, limits).await;
         let entry = registry.lookup("hog").unwrap();
         let mut hog_handles = Vec::new();
@@ -90,7 +119,11 @@ async fn latency() {
             let (pool, entry) = (pool.clone(), entry.clone());
             hog_handles.push(tokio::spawn(async move {
                 let mut request = RunRequest::new("hog", vec![]);
-                request.limits = Limits { fuel: u64::MAX / 2, time_limit: Duration::from_secs(30), ..Limits::default() };
+                request.limits = Limits {
+                    fuel: u64::MAX / 2,
+                    time_limit: Duration::from_secs(30),
+                    ..Limits::default()
+                };
                 pool.execute(entry, request).await
             }));
         }
@@ -133,7 +166,11 @@ async fn latency() {
 
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
     pages * 4096
 }
 
@@ -164,7 +201,11 @@ async fn parked() {
 }
 
 fn native_fib(n: u32) -> u64 {
-    if n < 2 { n as u64 } else { native_fib(std::hint::black_box(n - 1)) + native_fib(n - 2) }
+    if n < 2 {
+        n as u64
+    } else {
+        native_fib(std::hint::black_box(n - 1)) + native_fib(n - 2)
+    }
 }
 
 async fn fib() {
@@ -175,14 +216,22 @@ async fn fib() {
     let mut fuel = 0;
     for _ in 0..runs {
         let e = job(pool.as_ref(), &registry, "fib", json!([30])).await;
-        assert_eq!(e.outcome, sprout::outcome::Outcome::Success { value: json!(832040) });
+        assert_eq!(
+            e.outcome,
+            sprout::outcome::Outcome::Success {
+                value: json!(832040)
+            }
+        );
         wasm.push(e.duration);
         fuel = e.fuel_used;
     }
     let mut native = Vec::new();
     for _ in 0..runs {
         let t = Instant::now();
-        assert_eq!(std::hint::black_box(native_fib(std::hint::black_box(30))), 832040);
+        assert_eq!(
+            std::hint::black_box(native_fib(std::hint::black_box(30))),
+            832040
+        );
         native.push(t.elapsed());
     }
     wasm.sort();
@@ -197,9 +246,16 @@ async fn fib() {
 }
 
 fn main() {
-    let sections: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let sections: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let want = |s: &str| sections.is_empty() || sections.iter().any(|x| x == s);
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         if want("overhead") {
             overhead().await;

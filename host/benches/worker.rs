@@ -25,14 +25,21 @@ use sprout::sandbox::{EngineSettings, Sandbox};
 use sprout::worker::{Shutdown, Worker, WorkerConfig};
 
 fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() {
     let jobs = env_or("SPROUT_BENCH_JOBS", 50_000);
     let concurrency = env_or("SPROUT_BENCH_CONCURRENCY", 100);
     let tasks = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/tasks");
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async move {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(dir.path().join("bench.db")).await.unwrap());

@@ -185,10 +185,10 @@ impl Worker {
                 _ = stop_rx.changed() => break 'fetching,
             };
             let extra = reservations.available_permits().min(FETCH_BATCH - 1);
-            if extra > 0 {
-                if let Ok(more) = reservations.clone().try_acquire_many_owned(extra as u32) {
-                    permits.merge(more);
-                }
+            if extra > 0
+                && let Ok(more) = reservations.clone().try_acquire_many_owned(extra as u32)
+            {
+                permits.merge(more);
             }
             while jobs.try_join_next().is_some() {}
             let wanted = permits.num_permits();

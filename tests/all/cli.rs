@@ -31,37 +31,73 @@ fn run_exit_codes_say_what_went_wrong() {
     let fail = support::task("fail").display().to_string();
     let out = run(&["run", &fail, "fail", r#"["boom"]"#]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("ValueError: boom"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("ValueError: boom"),
+        "{}",
+        stderr(&out)
+    );
 
     let hog = support::task("hog").display().to_string();
     let out = run(&["run", &hog, "hog", "--fuel", "10000000"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("OutOfFuel: ran out of fuel (budget 10000000)"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("OutOfFuel: ran out of fuel (budget 10000000)"),
+        "{}",
+        stderr(&out)
+    );
 
-    let out = run(&["run", &hog, "hog", "--fuel", "100000000000000", "--time-limit", "0.2"]);
+    let out = run(&[
+        "run",
+        &hog,
+        "hog",
+        "--fuel",
+        "100000000000000",
+        "--time-limit",
+        "0.2",
+    ]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("TimeLimitExceeded"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("TimeLimitExceeded"),
+        "{}",
+        stderr(&out)
+    );
 
     let alloc = support::task("alloc").display().to_string();
     let out = run(&["run", &alloc, "alloc", "[32]", "--memory", "16"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("MemoryLimitExceeded: memory limit of 16 MiB exceeded"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("MemoryLimitExceeded: memory limit of 16 MiB exceeded"),
+        "{}",
+        stderr(&out)
+    );
 
     let math = support::task("math").display().to_string();
     let out = run(&["run", &math, "nope"]);
     assert_eq!(out.status.code(), Some(3));
-    assert!(stderr(&out).contains("has no task \"nope\" (it has: add, mul"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("has no task \"nope\" (it has: add, mul"),
+        "{}",
+        stderr(&out)
+    );
 
     let out = run(&["run", &math, "add", "[1,"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("ARGS is not JSON"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("ARGS is not JSON"),
+        "{}",
+        stderr(&out)
+    );
 
     let dir = Workdir::new();
     std::fs::write(dir.path("junk.wasm"), b"garbage").unwrap();
     let junk = dir.path("junk.wasm").display().to_string();
     let out = dir.run(&["run", &junk, "x"]);
     assert_eq!(out.status.code(), Some(3));
-    assert!(stderr(&out).contains("not a WebAssembly file"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not a WebAssembly file"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -71,8 +107,18 @@ fn run_json_reports_the_whole_execution() {
     assert_eq!(out.status.code(), Some(1));
     let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(record["outcome"]["outcome"], "trap");
-    assert!(record["outcome"]["message"].as_str().unwrap().contains("kaboom"));
-    assert!(record["outcome"]["backtrace"].as_str().unwrap().contains("trap.wasm!"));
+    assert!(
+        record["outcome"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("kaboom")
+    );
+    assert!(
+        record["outcome"]["backtrace"]
+            .as_str()
+            .unwrap()
+            .contains("trap.wasm!")
+    );
 }
 
 #[test]
@@ -81,11 +127,22 @@ fn tasks_lists_names_aliases_and_limits() {
     let out = run(&["tasks", &dir]);
     assert!(out.status.success(), "{}", stderr(&out));
     let listing = stdout(&out);
-    for name in ["add", "mul", "tasks.add -> add", "fib", "hog", "wasi_upper", "sleep"] {
+    for name in [
+        "add",
+        "mul",
+        "tasks.add -> add",
+        "fib",
+        "hog",
+        "wasi_upper",
+        "sleep",
+    ] {
         assert!(listing.contains(name), "{name} missing from\n{listing}");
     }
     let hog_line = listing.lines().find(|l| l.starts_with("hog ")).unwrap();
-    assert!(hog_line.contains("2000000000") && hog_line.contains("10s"), "{hog_line}");
+    assert!(
+        hog_line.contains("2000000000") && hog_line.contains("10s"),
+        "{hog_line}"
+    );
     assert!(listing.contains("wasi-command (p1)"));
 }
 
@@ -93,10 +150,17 @@ fn tasks_lists_names_aliases_and_limits() {
 fn invalid_manifests_are_rejected_with_the_line() {
     let dir = Workdir::new();
     std::fs::copy(support::task("math"), dir.path("math.wasm")).unwrap();
-    std::fs::write(dir.path("math.toml"), "queue = \"q\"\n[limits]\nfuell = 3\n").unwrap();
+    std::fs::write(
+        dir.path("math.toml"),
+        "queue = \"q\"\n[limits]\nfuell = 3\n",
+    )
+    .unwrap();
     let path = dir.dir.path().display().to_string();
     let out = dir.run(&["tasks", &path]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(err.contains("math.toml") && err.contains("fuell") && err.contains("line 3"), "{err}");
+    assert!(
+        err.contains("math.toml") && err.contains("fuell") && err.contains("line 3"),
+        "{err}"
+    );
 }

@@ -21,18 +21,37 @@ async fn short_jobs_are_not_starved_by_hogs() {
     // short jobs are submitted.
     let dir = Workdir::new();
     std::fs::copy(support::task("hog"), dir.path("hog.wasm")).unwrap();
-    std::fs::write(dir.path("hog.toml"), "[limits]\nfuel = 100_000_000_000\ntime_limit = 2.0\n").unwrap();
+    std::fs::write(
+        dir.path("hog.toml"),
+        "[limits]\nfuel = 100_000_000_000\ntime_limit = 2.0\n",
+    )
+    .unwrap();
     std::fs::copy(support::task("echo"), dir.path("echo.wasm")).unwrap();
     let sandbox = support::sandbox(1100);
     let registry = Arc::new(Registry::new());
-    let rejected = registry.load(&sandbox, &[dir.dir.path().to_path_buf()], &Limits::default()).await;
+    let rejected = registry
+        .load(
+            &sandbox,
+            &[dir.dir.path().to_path_buf()],
+            &Limits::default(),
+        )
+        .await;
     assert!(rejected.is_empty(), "{rejected:?}");
     let pool: Arc<dyn Pool> = Arc::new(AsyncPool::new(sandbox, 1000));
 
     let hogs: Vec<_> = (0..4)
         .map(|_| {
             let (pool, registry) = (pool.clone(), registry.clone());
-            tokio::spawn(async move { run_job(pool.as_ref(), &registry, "hog", json!([]), Default::default()).await })
+            tokio::spawn(async move {
+                run_job(
+                    pool.as_ref(),
+                    &registry,
+                    "hog",
+                    json!([]),
+                    Default::default(),
+                )
+                .await
+            })
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -42,7 +61,14 @@ async fn short_jobs_are_not_starved_by_hogs() {
         let (pool, registry) = (pool.clone(), registry.clone());
         shorts.push(tokio::spawn(async move {
             let submitted = Instant::now();
-            let e = run_job(pool.as_ref(), &registry, "echo", json!([i]), Default::default()).await;
+            let e = run_job(
+                pool.as_ref(),
+                &registry,
+                "echo",
+                json!([i]),
+                Default::default(),
+            )
+            .await;
             assert_eq!(e.outcome, Outcome::Success { value: json!(i) });
             submitted.elapsed()
         }));
@@ -61,7 +87,14 @@ async fn short_jobs_are_not_starved_by_hogs() {
     for hog in hogs {
         let e = hog.await.unwrap();
         assert!(
-            matches!(e.outcome, Outcome::OutOfFuel { .. } | Outcome::TimeLimit { kind: TimeLimitKind::Hard, .. }),
+            matches!(
+                e.outcome,
+                Outcome::OutOfFuel { .. }
+                    | Outcome::TimeLimit {
+                        kind: TimeLimitKind::Hard,
+                        ..
+                    }
+            ),
             "{:?}",
             e.outcome
         );
@@ -75,20 +108,40 @@ async fn sleeping_guests_hold_no_thread() {
     let registry = support::registry(&sandbox).await;
     let pool: Arc<dyn Pool> = Arc::new(AsyncPool::new(sandbox, 1000));
     // Warm the module (compile outside the timed part).
-    let e = run_job(pool.as_ref(), &registry, "sleep", json!([0.0]), Default::default()).await;
+    let e = run_job(
+        pool.as_ref(),
+        &registry,
+        "sleep",
+        json!([0.0]),
+        Default::default(),
+    )
+    .await;
     assert!(e.outcome.is_success());
 
     let started = Instant::now();
     let jobs: Vec<_> = (0..1000)
         .map(|_| {
             let (pool, registry) = (pool.clone(), registry.clone());
-            tokio::spawn(async move { run_job(pool.as_ref(), &registry, "sleep", json!([1.0]), Default::default()).await })
+            tokio::spawn(async move {
+                run_job(
+                    pool.as_ref(),
+                    &registry,
+                    "sleep",
+                    json!([1.0]),
+                    Default::default(),
+                )
+                .await
+            })
         })
         .collect();
     for job in jobs {
         let e = job.await.unwrap();
         assert!(e.outcome.is_success(), "{:?}", e.outcome);
-        assert!(e.fuel_used < 1_000_000, "sleeping burns no fuel: {}", e.fuel_used);
+        assert!(
+            e.fuel_used < 1_000_000,
+            "sleeping burns no fuel: {}",
+            e.fuel_used
+        );
     }
     let wall = started.elapsed();
     eprintln!("1000 x sleep(1s) at -c 1000: {wall:?}");
@@ -106,14 +159,26 @@ async fn a_full_pool_waits_instead_of_failing() {
     let jobs: Vec<_> = (0..6)
         .map(|_| {
             let (pool, registry) = (pool.clone(), registry.clone());
-            tokio::spawn(async move { run_job(pool.as_ref(), &registry, "sleep", json!([0.2]), Default::default()).await })
+            tokio::spawn(async move {
+                run_job(
+                    pool.as_ref(),
+                    &registry,
+                    "sleep",
+                    json!([0.2]),
+                    Default::default(),
+                )
+                .await
+            })
         })
         .collect();
     for job in jobs {
         assert!(job.await.unwrap().outcome.is_success());
     }
     let wall = started.elapsed();
-    assert!(wall >= Duration::from_millis(590), "3 waves of 0.2 s: {wall:?}");
+    assert!(
+        wall >= Duration::from_millis(590),
+        "3 waves of 0.2 s: {wall:?}"
+    );
 }
 
 /// Dropping a job's future (a caller's timeout, a cold shutdown) stops the guest and
@@ -125,14 +190,26 @@ async fn cancelled_jobs_stop_and_free_their_slot() {
     let pool: Arc<dyn Pool> = Arc::new(AsyncPool::new(sandbox, 1));
     let cancelled = tokio::time::timeout(
         Duration::from_millis(100),
-        run_job(pool.as_ref(), &registry, "sleep", json!([30.0]), Default::default()),
+        run_job(
+            pool.as_ref(),
+            &registry,
+            "sleep",
+            json!([30.0]),
+            Default::default(),
+        ),
     )
     .await;
     assert!(cancelled.is_err(), "the sleep is still running at 100 ms");
     // The only slot must be free again at once.
     let e = tokio::time::timeout(
         Duration::from_secs(2),
-        run_job(pool.as_ref(), &registry, "add", json!([1, 2]), Default::default()),
+        run_job(
+            pool.as_ref(),
+            &registry,
+            "add",
+            json!([1, 2]),
+            Default::default(),
+        ),
     )
     .await
     .expect("the slot was released");

@@ -21,8 +21,13 @@ pub async fn run_job(
     args: Value,
     job_limits: LimitOverrides,
 ) -> Execution {
-    let entry = registry.lookup(task).unwrap_or_else(|| panic!("task {task} not loaded"));
-    let mut request = RunRequest::new(entry.export.clone(), args.as_array().cloned().unwrap_or_default());
+    let entry = registry
+        .lookup(task)
+        .unwrap_or_else(|| panic!("task {task} not loaded"));
+    let mut request = RunRequest::new(
+        entry.export.clone(),
+        args.as_array().cloned().unwrap_or_default(),
+    );
     request.limits = entry.limits.lowered_by(&job_limits);
     request.capabilities = entry.capabilities.clone();
     pool.execute(entry, request).await
@@ -41,16 +46,37 @@ pub async fn outcome_suite(pool: Arc<dyn Pool>, registry: &Registry) {
     assert!(e.fuel_used > 0);
     let e = run_job(pool, registry, "fib", json!([20]), no_limits()).await;
     assert_eq!(e.outcome, Outcome::Success { value: json!(6765) });
-    let e = run_job(pool, registry, "echo", json!([{"nested": [1, "two"]}]), no_limits()).await;
-    assert_eq!(e.outcome, Outcome::Success { value: json!({"nested": [1, "two"]}) });
+    let e = run_job(
+        pool,
+        registry,
+        "echo",
+        json!([{"nested": [1, "two"]}]),
+        no_limits(),
+    )
+    .await;
+    assert_eq!(
+        e.outcome,
+        Outcome::Success {
+            value: json!({"nested": [1, "two"]})
+        }
+    );
     // A plain WASI command (no SDK).
     let e = run_job(pool, registry, "wasi_upper", json!(["abc", 1]), no_limits()).await;
-    assert_eq!(e.outcome, Outcome::Success { value: json!(["ABC", 1]) });
+    assert_eq!(
+        e.outcome,
+        Outcome::Success {
+            value: json!(["ABC", 1])
+        }
+    );
 
     // The guest's own error.
     let e = run_job(pool, registry, "fail", json!(["boom"]), no_limits()).await;
     match &e.outcome {
-        Outcome::GuestError { kind, message, retry } => {
+        Outcome::GuestError {
+            kind,
+            message,
+            retry,
+        } => {
             assert_eq!(kind, "ValueError");
             assert_eq!(message, "boom");
             assert!(retry.is_none());
@@ -59,7 +85,11 @@ pub async fn outcome_suite(pool: Arc<dyn Pool>, registry: &Registry) {
     }
     // Bad arguments are a TypeError from the SDK, not a trap.
     let e = run_job(pool, registry, "add", json!([1]), no_limits()).await;
-    assert!(matches!(&e.outcome, Outcome::GuestError { kind, .. } if kind == "TypeError"), "{:?}", e.outcome);
+    assert!(
+        matches!(&e.outcome, Outcome::GuestError { kind, .. } if kind == "TypeError"),
+        "{:?}",
+        e.outcome
+    );
 
     // A panic is a trap carrying the panic message.
     let e = run_job(pool, registry, "trap", json!(["kaboom"]), no_limits()).await;
@@ -70,50 +100,164 @@ pub async fn outcome_suite(pool: Arc<dyn Pool>, registry: &Registry) {
 
     // CPU budget: hog's manifest gives it 2e9 fuel.
     let e = run_job(pool, registry, "hog", json!([]), no_limits()).await;
-    assert_eq!(e.outcome, Outcome::OutOfFuel { budget: 2_000_000_000 });
+    assert_eq!(
+        e.outcome,
+        Outcome::OutOfFuel {
+            budget: 2_000_000_000
+        }
+    );
     assert_eq!(e.fuel_used, 2_000_000_000);
 
     // Wall clock: a sleeping guest burns no fuel but hits the time limit.
-    let e = run_job(pool, registry, "sleep", json!([5.0]), LimitOverrides { time_limit: Some(0.3), ..no_limits() }).await;
-    assert_eq!(e.outcome, Outcome::TimeLimit { kind: TimeLimitKind::Hard, limit: Duration::from_millis(300) });
+    let e = run_job(
+        pool,
+        registry,
+        "sleep",
+        json!([5.0]),
+        LimitOverrides {
+            time_limit: Some(0.3),
+            ..no_limits()
+        },
+    )
+    .await;
+    assert_eq!(
+        e.outcome,
+        Outcome::TimeLimit {
+            kind: TimeLimitKind::Hard,
+            limit: Duration::from_millis(300)
+        }
+    );
     assert!(e.duration < Duration::from_secs(2), "{:?}", e.duration);
-    let e = run_job(pool, registry, "sleep", json!([5.0]), LimitOverrides { soft_time_limit: Some(0.2), ..no_limits() }).await;
-    assert_eq!(e.outcome, Outcome::TimeLimit { kind: TimeLimitKind::Soft, limit: Duration::from_millis(200) });
+    let e = run_job(
+        pool,
+        registry,
+        "sleep",
+        json!([5.0]),
+        LimitOverrides {
+            soft_time_limit: Some(0.2),
+            ..no_limits()
+        },
+    )
+    .await;
+    assert_eq!(
+        e.outcome,
+        Outcome::TimeLimit {
+            kind: TimeLimitKind::Soft,
+            limit: Duration::from_millis(200)
+        }
+    );
 
     // Memory cap (64 MiB default).
     let e = run_job(pool, registry, "alloc", json!([100]), no_limits()).await;
-    assert_eq!(e.outcome, Outcome::MemoryLimit { limit_bytes: 64 << 20 });
+    assert_eq!(
+        e.outcome,
+        Outcome::MemoryLimit {
+            limit_bytes: 64 << 20
+        }
+    );
     let e = run_job(pool, registry, "alloc", json!([8]), no_limits()).await;
     assert!(e.outcome.is_success(), "8 MiB fits: {:?}", e.outcome);
 
     // Output cap (1 MiB default).
     let e = run_job(pool, registry, "spew", json!([2_000_000]), no_limits()).await;
-    assert_eq!(e.outcome, Outcome::OutputTooLarge { limit_bytes: 1 << 20 });
+    assert_eq!(
+        e.outcome,
+        Outcome::OutputTooLarge {
+            limit_bytes: 1 << 20
+        }
+    );
     // Captured stdout is bounded and never fails the job.
     let e = run_job(pool, registry, "shout", json!([1_000_000]), no_limits()).await;
     assert!(e.outcome.is_success(), "{:?}", e.outcome);
-    assert!(e.logs.len() < 70_000, "stdout capture is capped: {}", e.logs.len());
+    assert!(
+        e.logs.len() < 70_000,
+        "stdout capture is capped: {}",
+        e.logs.len()
+    );
     assert!(e.logs.ends_with("[output truncated]\n"));
 }
 
 /// A job may lower its limits but never raise them above the task's.
 pub async fn job_limits_suite(pool: Arc<dyn Pool>, registry: &Registry) {
     let pool = pool.as_ref();
-    let lower = LimitOverrides { fuel: Some(50_000_000), ..no_limits() };
+    let lower = LimitOverrides {
+        fuel: Some(50_000_000),
+        ..no_limits()
+    };
     let e = run_job(pool, registry, "hog", json!([]), lower).await;
     assert_eq!(e.outcome, Outcome::OutOfFuel { budget: 50_000_000 });
-    let raise = LimitOverrides { fuel: Some(1_000_000_000_000), ..no_limits() };
+    let raise = LimitOverrides {
+        fuel: Some(1_000_000_000_000),
+        ..no_limits()
+    };
     let e = run_job(pool, registry, "hog", json!([]), raise).await;
-    assert_eq!(e.outcome, Outcome::OutOfFuel { budget: 2_000_000_000 }, "raising is ignored");
+    assert_eq!(
+        e.outcome,
+        Outcome::OutOfFuel {
+            budget: 2_000_000_000
+        },
+        "raising is ignored"
+    );
 
-    let e = run_job(pool, registry, "alloc", json!([8]), LimitOverrides { memory_bytes: Some(4 << 20), ..no_limits() }).await;
-    assert_eq!(e.outcome, Outcome::MemoryLimit { limit_bytes: 4 << 20 });
-    let e = run_job(pool, registry, "alloc", json!([100]), LimitOverrides { memory_bytes: Some(1 << 30), ..no_limits() }).await;
-    assert_eq!(e.outcome, Outcome::MemoryLimit { limit_bytes: 64 << 20 }, "raising is ignored");
+    let e = run_job(
+        pool,
+        registry,
+        "alloc",
+        json!([8]),
+        LimitOverrides {
+            memory_bytes: Some(4 << 20),
+            ..no_limits()
+        },
+    )
+    .await;
+    assert_eq!(
+        e.outcome,
+        Outcome::MemoryLimit {
+            limit_bytes: 4 << 20
+        }
+    );
+    let e = run_job(
+        pool,
+        registry,
+        "alloc",
+        json!([100]),
+        LimitOverrides {
+            memory_bytes: Some(1 << 30),
+            ..no_limits()
+        },
+    )
+    .await;
+    assert_eq!(
+        e.outcome,
+        Outcome::MemoryLimit {
+            limit_bytes: 64 << 20
+        },
+        "raising is ignored"
+    );
 
-    let e = run_job(pool, registry, "spew", json!([200]), LimitOverrides { output_bytes: Some(100), ..no_limits() }).await;
+    let e = run_job(
+        pool,
+        registry,
+        "spew",
+        json!([200]),
+        LimitOverrides {
+            output_bytes: Some(100),
+            ..no_limits()
+        },
+    )
+    .await;
     assert_eq!(e.outcome, Outcome::OutputTooLarge { limit_bytes: 100 });
-    let e = run_job(pool, registry, "sleep", json!([0.05]), LimitOverrides { time_limit: Some(1e9), ..no_limits() }).await;
+    let e = run_job(
+        pool,
+        registry,
+        "sleep",
+        json!([0.05]),
+        LimitOverrides {
+            time_limit: Some(1e9),
+            ..no_limits()
+        },
+    )
+    .await;
     assert!(e.outcome.is_success());
 }
 

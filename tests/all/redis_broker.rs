@@ -321,7 +321,11 @@ async fn crashed_worker_reservation_comes_back_once() {
     );
     let mut all = ids(&x);
     all.extend(ids(&y));
-    assert_eq!(all, std::slice::from_ref(&sent.id), "exactly one redelivery");
+    assert_eq!(
+        all,
+        std::slice::from_ref(&sent.id),
+        "exactly one redelivery"
+    );
     cleanup(&opts).await;
 }
 

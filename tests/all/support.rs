@@ -14,7 +14,10 @@ use sprout::sandbox::{EngineSettings, Sandbox};
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("host/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ has a parent")
+        .to_path_buf()
 }
 
 /// The example tasks, freshly built from `tasks/` by `tasks/build.sh` (once per test
@@ -49,14 +52,19 @@ pub fn cache_dir() -> PathBuf {
 
 /// A sandbox with room for `instances` guests, using the test artifact cache.
 pub fn sandbox(instances: u32) -> Sandbox {
-    let settings = EngineSettings { max_instances: instances, ..EngineSettings::default() };
+    let settings = EngineSettings {
+        max_instances: instances,
+        ..EngineSettings::default()
+    };
     Sandbox::new(settings, Some(&cache_dir())).expect("sandbox")
 }
 
 /// A registry holding every example task.
 pub async fn registry(sandbox: &Sandbox) -> Arc<Registry> {
     let registry = Arc::new(Registry::new());
-    let rejected = registry.load(sandbox, &[tasks_dir().to_path_buf()], &Limits::default()).await;
+    let rejected = registry
+        .load(sandbox, &[tasks_dir().to_path_buf()], &Limits::default())
+        .await;
     assert!(rejected.is_empty(), "rejected task files: {rejected:?}");
     registry
 }
@@ -70,7 +78,9 @@ pub struct Workdir {
 impl Workdir {
     /// A new empty work dir.
     pub fn new() -> Self {
-        Workdir { dir: tempfile::tempdir().expect("tempdir") }
+        Workdir {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
     }
 
     /// `sqlite:<dir>/sprout.db`.

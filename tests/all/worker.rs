@@ -13,11 +13,17 @@ use sprout::job::Job;
 use crate::support::{Workdir, stdout, wait_until};
 
 async fn store(dir: &Workdir) -> SqliteStore {
-    SqliteStore::open(dir.path("sprout.db")).await.expect("open broker")
+    SqliteStore::open(dir.path("sprout.db"))
+        .await
+        .expect("open broker")
 }
 
 fn job(task: &str, args: serde_json::Value) -> Job {
-    Job::new(task, args.as_array().cloned().unwrap_or_default(), Default::default())
+    Job::new(
+        task,
+        args.as_array().cloned().unwrap_or_default(),
+        Default::default(),
+    )
 }
 
 async fn count_terminal(store: &SqliteStore) -> u64 {
@@ -38,7 +44,10 @@ async fn wait_terminal(store: &SqliteStore, n: u64, timeout: Duration) {
         if done >= n {
             return;
         }
-        assert!(Instant::now() < deadline, "only {done} of {n} jobs finished within {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "only {done} of {n} jobs finished within {timeout:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -75,11 +84,18 @@ async fn kill_9_mid_flight_loses_nothing() {
     let _restarted = dir.worker(&["-c", "500", "--lease", "2"]);
     wait_terminal(&store, 2000, Duration::from_secs(60)).await;
     for job in &jobs {
-        let record = store.get(&job.id).await.unwrap().expect("every job has a result");
+        let record = store
+            .get(&job.id)
+            .await
+            .unwrap()
+            .expect("every job has a result");
         assert_eq!(record.state, State::Success);
     }
     let stats = store.stats().await.unwrap();
-    assert!(stats.iter().all(|q| q.ready == 0 && q.leased == 0), "{stats:?}");
+    assert!(
+        stats.iter().all(|q| q.ready == 0 && q.leased == 0),
+        "{stats:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,19 +108,42 @@ async fn retries_expiry_and_eta() {
     let mut expired = job("add", json!([1, 1]));
     expired.expires = Some(Utc::now() - chrono::Duration::seconds(1));
     let unknown = job("no.such.task", json!([]));
-    store.publish(&[flaky.clone(), hog.clone(), expired.clone(), unknown.clone()]).await.unwrap();
+    store
+        .publish(&[flaky.clone(), hog.clone(), expired.clone(), unknown.clone()])
+        .await
+        .unwrap();
     let _worker = dir.worker(&["-c", "4"]);
 
-    let r = store.wait(&flaky.id, Duration::from_secs(20)).await.unwrap().unwrap();
-    assert_eq!((r.state, r.retries, r.result.clone()), (State::Success, 2, Some(json!(2))), "{r:?}");
-    let r = store.wait(&hog.id, Duration::from_secs(20)).await.unwrap().unwrap();
+    let r = store
+        .wait(&flaky.id, Duration::from_secs(20))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (r.state, r.retries, r.result.clone()),
+        (State::Success, 2, Some(json!(2))),
+        "{r:?}"
+    );
+    let r = store
+        .wait(&hog.id, Duration::from_secs(20))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(r.state, State::Failure);
     assert_eq!(r.retries, 0, "running out of fuel is not retried");
     assert_eq!(r.error.unwrap().kind, "OutOfFuel");
-    let r = store.wait(&expired.id, Duration::from_secs(20)).await.unwrap().unwrap();
+    let r = store
+        .wait(&expired.id, Duration::from_secs(20))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(r.state, State::Revoked);
     assert!(r.fuel_used.is_none(), "an expired job never runs");
-    let r = store.wait(&unknown.id, Duration::from_secs(20)).await.unwrap().unwrap();
+    let r = store
+        .wait(&unknown.id, Duration::from_secs(20))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(r.state, State::Failure);
     assert_eq!(r.error.unwrap().kind, "NotRegistered");
 
@@ -113,7 +152,11 @@ async fn retries_expiry_and_eta() {
     let eta = Utc::now() + chrono::Duration::milliseconds(1500);
     later.eta = Some(eta);
     store.publish(std::slice::from_ref(&later)).await.unwrap();
-    let r = store.wait(&later.id, Duration::from_secs(10)).await.unwrap().unwrap();
+    let r = store
+        .wait(&later.id, Duration::from_secs(10))
+        .await
+        .unwrap()
+        .unwrap();
     let started = r.started_at.expect("started_at");
     let late = (started - eta).num_milliseconds();
     eprintln!("eta job started {late} ms after its eta");
@@ -142,14 +185,25 @@ async fn corrupt_messages_are_dead_lettered_and_nothing_else_is_lost() {
         let r = store.get(&j.id).await.unwrap().unwrap();
         assert_eq!(r.result, Some(json!(i + 1)));
     }
-    let corrupt = store.get("corrupt-1").await.unwrap().expect("a failure record for the corrupt job");
+    let corrupt = store
+        .get("corrupt-1")
+        .await
+        .unwrap()
+        .expect("a failure record for the corrupt job");
     assert_eq!(corrupt.state, State::Failure);
     let out = dir.run(&["status"]);
     let status = stdout(&out);
-    assert!(status.contains("DEAD LETTERS") && status.contains("corrupt-1"), "{status}");
+    assert!(
+        status.contains("DEAD LETTERS") && status.contains("corrupt-1"),
+        "{status}"
+    );
     let dead = store.dead_letters(10).await.unwrap();
     assert_eq!(dead.len(), 1);
-    assert!(dead[0].reason.contains("expected") || dead[0].reason.contains("JSON") || !dead[0].reason.is_empty());
+    assert!(
+        dead[0].reason.contains("expected")
+            || dead[0].reason.contains("JSON")
+            || !dead[0].reason.is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,10 +227,16 @@ async fn sigterm_lets_running_jobs_finish_and_keeps_the_queue() {
     let (code, log) = worker.wait(Duration::from_secs(10));
     assert_eq!(code, Some(0), "{log}");
     for j in &running {
-        assert_eq!(store.get(&j.id).await.unwrap().unwrap().state, State::Success);
+        assert_eq!(
+            store.get(&j.id).await.unwrap().unwrap().state,
+            State::Success
+        );
     }
     for j in &waiting {
-        assert!(store.get(&j.id).await.unwrap().is_none(), "a queued job must not have run");
+        assert!(
+            store.get(&j.id).await.unwrap().is_none(),
+            "a queued job must not have run"
+        );
     }
     let ready: u64 = store.stats().await.unwrap().iter().map(|q| q.ready).sum();
     assert_eq!(ready, 20, "the queue is intact");
@@ -190,7 +250,12 @@ async fn second_sigterm_is_a_cold_shutdown_and_jobs_come_back() {
     store.publish(&jobs).await.unwrap();
     let mut worker = dir.worker(&["-c", "20"]);
     assert!(wait_until(Duration::from_secs(20), || {
-        futures_lite_block(store.stats()).unwrap().iter().map(|q| q.leased).sum::<u64>() == 20
+        futures_lite_block(store.stats())
+            .unwrap()
+            .iter()
+            .map(|q| q.leased)
+            .sum::<u64>()
+            == 20
     }));
     worker.signal(libc::SIGTERM);
     std::thread::sleep(Duration::from_millis(300));
@@ -198,14 +263,20 @@ async fn second_sigterm_is_a_cold_shutdown_and_jobs_come_back() {
     let started = Instant::now();
     let (code, log) = worker.wait(Duration::from_secs(5));
     assert_eq!(code, Some(1), "cold shutdown exits non-zero: {log}");
-    assert!(started.elapsed() < Duration::from_secs(2), "cold shutdown is immediate");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "cold shutdown is immediate"
+    );
     assert_eq!(count_terminal(&store).await, 0, "no job finished");
     let ready: u64 = store.stats().await.unwrap().iter().map(|q| q.ready).sum();
     assert_eq!(ready, 20, "interrupted jobs are released for redelivery");
     let _restarted = dir.worker(&["-c", "20"]);
     wait_terminal(&store, 20, Duration::from_secs(30)).await;
     for j in &jobs {
-        assert_eq!(store.get(&j.id).await.unwrap().unwrap().state, State::Success);
+        assert_eq!(
+            store.get(&j.id).await.unwrap().unwrap().state,
+            State::Success
+        );
     }
 }
 

@@ -24,12 +24,10 @@ pub struct Observed {
 
 /// Classifies an error raised while instantiating or running a guest.
 pub fn classify(error: &wasmtime::Error, observed: &Observed) -> Outcome {
-    if let Some(trap) = error.downcast_ref::<Trap>() {
-        if *trap == Trap::OutOfFuel {
-            return Outcome::OutOfFuel {
-                budget: observed.fuel_budget,
-            };
-        }
+    if error.downcast_ref::<Trap>() == Some(&Trap::OutOfFuel) {
+        return Outcome::OutOfFuel {
+            budget: observed.fuel_budget,
+        };
     }
     // A refused growth surfaces as an abort (Rust's OOM handler), a failed instantiation
     // (initial memory or table too large) or a trap in the guest's allocator.
