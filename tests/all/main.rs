@@ -1,5 +1,6 @@
 //! Sprout's integration tests: one test binary, one module per area.
 
+mod adversarial;
 mod broker_conformance;
 mod celery_fixtures;
 mod celery_redis;
@@ -7,6 +8,7 @@ mod cli;
 mod concurrency;
 mod loading;
 mod outcomes;
+mod plugins;
 mod redis_backend;
 mod redis_broker;
 mod results_sqlite;

@@ -1,0 +1,346 @@
+//! Plugin-style deployment: a running `sprout worker` picks up new, changed, broken and
+//! removed task files without a restart; `sprout tasks` shows versions, limits and
+//! grants; manifests' rate limits hold.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sprout::backend::{ResultBackend, ResultRecord, State};
+use sprout::broker::Broker;
+use sprout::broker::sqlite::SqliteStore;
+use sprout::job::Job;
+use sprout::limits::Limits;
+use sprout::registry::Registry;
+use sprout::registry::watch::{self, WatchOptions};
+
+use crate::adversarial::guest;
+use crate::support::{self, Workdir, WorkerProcess, stdout, wait_until};
+
+/// Starts `sprout worker --tasks DIR ARGS` with its log in `<workdir>/worker.log`.
+fn start_worker(w: &Workdir, dir: &Path, args: &[&str]) -> WorkerProcess {
+    let dir = dir.display().to_string();
+    let mut all = vec!["worker", "--tasks", &dir];
+    all.extend_from_slice(args);
+    let child = w
+        .sprout(&all)
+        .env("SPROUT_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(File::create(w.path("worker.log")).unwrap())
+        .spawn()
+        .expect("spawn worker");
+    WorkerProcess { child: Some(child) }
+}
+
+fn worker_log(w: &Workdir) -> String {
+    std::fs::read_to_string(w.path("worker.log")).unwrap_or_default()
+}
+
+async fn send(store: &SqliteStore, task: &str, args: Value) -> Job {
+    let job = Job::new(
+        task,
+        args.as_array().cloned().unwrap_or_default(),
+        Default::default(),
+    );
+    store.publish(std::slice::from_ref(&job)).await.unwrap();
+    job
+}
+
+async fn result(store: &SqliteStore, job: &Job) -> ResultRecord {
+    store
+        .wait(&job.id, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("no result for {} within 30 s", job.task))
+}
+
+/// Sends `task(args)` until a job succeeds with `want`; returns how long that took.
+async fn until_result(
+    store: &SqliteStore,
+    task: &str,
+    args: Value,
+    want: Value,
+    bound: Duration,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let r = result(store, &send(store, task, args.clone()).await).await;
+        if r.state == State::Success && r.result.as_ref() == Some(&want) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < bound,
+            "no {want} from {task} within {bound:?}; last: {:?} {:?} {:?}",
+            r.state,
+            r.result,
+            r.error
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Copies the way `cp` does: in place, not through a temp file and a rename.
+fn cp(from: &Path, to: &Path) {
+    std::fs::write(to, std::fs::read(from).unwrap()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_worker_picks_up_new_changed_broken_and_removed_files() {
+    let w = Workdir::new();
+    let dir = w.path("tasks");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(support::task("echo"), dir.join("echo.wasm")).unwrap();
+    let store = SqliteStore::open(w.path("sprout.db")).await.unwrap();
+    let _worker = start_worker(&w, &dir, &["-c", "8", "--track-started"]);
+    until_result(
+        &store,
+        "echo",
+        json!([1]),
+        json!(1),
+        Duration::from_secs(30),
+    )
+    .await;
+
+    // A new file: jobs for it succeed within 2 s, no restart.
+    let task = dir.join("version.wasm");
+    cp(&guest("version_v1"), &task);
+    let took = until_result(
+        &store,
+        "version",
+        json!([0]),
+        json!("v1"),
+        Duration::from_secs(2),
+    )
+    .await;
+    eprintln!("new task file serving after {took:?}");
+
+    // A long job on v1, then v2 replaces the file: new jobs get v2, the long one ends on v1.
+    let long = send(&store, "version", json!([3.0])).await;
+    let started = Instant::now();
+    while store
+        .get(&long.id)
+        .await
+        .unwrap()
+        .is_none_or(|r| r.state != State::Started)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the long job did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cp(&guest("version_v2"), &task);
+    let took = until_result(
+        &store,
+        "version",
+        json!([0]),
+        json!("v2"),
+        Duration::from_secs(2),
+    )
+    .await;
+    eprintln!("changed task file serving after {took:?}");
+    let r = result(&store, &long).await;
+    assert_eq!(
+        (r.state, r.result),
+        (State::Success, Some(json!("v1"))),
+        "the running job kept its version"
+    );
+
+    // A corrupt file is rejected with a logged reason; v2 keeps serving.
+    std::fs::write(&task, b"\0asm\x0d\0\x01\0 this is not a component").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || worker_log(&w)
+            .contains("rejected task file")),
+        "no rejection logged:\n{}",
+        worker_log(&w)
+    );
+    let log = worker_log(&w);
+    let line = log
+        .lines()
+        .find(|l| l.contains("rejected task file"))
+        .unwrap();
+    assert!(line.contains("version.wasm"), "{line}");
+    eprintln!("{line}");
+    until_result(
+        &store,
+        "version",
+        json!([0]),
+        json!("v2"),
+        Duration::from_secs(1),
+    )
+    .await;
+
+    // A fixed file after a broken one loads again.
+    cp(&guest("version_v1"), &task);
+    until_result(
+        &store,
+        "version",
+        json!([0]),
+        json!("v1"),
+        Duration::from_secs(2),
+    )
+    .await;
+
+    // A removed file takes its tasks with it.
+    std::fs::remove_file(&task).unwrap();
+    let started = Instant::now();
+    loop {
+        let r = result(&store, &send(&store, "version", json!([0])).await).await;
+        if r.state == State::Failure {
+            assert_eq!(r.error.unwrap().kind, "NotRegistered");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the removed task still runs"
+        );
+    }
+    eprintln!("removed task gone after {:?}", started.elapsed());
+    until_result(
+        &store,
+        "echo",
+        json!(["still here"]),
+        json!("still here"),
+        Duration::from_secs(1),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_alone_picks_up_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = support::sandbox(4);
+    let registry = Arc::new(Registry::new());
+    let paths = vec![dir.path().to_path_buf()];
+    assert!(
+        registry
+            .load(&sandbox, &paths, &Limits::default())
+            .await
+            .is_empty()
+    );
+    let options = WatchOptions {
+        fs_events: false,
+        poll_interval: Duration::from_millis(200),
+        ..WatchOptions::default()
+    };
+    let _watcher = watch::spawn(registry.clone(), sandbox, paths, Limits::default(), options);
+    let file: PathBuf = dir.path().join("version.wasm");
+    cp(&guest("version_v1"), &file);
+    let started = Instant::now();
+    while registry.lookup("version").is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "not picked up by polling"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let v1 = registry.lookup("version").unwrap();
+    eprintln!("polling picked up a new file after {:?}", started.elapsed());
+    cp(&guest("version_v2"), &file);
+    let started = Instant::now();
+    while registry.lookup("version").unwrap().module.hash == v1.module.hash {
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "change not picked up by polling"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The old entry is still whole for whoever holds it.
+    assert_eq!(v1.module.tasks, ["version"]);
+    std::fs::remove_file(&file).unwrap();
+    assert!(
+        wait_until_async(Duration::from_secs(3), || registry
+            .lookup("version")
+            .is_none())
+        .await,
+        "removal not picked up by polling"
+    );
+}
+
+async fn wait_until_async(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    check()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifest_rate_limit_spaces_jobs_in_the_worker() {
+    let w = Workdir::new();
+    let dir = w.path("tasks");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(guest("version_v1"), dir.join("version.wasm")).unwrap();
+    std::fs::write(dir.join("version.toml"), "rate_limit = \"5/s\"\n").unwrap();
+    let store = SqliteStore::open(w.path("sprout.db")).await.unwrap();
+    let jobs: Vec<Job> = (0..6)
+        .map(|_| Job::new("version", vec![json!(0)], Default::default()))
+        .collect();
+    store.publish(&jobs).await.unwrap();
+    let _worker = start_worker(&w, &dir, &["-c", "8"]);
+    let mut starts = Vec::new();
+    for job in &jobs {
+        let r = result(&store, job).await;
+        assert_eq!(
+            r.state,
+            State::Success,
+            "a rate-limited job is never failed: {r:?}"
+        );
+        starts.push(r.started_at.expect("started_at"));
+    }
+    starts.sort();
+    let spread = (*starts.last().unwrap() - starts[0]).num_milliseconds();
+    eprintln!("6 jobs at 5/s started over {spread} ms");
+    assert!(spread >= 950, "6 jobs at 5/s need >= 1 s, took {spread} ms");
+}
+
+#[test]
+fn sprout_tasks_shows_versions_limits_and_grants() {
+    let w = Workdir::new();
+    let dir = w.path("tasks");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(guest("version_v1"), dir.join("version.wasm")).unwrap();
+    std::fs::write(
+        dir.join("version.toml"),
+        "queue = \"slow\"\nrate_limit = \"10/m\"\naliases = { \"proj.version\" = \"version\" }\n\
+         [limits]\nfuel = 123456789\nmemory_mib = 16\n\
+         [capabilities]\nenv = { TOKEN = \"secret-value\" }\nconfig = { region = \"eu\" }\n\
+         dirs = { \"/data\" = \".\" }\n",
+    )
+    .unwrap();
+    std::fs::copy(guest("escape"), dir.join("escape.wasm")).unwrap();
+    let out = w.run(&["tasks", &dir.display().to_string()]);
+    let text = stdout(&out);
+    eprintln!("{text}");
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    let hash = blake3_hex(&dir.join("version.wasm"));
+    assert!(text.contains(&hash[..12]), "version hash shown");
+    assert!(text.contains("proj.version -> version"));
+    assert!(
+        text.contains("123456789") && text.contains("16 MiB"),
+        "limits shown"
+    );
+    assert!(text.contains("queue: slow") && text.contains("rate limit: 10/m"));
+    assert!(
+        text.contains("env TOKEN") && text.contains("config region"),
+        "grants shown"
+    );
+    assert!(!text.contains("secret-value"), "env values are not printed");
+    assert!(text.contains("dirs /data="), "{text}");
+    assert!(
+        text.contains("grants: nothing"),
+        "escape has no manifest: {text}"
+    );
+}
+
+fn blake3_hex(path: &Path) -> String {
+    blake3::hash(&std::fs::read(path).unwrap())
+        .to_hex()
+        .to_string()
+}
