@@ -2,8 +2,9 @@
 //! Each case must end as a clean outcome with a reason, within its limits, and the pool
 //! must still serve the next (good) job.
 //!
-//! [`adversarial_suite`] takes any `Arc<dyn Pool>`; the async pool and the prefork pool
-//! each run it. The misbehaving guests are the Rust crates in `tests/guests/` (built by
+//! [`adversarial_suite`] takes any `Arc<dyn Pool>` (with [`Fixture`] and [`load`]), so
+//! every pool runs the same cases: the async pool here, the prefork pool in its own
+//! test module. The misbehaving guests are the Rust crates in `tests/guests/` (built by
 //! `tests/guests/build.sh`) and hand-written WAT modules assembled here (the engine is
 //! built without wasmtime's `wat` feature).
 
@@ -17,7 +18,7 @@ use serde_json::{Value, json};
 use sprout::job::LimitOverrides;
 use sprout::limits::Limits;
 use sprout::outcome::{Execution, Outcome};
-use sprout::pool::{AsyncPool, Pool, PreforkConfig, PreforkPool};
+use sprout::pool::{AsyncPool, Pool};
 use sprout::registry::{Registry, Rejected};
 use sprout::sandbox::Sandbox;
 
@@ -686,20 +687,4 @@ async fn async_pool_adversarial() {
             .any(|l| l.contains("denied") && l.contains("resolve \"example.com\"")),
         "{text}"
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prefork_pool_adversarial() {
-    let fx = Fixture::new();
-    let sandbox = support::sandbox(32);
-    let suite = load(&sandbox, &fx).await;
-    check_rejections(&suite);
-    let mut config = PreforkConfig::new(support::sprout_bin(), 2);
-    config.cache_dir = Some(support::cache_dir());
-    let pool = PreforkPool::start(config)
-        .await
-        .expect("start the prefork pool");
-    let pool: Arc<dyn Pool> = Arc::new(pool);
-    adversarial_suite(pool.clone(), &suite).await;
-    pool.shutdown().await;
 }
