@@ -610,7 +610,7 @@ pub async fn adversarial_suite(pool: Arc<dyn Pool>, suite: &Suite) {
 }
 
 /// What the hand-written modules that must not load said.
-fn check_rejections(suite: &Suite) {
+pub fn check_rejections(suite: &Suite) {
     let reason = |name: &str| -> String {
         suite
             .wat_rejected
