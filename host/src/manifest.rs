@@ -51,11 +51,35 @@ pub struct Manifest {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Capabilities {
-    /// Outgoing HTTP destinations, as `scheme://host:port` patterns (`*` wildcards in
-    /// the host's leftmost label and the port), e.g. `"https://*.example.com:443"`,
-    /// `"http://127.0.0.1:*"`.
+    /// Outgoing HTTP destinations (`wasi:http`), as `scheme://host[:port]` patterns.
+    /// Nothing is allowed when empty. Every request, and every hop of a redirect, must
+    /// match one; the check happens before any DNS lookup or connection.
+    ///
+    /// ```text
+    /// pattern = scheme "://" host [ ":" port ]      (case-insensitive)
+    /// scheme  = "http" | "https"
+    /// host    = "*"                  any host
+    ///         | "*." domain          any name ending in "." domain (not domain itself);
+    ///                                domain has at least two labels
+    ///         | name                 that DNS name exactly (a trailing "." is ignored)
+    ///         | ipv4 | "[" ipv6 "]"  that IP literal exactly (names are not resolved
+    ///                                to compare: list the form the task uses)
+    /// port    = "*" | 1..65535       omitted = the scheme's default, 80 or 443
+    /// ```
+    ///
+    /// No user info, path, query or fragment. Examples: `"https://api.example.com"`
+    /// (port 443 only), `"https://*.example.com:*"`, `"http://127.0.0.1:*"`.
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
+    /// Longest wait, in seconds, for each phase of an outgoing HTTP request: connecting,
+    /// the first response byte, and each later read of the body. A guest may ask for
+    /// less, never more. Default: 30.
+    #[serde(default)]
+    pub http_timeout: Option<f64>,
+    /// Largest HTTP response body a task may receive, in KiB; a larger one fails with a
+    /// clear error (at once when `content-length` announces it). Default: 10240 (10 MiB).
+    #[serde(default)]
+    pub http_max_response_kib: Option<u64>,
     /// Host directories mounted read-only: guest path → host path
     /// (`"/data" = "/srv/feeds"`). Relative host paths are relative to the manifest.
     #[serde(default)]
@@ -113,6 +137,24 @@ impl Capabilities {
     /// True when nothing is granted.
     pub fn is_empty(&self) -> bool {
         *self == Capabilities::default()
+    }
+
+    /// Checks the values serde cannot: `allowed_hosts` patterns and HTTP limits.
+    ///
+    /// # Errors
+    /// A message naming the key and what is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        crate::sandbox::http::AllowList::parse(&self.allowed_hosts)
+            .map_err(|e| format!("[capabilities] {e}"))?;
+        if let Some(secs) = self.http_timeout.filter(|s| !(s.is_finite() && *s > 0.0)) {
+            return Err(format!(
+                "[capabilities] http_timeout must be a positive number of seconds, not {secs}"
+            ));
+        }
+        if self.http_max_response_kib == Some(0) {
+            return Err("[capabilities] http_max_response_kib must be at least 1".into());
+        }
+        Ok(())
     }
 }
 
@@ -260,7 +302,10 @@ impl Manifest {
     /// # Errors
     /// A readable message with line and column.
     pub fn parse(text: &str) -> Result<Manifest, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+        let manifest: Manifest =
+            toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+        manifest.capabilities.validate()?;
+        Ok(manifest)
     }
 }
 
@@ -273,6 +318,23 @@ mod tests {
         let err = Manifest::parse("queue = \"q\"\n[limits]\nfuell = 5\n").unwrap_err();
         assert!(err.contains("fuell"), "{err}");
         assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn http_capabilities_are_validated() {
+        let m = Manifest::parse(
+            "[capabilities]\nallowed_hosts = [\"http://127.0.0.1:*\"]\nhttp_timeout = 2.5\nhttp_max_response_kib = 64\n",
+        )
+        .unwrap();
+        assert_eq!(m.capabilities.http_timeout, Some(2.5));
+        assert_eq!(m.capabilities.http_max_response_kib, Some(64));
+        let err =
+            Manifest::parse("[capabilities]\nallowed_hosts = [\"example.com\"]\n").unwrap_err();
+        assert!(err.contains("allowed_hosts entry \"example.com\""), "{err}");
+        let err = Manifest::parse("[capabilities]\nhttp_timeout = 0\n").unwrap_err();
+        assert!(err.contains("http_timeout"), "{err}");
+        let err = Manifest::parse("[capabilities]\nhttp_timout = 1\n").unwrap_err();
+        assert!(err.contains("http_timout"), "{err}");
     }
 
     #[test]

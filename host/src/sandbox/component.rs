@@ -3,7 +3,9 @@
 
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use super::http::HttpPolicy;
 use super::limiter::MemoryLimiter;
 use super::output::CapturedOutput;
 
@@ -25,6 +27,9 @@ pub use bindings::{Task, TaskPre};
 pub struct ComponentState {
     wasi: WasiCtx,
     table: ResourceTable,
+    http: WasiHttpCtx,
+    /// What outgoing HTTP may reach (deny everything unless set from the manifest).
+    pub http_policy: HttpPolicy,
     /// Memory cap for this job.
     pub limiter: MemoryLimiter,
     /// The job the guest may ask about.
@@ -41,6 +46,8 @@ impl ComponentState {
         ComponentState {
             wasi,
             table: ResourceTable::new(),
+            http: WasiHttpCtx::new(),
+            http_policy: HttpPolicy::default(),
             limiter,
             job,
             log,
@@ -54,6 +61,16 @@ impl WasiView for ComponentState {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for ComponentState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_policy,
         }
     }
 }

@@ -33,6 +33,7 @@ pub mod command;
 pub mod component;
 pub mod deny;
 pub mod engine;
+pub mod http;
 pub mod limiter;
 pub mod module;
 pub mod output;
@@ -119,6 +120,8 @@ impl Sandbox {
         wasmtime_wasi::p2::add_to_linker_async(&mut component_linker)?;
         // Raw sockets and DNS: denied, and every attempt logged with the job.
         deny::shadow_sockets(&mut component_linker)?;
+        // Outgoing HTTP; every request is checked by the job's `http::HttpPolicy`.
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut component_linker)?;
         Task::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut component_linker, |s| s)?;
         let mut module_linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut module_linker, |s: &mut CommandState| {
@@ -372,12 +375,13 @@ impl Sandbox {
             retries: req.retries,
             queue: req.queue.clone(),
         };
-        let state = ComponentState::new(
+        let mut state = ComponentState::new(
             wasi,
             MemoryLimiter::new(limits.memory_bytes),
             job,
             log.clone(),
         );
+        state.http_policy = http::HttpPolicy::new(&req.capabilities, &req.job_id, &req.task);
         let mut store = self.new_store(state, limits.fuel, |s| &mut s.limiter);
         let args = Value::Array(req.args).to_string();
         let kwargs = Value::Object(req.kwargs).to_string();
@@ -430,7 +434,9 @@ impl Sandbox {
             queue: req.queue.clone(),
         };
         let log = CapturedOutput::new(limits.log_bytes as usize);
-        let state = ComponentState::new(wasi, MemoryLimiter::new(limits.memory_bytes), job, log);
+        let mut state =
+            ComponentState::new(wasi, MemoryLimiter::new(limits.memory_bytes), job, log);
+        state.http_policy = http::HttpPolicy::new(&req.capabilities, &req.job_id, &req.task);
         let mut store = self.new_store(state, limits.fuel, |s| &mut s.limiter);
         let started = Instant::now();
         let call = async {
