@@ -23,6 +23,19 @@ pub mod kind {
     pub const OS_ERROR: &str = "OSError";
     /// An untyped error (the kind of `From<String>` and `From<&str>`).
     pub const EXCEPTION: &str = "Exception";
+    /// [`http`](crate::http): the worker refused the destination (not in the manifest's
+    /// `allowed_hosts`).
+    pub const PERMISSION_ERROR: &str = "PermissionError";
+    /// [`http`](crate::http): connecting, the first byte or a body read took longer than
+    /// the worker's HTTP timeout.
+    pub const TIMEOUT_ERROR: &str = "TimeoutError";
+    /// [`http`](crate::http): the response body is larger than the worker allows.
+    pub const RESPONSE_TOO_LARGE: &str = "ResponseTooLarge";
+    /// [`http`](crate::http): the connection was refused or lost, or DNS failed.
+    pub const CONNECTION_ERROR: &str = "ConnectionError";
+    /// [`http`](crate::http): a protocol error, too many redirects, or a non-2xx status
+    /// passed to `Response::error_for_status`.
+    pub const HTTP_ERROR: &str = "HTTPError";
 }
 
 /// Why a task failed, in the shape of a Python exception: Celery's `exc_type` is

@@ -62,13 +62,15 @@
 //!
 //! # Host services
 //! [`log`] writes to the job's log, [`progress`] reports progress, [`job`] says which job is
-//! running. Natively (in unit tests) they work without a host; see [`testing`].
+//! running, [`http`] sends blocking HTTP requests (to the hosts the task's manifest
+//! allows). Natively (in unit tests) they work without a host; see [`testing`].
 
 // `#[task]` expansions name `::sprout_guest`, which must also resolve inside this crate.
 extern crate self as sprout_guest;
 
 mod error;
 mod host;
+pub mod http;
 pub mod log;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;

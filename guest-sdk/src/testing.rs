@@ -20,15 +20,22 @@
 //! ```
 
 use std::cell::RefCell;
+use std::rc::Rc;
 
 use crate::JobInfo;
+use crate::TaskError;
+use crate::http::{Request, Response};
 use crate::log::Level;
+
+/// A fake HTTP server for native tests (see [`mock_http`]).
+pub(crate) type HttpHandler = Rc<dyn Fn(&Request) -> Result<Response, TaskError>>;
 
 #[derive(Default)]
 pub(crate) struct State {
     pub(crate) job: JobInfo,
     pub(crate) logs: Vec<(Level, String)>,
     pub(crate) progress: Option<(u64, u64)>,
+    pub(crate) http: Option<HttpHandler>,
 }
 
 thread_local! {
@@ -50,7 +57,30 @@ pub fn last_progress() -> Option<(u64, u64)> {
     STATE.with_borrow(|s| s.progress)
 }
 
-/// Resets this thread's job, logs and progress to their defaults.
+/// Answers this thread's [`http`](crate::http) requests with `handler` instead of
+/// failing: a fake server for unit tests of task logic. It sees every hop of a
+/// redirect as its own [`Request`]; a `Response` whose `url` is empty gets the
+/// request's URL.
+///
+/// ```
+/// use sprout_guest::http::{self, Response};
+/// use sprout_guest::testing;
+///
+/// testing::mock_http(|req| {
+///     Ok(Response { status: 200, body: format!("you asked for {}", req.url).into(), ..Response::default() })
+/// });
+/// assert_eq!(http::get("http://feeds.test/a").unwrap().text(), "you asked for http://feeds.test/a");
+/// testing::reset();
+/// ```
+pub fn mock_http(handler: impl Fn(&Request) -> Result<Response, TaskError> + 'static) {
+    STATE.with_borrow_mut(|s| s.http = Some(Rc::new(handler)));
+}
+
+pub(crate) fn http_handler() -> Option<HttpHandler> {
+    STATE.with_borrow(|s| s.http.clone())
+}
+
+/// Resets this thread's job, logs, progress and HTTP fake to their defaults.
 pub fn reset() {
     STATE.with_borrow_mut(|s| *s = State::default());
 }
