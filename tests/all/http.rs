@@ -1,0 +1,632 @@
+//! Outgoing HTTP (wasi:http) for tasks: the allow-list, redirects, timeouts and the
+//! response cap through the real `sprout worker`; host waits that do not hold threads;
+//! and the feed hub's throughput at `-c 1000`.
+//!
+//! Every server here is a small HTTP/1.1 responder on 127.0.0.1 inside this test process.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sprout::backend::{ResultRecord, State};
+use sprout::client::Client;
+use sprout::job::Job;
+use sprout::manifest::Capabilities;
+use sprout::outcome::Outcome;
+use sprout::sandbox::{RunRequest, Sandbox, TaskModule};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::support;
+
+// ---------------------------------------------------------------------------------------
+// A tiny HTTP server.
+
+/// A loopback HTTP/1.1 server that counts requests. Routes:
+/// `/feed/<n>` (RSS after the delay), `/redirect?to=<url>` (302), `/slow` (no answer
+/// for a minute), `/trickle` (headers and a few bytes, then a minute of silence),
+/// `/big/<kib>` (a body of that size with `content-length`), `/chunked/<kib>` (the
+/// same, chunked, with no length announced).
+struct TestServer {
+    addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    first_hit: Arc<OnceLock<Instant>>,
+}
+
+impl TestServer {
+    async fn start(delay: Duration) -> TestServer {
+        // `TcpListener::bind` listens with a backlog of 128: a thousand guests connecting
+        // at once would overflow it, and dropped SYNs are retried only after a second.
+        let socket = TcpSocket::new_v4().expect("socket");
+        socket.bind("127.0.0.1:0".parse().unwrap()).expect("bind");
+        let listener = socket.listen(4096).expect("listen");
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let first_hit = Arc::new(OnceLock::new());
+        let (h, f) = (hits.clone(), first_hit.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                };
+                let (h, f) = (h.clone(), f.clone());
+                tokio::spawn(async move {
+                    let _ = serve(stream, delay, &h, &f).await;
+                });
+            }
+        });
+        TestServer {
+            addr,
+            hits,
+            first_hit,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+async fn serve(
+    mut stream: TcpStream,
+    delay: Duration,
+    hits: &AtomicUsize,
+    first_hit: &OnceLock<Instant>,
+) -> std::io::Result<()> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 2048];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 || head.len() > 16 << 10 {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    first_hit.get_or_init(Instant::now);
+    hits.fetch_add(1, Ordering::SeqCst);
+    let head = String::from_utf8_lossy(&head);
+    let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+    let respond = |status: &str, headers: &str, body: &[u8]| {
+        let mut out = format!(
+            "HTTP/1.1 {status}\r\nconnection: close\r\ncontent-length: {}\r\n{headers}\r\n",
+            body.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(body);
+        out
+    };
+    let segments: Vec<&str> = path.trim_start_matches('/').split(['/', '?']).collect();
+    let out = match segments.as_slice() {
+        ["feed", n, ..] => {
+            tokio::time::sleep(delay).await;
+            respond(
+                "200 OK",
+                "content-type: application/rss+xml\r\n",
+                rss(n).as_bytes(),
+            )
+        }
+        ["redirect", ..] => {
+            let to = path.split_once("?to=").map_or("/", |(_, to)| to);
+            respond("302 Found", &format!("location: {to}\r\n"), b"")
+        }
+        ["slow", ..] => {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            respond("200 OK", "", b"too late")
+        }
+        ["trickle", ..] => {
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n<rss>")
+                .await?;
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            return Ok(());
+        }
+        ["big", kib, ..] => {
+            let body = vec![b'x'; kib.parse::<usize>().unwrap_or(1) << 10];
+            respond("200 OK", "", &body)
+        }
+        ["chunked", kib, ..] => {
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                .await?;
+            let chunk = vec![b'x'; 8 << 10];
+            for _ in 0..(kib.parse::<usize>().unwrap_or(1) / 8).max(1) {
+                stream
+                    .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+                    .await?;
+                stream.write_all(&chunk).await?;
+                stream.write_all(b"\r\n").await?;
+            }
+            stream.write_all(b"0\r\n\r\n").await?;
+            return stream.shutdown().await;
+        }
+        _ => respond("404 Not Found", "", b"no such page"),
+    };
+    stream.write_all(&out).await?;
+    stream.shutdown().await
+}
+
+fn rss(feed: &str) -> String {
+    format!(
+        "<?xml version=\"1.0\"?><rss version=\"2.0\"><channel><title>Feed {feed}</title>\
+         <item><title>Feed {feed}: first</title></item><item><title>second</title></item>\
+         <item><title>third</title></item></channel></rss>"
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// A task directory with our own manifests, and a worker on it.
+
+/// A temp dir holding copies of built task files with manifests written by the test.
+struct TaskDir {
+    dir: tempfile::TempDir,
+}
+
+impl TaskDir {
+    /// `files`: (task file name, manifest text or "" for none).
+    fn new(files: &[(&str, &str)]) -> TaskDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, manifest) in files {
+            std::fs::copy(support::task(name), dir.path().join(format!("{name}.wasm")))
+                .expect("copy task file");
+            if !manifest.is_empty() {
+                std::fs::write(dir.path().join(format!("{name}.toml")), manifest)
+                    .expect("write manifest");
+            }
+        }
+        TaskDir { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn broker(&self) -> String {
+        format!("sqlite:{}", self.dir.path().join("broker.db").display())
+    }
+}
+
+/// `sprout worker` on a task dir; its stderr goes to a file (a pipe could fill up and
+/// block it). Killed on drop.
+struct Worker {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Worker {
+    fn start(tasks: &TaskDir, concurrency: usize) -> Worker {
+        let log = tasks.path().join("worker.log");
+        let child = Command::new(support::sprout_bin())
+            .args(["worker", "-P", "async", "-c", &concurrency.to_string()])
+            .arg("--tasks")
+            .arg(tasks.path())
+            .args(["--broker", &tasks.broker()])
+            .env("SPROUT_CACHE_DIR", support::cache_dir())
+            .env("SPROUT_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start sprout worker");
+        Worker { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("the worker exited ({status}):\n{}", self.log());
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn job(task: &str, args: Value) -> Job {
+    Job::new(
+        task,
+        args.as_array().cloned().unwrap_or_default(),
+        Default::default(),
+    )
+}
+
+async fn wait(client: &Client, id: &str) -> ResultRecord {
+    client
+        .wait(id, Duration::from_secs(60))
+        .await
+        .expect("backend")
+        .filter(|r| r.state.is_terminal())
+        .unwrap_or_else(|| panic!("job {id} did not finish within 60 s"))
+}
+
+fn error_of(record: &ResultRecord) -> (String, String) {
+    assert_eq!(record.state, State::Failure, "{record:?}");
+    let e = record.error.clone().expect("a failure has an error");
+    (e.kind, e.message)
+}
+
+// ---------------------------------------------------------------------------------------
+// The allow-list and limits through the real worker.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_allow_list_entry_the_job_fails_naming_the_host() {
+    let server = TestServer::start(Duration::ZERO).await;
+    let tasks = TaskDir::new(&[
+        ("fetch_feed", "[limits]\ntime_limit = 30.0\n"),
+        ("echo", ""),
+    ]);
+    let mut worker = Worker::start(&tasks, 8);
+    let client = Client::connect(&tasks.broker()).await.unwrap();
+
+    let denied = job("fetch_feed", json!([server.url("/feed/1")]));
+    let unreachable = job("fetch_feed", json!(["http://127.0.0.1:9/feed.xml"]));
+    let echo = job("echo", json!(["still serving"]));
+    client
+        .send_many(&[denied.clone(), unreachable.clone(), echo.clone()])
+        .await
+        .unwrap();
+
+    let (kind, message) = error_of(&wait(&client, &denied.id).await);
+    assert_eq!(kind, "PermissionError");
+    assert_eq!(
+        message,
+        format!("http: host {} is not in allowed_hosts", server.addr)
+    );
+    let (kind, message) = error_of(&wait(&client, &unreachable.id).await);
+    assert_eq!(kind, "PermissionError");
+    assert_eq!(message, "http: host 127.0.0.1:9 is not in allowed_hosts");
+    // The check comes before any connection: the server never saw a request.
+    assert_eq!(server.hits(), 0);
+
+    let record = wait(&client, &echo.id).await;
+    assert_eq!(record.state, State::Success, "{record:?}");
+    worker.assert_running();
+    // Each denial is logged with the task and the job id.
+    let log = worker.log();
+    for id in [&denied.id, &unreachable.id] {
+        assert!(
+            log.lines().any(|l| l.contains("not in allowed_hosts")
+                && l.contains(id.as_str())
+                && l.contains("fetch_feed")),
+            "no denial line for {id} in the worker log:\n{log}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_timeouts_and_the_size_cap_are_enforced() {
+    let server = TestServer::start(Duration::ZERO).await;
+    let elsewhere = TestServer::start(Duration::ZERO).await;
+    let manifest = format!(
+        "[capabilities]\nallowed_hosts = [\"http://127.0.0.1:{}\"]\nhttp_timeout = 1.0\n\
+         http_max_response_kib = 64\n[limits]\ntime_limit = 30.0\n",
+        server.addr.port()
+    );
+    let tasks = TaskDir::new(&[("fetch_feed", &manifest)]);
+    let mut worker = Worker::start(&tasks, 16);
+    let client = Client::connect(&tasks.broker()).await.unwrap();
+
+    let cases: Vec<(&str, String)> = vec![
+        ("feed", server.url("/feed/7")),
+        (
+            "redirect inside",
+            server.url(&format!("/redirect?to={}", server.url("/feed/8"))),
+        ),
+        (
+            "redirect outside",
+            server.url(&format!("/redirect?to={}", elsewhere.url("/feed/9"))),
+        ),
+        ("slow", server.url("/slow")),
+        ("trickle", server.url("/trickle")),
+        ("big", server.url("/big/1024")),
+        ("chunked", server.url("/chunked/1024")),
+    ];
+    let jobs: HashMap<&str, Job> = cases
+        .iter()
+        .map(|(name, url)| (*name, job("fetch_feed", json!([url]))))
+        .collect();
+    let started = Instant::now();
+    client
+        .send_many(&jobs.values().cloned().collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let mut records = HashMap::new();
+    for (name, job) in &jobs {
+        records.insert(*name, wait(&client, &job.id).await);
+    }
+    let all_done = started.elapsed();
+
+    for ok in ["feed", "redirect inside"] {
+        assert_eq!(records[ok].state, State::Success, "{ok}: {:?}", records[ok]);
+    }
+    assert_eq!(
+        records["redirect inside"].result,
+        Some(json!({"items": 3, "title": "Feed 8: first"}))
+    );
+
+    let (kind, message) = error_of(&records["redirect outside"]);
+    assert_eq!(kind, "PermissionError");
+    assert!(
+        message.starts_with(&format!(
+            "http: host {} is not in allowed_hosts (redirected from http://{}/redirect",
+            elsewhere.addr, server.addr
+        )),
+        "{message}"
+    );
+    assert_eq!(elsewhere.hits(), 0, "the refused hop was never contacted");
+
+    for slow in ["slow", "trickle"] {
+        let (kind, message) = error_of(&records[slow]);
+        assert_eq!(kind, "TimeoutError", "{slow}: {message}");
+        let ms = records[slow].duration_ms.unwrap_or_default();
+        assert!(
+            (900.0..10_000.0).contains(&ms),
+            "{slow} took {ms} ms with a 1 s timeout"
+        );
+    }
+    for big in ["big", "chunked"] {
+        let (kind, message) = error_of(&records[big]);
+        assert_eq!(kind, "ResponseTooLarge", "{big}: {message}");
+        assert!(message.contains("65536 bytes"), "{big}: {message}");
+    }
+    assert!(all_done < Duration::from_secs(30), "took {all_done:?}");
+
+    // And the worker keeps serving.
+    let again = job("fetch_feed", json!([server.url("/feed/10")]));
+    client.send(again.clone()).await.unwrap();
+    assert_eq!(wait(&client, &again.id).await.state, State::Success);
+    worker.assert_running();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sprout_run_reports_a_denied_host() {
+    let tasks = TaskDir::new(&[("fetch_feed", "")]);
+    let output = Command::new(support::sprout_bin())
+        .arg("run")
+        .arg(tasks.path().join("fetch_feed.wasm"))
+        .args(["fetch_feed", r#"["http://127.0.0.1:9/feed.xml"]"#])
+        .env("SPROUT_CACHE_DIR", support::cache_dir())
+        .env("SPROUT_LOG", "warn")
+        .output()
+        .expect("sprout run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("PermissionError: http: host 127.0.0.1:9 is not in allowed_hosts"),
+        "{stderr}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Host waits are async: HTTP waiters and CPU work do not delay each other.
+
+fn feed_capabilities() -> Arc<Capabilities> {
+    Arc::new(Capabilities {
+        allowed_hosts: vec!["http://127.0.0.1:*".into()],
+        ..Capabilities::default()
+    })
+}
+
+async fn run_job(
+    sandbox: &Sandbox,
+    module: &TaskModule,
+    task: &str,
+    args: Value,
+) -> (Outcome, Duration) {
+    let mut request = RunRequest::new(task, args.as_array().cloned().unwrap_or_default());
+    request.capabilities = feed_capabilities();
+    let started = Instant::now();
+    let execution = sandbox.run(module, request).await;
+    (execution.outcome, started.elapsed())
+}
+
+/// Spawns `n` fetches of `server` and returns their handles (each yields its latency).
+fn spawn_fetches(
+    sandbox: &Sandbox,
+    module: &Arc<TaskModule>,
+    server: &TestServer,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<Duration>> {
+    (0..n)
+        .map(|i| {
+            let (sandbox, module) = (sandbox.clone(), module.clone());
+            let url = server.url(&format!("/feed/{i}"));
+            tokio::spawn(async move {
+                let (outcome, took) = run_job(&sandbox, &module, "fetch_feed", json!([url])).await;
+                assert!(outcome.is_success(), "{outcome:?}");
+                took
+            })
+        })
+        .collect()
+}
+
+async fn latencies(handles: Vec<tokio::task::JoinHandle<Duration>>) -> Vec<Duration> {
+    let mut all = Vec::new();
+    for h in handles {
+        all.push(h.await.expect("fetch task"));
+    }
+    all.sort();
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_waits_and_cpu_work_do_not_delay_each_other() {
+    let sandbox = support::sandbox(512);
+    let feed = sandbox
+        .load_file(&support::task("fetch_feed"))
+        .await
+        .unwrap();
+    let fib = sandbox.load_file(&support::task("fib")).await.unwrap();
+    let hog = sandbox.load_file(&support::task("hog")).await.unwrap();
+
+    // 1. A CPU job alone, then while 200 guests are parked waiting on HTTP.
+    let mut alone = Duration::MAX;
+    for _ in 0..3 {
+        let (outcome, took) = run_job(&sandbox, &fib, "fib", json!([30])).await;
+        assert!(outcome.is_success(), "{outcome:?}");
+        alone = alone.min(took);
+    }
+    let slow_server = TestServer::start(Duration::from_millis(1500)).await;
+    let waiting = spawn_fetches(&sandbox, &feed, &slow_server, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while slow_server.hits() < 200 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        slow_server.hits(),
+        200,
+        "not every fetch reached the server"
+    );
+    let mut beside_waiters = Duration::MAX;
+    for _ in 0..3 {
+        let (outcome, took) = run_job(&sandbox, &fib, "fib", json!([30])).await;
+        assert!(outcome.is_success(), "{outcome:?}");
+        beside_waiters = beside_waiters.min(took);
+    }
+    assert_eq!(slow_server.hits(), 200);
+    let waited = latencies(waiting).await;
+    eprintln!(
+        "fib(30): {alone:?} alone, {beside_waiters:?} beside 200 HTTP waiters; \
+         the waiters took {:?}..{:?} for a 1.5 s server",
+        waited[0],
+        waited[waited.len() - 1]
+    );
+    assert!(
+        beside_waiters < alone * 3 + Duration::from_millis(30),
+        "200 parked HTTP waiters slowed a CPU job from {alone:?} to {beside_waiters:?}"
+    );
+
+    // 2. HTTP latency alone, then beside two guests spinning on the CPU.
+    let server = TestServer::start(Duration::from_millis(200)).await;
+    let baseline = latencies(spawn_fetches(&sandbox, &feed, &server, 200)).await;
+    let spinners: Vec<_> = (0..2)
+        .map(|_| {
+            let (sandbox, hog) = (sandbox.clone(), hog.clone());
+            tokio::spawn(async move {
+                let mut request = RunRequest::new("hog", vec![]);
+                request.limits.fuel = u64::MAX / 2;
+                request.limits.time_limit = Duration::from_secs(4);
+                sandbox.run(&hog, request).await.outcome
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let beside_spinners = latencies(spawn_fetches(&sandbox, &feed, &server, 200)).await;
+    for s in spinners {
+        let outcome = s.await.unwrap();
+        assert!(
+            matches!(outcome, Outcome::TimeLimit { .. }),
+            "the spinner was still spinning at its time limit: {outcome:?}"
+        );
+    }
+    let p90 = |v: &[Duration]| v[v.len() * 9 / 10];
+    eprintln!(
+        "200 fetches from a 200 ms server: p90 {:?} max {:?} alone, p90 {:?} max {:?} beside 2 spinning guests",
+        p90(&baseline),
+        baseline[199],
+        p90(&beside_spinners),
+        beside_spinners[199]
+    );
+    assert!(
+        p90(&beside_spinners) < p90(&baseline) + Duration::from_millis(300),
+        "2 spinning guests delayed HTTP guests: p90 {:?} -> {:?}",
+        p90(&baseline),
+        p90(&beside_spinners)
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Feed hub throughput at -c 1000 on the embedded broker.
+
+/// Sends one fetch_feed job per feed of a fresh 100 ms server and returns the wall time
+/// from the server's first request to the moment the last result was read back.
+async fn feed_run(client: &Client, feeds: usize, extra: &[Job]) -> Duration {
+    let server = TestServer::start(Duration::from_millis(100)).await;
+    if !extra.is_empty() {
+        client.send_many(extra).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let jobs: Vec<Job> = (0..feeds)
+        .map(|i| job("fetch_feed", json!([server.url(&format!("/feed/{i}"))])))
+        .collect();
+    client.send_many(&jobs).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for j in &jobs {
+        loop {
+            match client.result(&j.id).await.unwrap() {
+                Some(r) if r.state.is_terminal() => {
+                    assert_eq!(r.state, State::Success, "{r:?}");
+                    break;
+                }
+                _ if Instant::now() > deadline => panic!("feeds did not finish in 120 s"),
+                _ => tokio::time::sleep(Duration::from_millis(2)).await,
+            }
+        }
+    }
+    let done = Instant::now();
+    assert_eq!(server.hits(), feeds);
+    done - *server.first_hit.get().expect("the server saw requests")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_feeds_at_c1000_with_and_without_hogs() {
+    const FEEDS: usize = 1000;
+    let tasks = TaskDir::new(&[
+        (
+            "fetch_feed",
+            "[capabilities]\nallowed_hosts = [\"http://127.0.0.1:*\"]\n",
+        ),
+        // Hogs spin until their time limit, long enough to cover a feed run.
+        (
+            "hog",
+            "[limits]\nfuel = 10_000_000_000_000\ntime_limit = 4.0\n",
+        ),
+    ]);
+    let mut worker = Worker::start(&tasks, 1000);
+    let client = Client::connect(&tasks.broker()).await.unwrap();
+    feed_run(&client, 100, &[]).await; // warm-up: the worker is up, slots are warm
+
+    // Best of two attempts each: this box is shared with other tests.
+    let mut plain = Duration::MAX;
+    let mut with_hogs = Duration::MAX;
+    for _ in 0..2 {
+        plain = plain.min(feed_run(&client, FEEDS, &[]).await);
+        let hogs: Vec<Job> = (0..4).map(|_| job("hog", json!([]))).collect();
+        with_hogs = with_hogs.min(feed_run(&client, FEEDS, &hogs).await);
+        tokio::time::sleep(Duration::from_secs(4)).await; // let the hogs hit their limit
+    }
+    worker.assert_running();
+    let rate = |d: Duration| FEEDS as f64 / d.as_secs_f64();
+    eprintln!(
+        "{FEEDS} feeds, 100 ms latency, -c 1000: {plain:?} ({:.0} feeds/s); with 4 hogs: \
+         {with_hogs:?} ({:.0} feeds/s, {:.0}% of the plain rate)",
+        rate(plain),
+        rate(with_hogs),
+        100.0 * rate(with_hogs) / rate(plain)
+    );
+    assert!(
+        plain < Duration::from_secs(3),
+        "{FEEDS} feeds took {plain:?} from first fetch to last result"
+    );
+    assert!(
+        rate(with_hogs) > 0.5 * rate(plain),
+        "4 hogs cut feed throughput from {:.0}/s to {:.0}/s",
+        rate(plain),
+        rate(with_hogs)
+    );
+}
