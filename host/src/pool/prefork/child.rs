@@ -1,0 +1,282 @@
+//! The child side of the prefork pool: `sprout child`, a hidden mode of the same binary.
+//!
+//! A child builds its own [`Sandbox`] with the engine settings the parent passed (the
+//! same binary and settings give the same engine compatibility hash, so it loads the
+//! artifacts the parent compiled into the shared cache directory instead of compiling),
+//! then answers `Run` frames until its stdin closes. It runs on a current-thread tokio
+//! runtime: guests yield every fuel slice, so the frame reader stays responsive even
+//! while a CPU-heavy job runs, and more than one job can run at once
+//! (`--child-concurrency`).
+//!
+//! It dies with its parent: `PR_SET_PDEATHSIG(SIGKILL)` at startup, a check that the
+//! parent is still the one that spawned it, and an immediate exit when stdin reaches EOF
+//! or stdout breaks.
+
+use std::collections::HashMap;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::pipe;
+use tokio::sync::mpsc;
+
+use super::protocol::{self, FromChild, PROTOCOL_VERSION, ToChild};
+use crate::outcome::{Execution, Outcome};
+use crate::sandbox::{EngineSettings, Sandbox, TaskModule};
+
+/// What `sprout child` needs: the parent's engine settings and cache directory.
+#[derive(Debug, Clone)]
+pub struct ChildOptions {
+    /// Engine settings (must match the parent's for the artifact cache to be shared).
+    pub settings: EngineSettings,
+    /// The shared artifact cache; `None` compiles in every child.
+    pub cache_dir: Option<PathBuf>,
+    /// The parent's pid: the child exits at once if it has already been re-parented.
+    pub parent_pid: Option<u32>,
+    /// The parent's protocol version; a child of another version refuses to start.
+    pub protocol: u32,
+    /// Scheduling niceness for the whole child (0 = the parent's; higher = yields the
+    /// CPU to the parent and to other pools' work).
+    pub nice: i32,
+}
+
+/// Exit code when the child cannot start (bad protocol version, engine error).
+const EXIT_START_FAILED: u8 = 3;
+
+/// Runs the child until the parent closes its stdin. Call it before any tokio runtime
+/// exists: it builds its own current-thread runtime.
+pub fn main(options: ChildOptions) -> ExitCode {
+    die_with_parent(options.parent_pid);
+    let pid = std::process::id();
+    if options.nice != 0 {
+        // Before any thread exists: on Linux niceness is per thread, and threads created
+        // later (tokio's blocking pool, the compiler's) inherit it.
+        // SAFETY: setpriority on this process only.
+        let set = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, options.nice) };
+        if set != 0 {
+            tracing::warn!(
+                "child pid {pid}: cannot set niceness {}: {}",
+                options.nice,
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    if options.protocol != PROTOCOL_VERSION {
+        tracing::error!(
+            "child pid {pid}: the parent speaks prefork protocol {}, this binary {PROTOCOL_VERSION} \
+             (was the sprout binary replaced while the worker ran?)",
+            options.protocol
+        );
+        return ExitCode::from(EXIT_START_FAILED);
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("child pid {pid}: cannot start its runtime: {e}");
+            return ExitCode::from(EXIT_START_FAILED);
+        }
+    };
+    // The pipes register with the runtime's I/O driver, so they are made inside it.
+    let fds = runtime.block_on(async { protocol_fds() });
+    let (input, output) = match fds {
+        Ok(fds) => fds,
+        Err(e) => {
+            tracing::error!("child pid {pid}: cannot set up its pipes: {e}");
+            return ExitCode::from(EXIT_START_FAILED);
+        }
+    };
+    runtime.block_on(serve(options, input, output))
+}
+
+/// Makes the kernel SIGKILL this process when the thread that spawned it exits (the
+/// parent keeps one spawner thread for the pool's lifetime), then checks the parent did
+/// not already die before the signal was armed.
+fn die_with_parent(parent_pid: Option<u32>) {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag on this process.
+    let armed = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } == 0;
+    if !armed {
+        tracing::warn!(
+            "child pid {}: cannot arm the parent-death signal; relying on pipe EOF",
+            std::process::id()
+        );
+    }
+    if let Some(parent) = parent_pid {
+        // SAFETY: getppid has no preconditions.
+        let now = unsafe { libc::getppid() };
+        if u32::try_from(now).ok() != Some(parent) {
+            std::process::exit(0);
+        }
+    }
+}
+
+/// The protocol's file descriptors: stdin for frames in, and a private duplicate of
+/// stdout for frames out. fd 1 itself is then pointed at stderr, so nothing else in the
+/// process (a stray `println!`, a library) can corrupt the frame stream.
+fn protocol_fds() -> std::io::Result<(pipe::Receiver, pipe::Sender)> {
+    // SAFETY: plain fd syscalls on this process's own stdio descriptors; the duplicate is
+    // owned by exactly one `OwnedFd`.
+    let (input, output) = unsafe {
+        let out = libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3);
+        if out < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let output = OwnedFd::from_raw_fd(out);
+        if libc::dup2(2, 1) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let input = libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3);
+        if input < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        (OwnedFd::from_raw_fd(input), output)
+    };
+    Ok((
+        pipe::Receiver::from_owned_fd(input)?,
+        pipe::Sender::from_owned_fd(output)?,
+    ))
+}
+
+async fn serve(options: ChildOptions, mut input: pipe::Receiver, output: pipe::Sender) -> ExitCode {
+    let pid = std::process::id();
+    let sandbox = match Sandbox::new(options.settings, options.cache_dir.as_deref()) {
+        Ok(sandbox) => sandbox,
+        Err(e) => {
+            tracing::error!("child pid {pid}: cannot build the wasm engine: {e:#}");
+            return ExitCode::from(EXIT_START_FAILED);
+        }
+    };
+    let (frames, outgoing) = mpsc::unbounded_channel::<Vec<u8>>();
+    tokio::spawn(write_frames(output, outgoing));
+    let _ = frames.send(protocol::encode(&FromChild::Ready {
+        pid,
+        version: env!("CARGO_PKG_VERSION").into(),
+    }));
+
+    // Module versions by hash, or why one failed to load.
+    let mut modules: HashMap<String, Result<Arc<TaskModule>, String>> = HashMap::new();
+    let mut buf = Vec::new();
+    loop {
+        let frame = match protocol::read_frame::<ToChild>(&mut input, &mut buf).await {
+            Ok(Some(frame)) => frame,
+            // The parent closed our stdin: it wants us gone, or it died. Running jobs
+            // have nobody to report to.
+            Ok(None) => std::process::exit(0),
+            Err(e) => {
+                tracing::error!("child pid {pid}: bad frame from the parent, exiting: {e}");
+                std::process::exit(2);
+            }
+        };
+        match frame {
+            ToChild::Load { hash, bytes } => {
+                let loaded = match sandbox.load(bytes.to_vec()).await {
+                    Ok(module) if module.hash == hash => Ok(module),
+                    Ok(module) => Err(format!(
+                        "the module bytes hash to {}, not {hash}",
+                        module.hash
+                    )),
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Err(reason) = &loaded {
+                    tracing::warn!("child pid {pid}: cannot load module {hash}: {reason}");
+                }
+                modules.insert(hash, loaded);
+            }
+            ToChild::Run { seq, hash, request } => {
+                let module = modules.get(&hash).cloned();
+                let sandbox = sandbox.clone();
+                let frames = frames.clone();
+                tokio::spawn(async move {
+                    let execution = run(&sandbox, module, &hash, request).await;
+                    let memory = Memory::now();
+                    let _ = frames.send(protocol::encode(&FromChild::Done {
+                        seq,
+                        execution,
+                        rss_bytes: memory.rss_bytes,
+                        peak_rss_bytes: memory.peak_rss_bytes,
+                    }));
+                });
+            }
+        }
+    }
+}
+
+/// Runs one job on its own task, so a host panic fails the job (as in the async pool)
+/// instead of the whole child.
+async fn run(
+    sandbox: &Sandbox,
+    module: Option<Result<Arc<TaskModule>, String>>,
+    hash: &str,
+    request: crate::sandbox::RunRequest,
+) -> Execution {
+    let module = match module {
+        Some(Ok(module)) => module,
+        Some(Err(reason)) => {
+            return Execution::not_started(Outcome::InvalidTaskFile { reason });
+        }
+        None => {
+            return Execution::not_started(Outcome::InvalidTaskFile {
+                reason: format!("the prefork parent never sent module {hash} to this child"),
+            });
+        }
+    };
+    let sandbox = sandbox.clone();
+    match tokio::spawn(async move { sandbox.run(&module, request).await }).await {
+        Ok(execution) => execution,
+        Err(e) => Execution::not_started(Outcome::WorkerLost {
+            reason: format!("the host task running the job failed: {e}"),
+        }),
+    }
+}
+
+/// Writes queued frames to the parent, batching what is queued into one write. Exits
+/// the process when the pipe breaks: the parent is gone.
+async fn write_frames(mut output: pipe::Sender, mut outgoing: mpsc::UnboundedReceiver<Vec<u8>>) {
+    let mut batch = Vec::new();
+    let mut bytes = Vec::new();
+    while outgoing.recv_many(&mut batch, 64).await > 0 {
+        bytes.clear();
+        for frame in batch.drain(..) {
+            bytes.extend_from_slice(&frame);
+        }
+        if output.write_all(&bytes).await.is_err() {
+            std::process::exit(0);
+        }
+    }
+}
+
+/// This process's resident memory.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Memory {
+    /// Resident now (`/proc/self/statm`, second field, in pages).
+    pub rss_bytes: u64,
+    /// Peak resident (`VmHWM` in `/proc/self/status`).
+    pub peak_rss_bytes: u64,
+}
+
+impl Memory {
+    /// Reads it from `/proc` (zeros where `/proc` is not available).
+    pub fn now() -> Memory {
+        // SAFETY: sysconf has no preconditions.
+        let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let rss_bytes = std::fs::read_to_string("/proc/self/statm")
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .map_or(0, |pages| pages * page);
+        let peak_rss_bytes = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+                line.split_whitespace().nth(1)?.parse::<u64>().ok()
+            })
+            .map_or(rss_bytes, |kib| kib * 1024);
+        Memory {
+            rss_bytes,
+            peak_rss_bytes,
+        }
+    }
+}
