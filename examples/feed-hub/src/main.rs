@@ -96,6 +96,10 @@ struct RunArgs {
     /// Task name to enqueue.
     #[arg(long, default_value = "fetch_feed")]
     task: String,
+    /// Feeds fetched (from a separate server, untimed) before the measured run, so worker
+    /// start-up and cold instance slots are not in the figure. 0 = measure from cold.
+    #[arg(long, default_value_t = 200)]
+    warmup: u64,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 300.0)]
     timeout: f64,
@@ -164,7 +168,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         (None, None) => sprout::broker::DEFAULT_BROKER_URL.to_string(),
     };
-    let server = server::start("127.0.0.1:0".parse()?, args.feeds.options()).await?;
     let client = Client::connect(&broker)
         .await
         .with_context(|| format!("cannot open broker {broker}"))?;
@@ -186,62 +189,26 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot start {}", bin.display()))?;
         spawned.child = Some(child);
     }
+    if args.warmup > 0 {
+        let warm = server::start("127.0.0.1:0".parse()?, args.feeds.options()).await?;
+        let batch = Batch::send(&client, &warm, args.warmup, &args.task).await?;
+        batch.wait(&client, &mut spawned, &args, &broker).await?;
+    }
+    let server = server::start("127.0.0.1:0".parse()?, args.feeds.options()).await?;
     if !args.json {
         eprintln!(
             "feed server on http://{}: {n} feeds, {} ms delay; broker {broker}",
             server.addr, args.feeds.delay_ms
         );
     }
-
-    let jobs: Vec<Job> = (0..n)
-        .map(|i| {
-            Job::new(
-                args.task.clone(),
-                vec![server.feed_url(i).into()],
-                Default::default(),
-            )
-        })
-        .collect();
     let sent = Instant::now();
-    for chunk in jobs.chunks(1000) {
-        client.send_many(chunk).await?;
-    }
+    let batch = Batch::send(&client, &server, n, &args.task).await?;
     let enqueue_secs = sent.elapsed().as_secs_f64();
-
-    let deadline = Instant::now() + Duration::from_secs_f64(args.timeout.max(1.0));
-    let (mut ok, mut failed) = (0u64, 0u64);
-    let mut first_error = None;
-    for job in &jobs {
-        loop {
-            if let Some(child) = spawned.child.as_mut()
-                && let Some(status) = child.try_wait()?
-            {
-                bail!("the worker exited early: {status}");
-            }
-            match client.result(&job.id).await? {
-                Some(record) if record.state.is_terminal() => {
-                    if record.state == State::Success {
-                        ok += 1;
-                    } else {
-                        failed += 1;
-                        first_error.get_or_insert_with(|| {
-                            record
-                                .error
-                                .map(|e| format!("{}: {}", e.kind, e.message))
-                                .unwrap_or_default()
-                        });
-                    }
-                    break;
-                }
-                _ if Instant::now() > deadline => bail!(
-                    "timed out after {:.0} s with {} of {n} results (is a worker consuming {broker}?)",
-                    args.timeout,
-                    ok + failed
-                ),
-                _ => tokio::time::sleep(Duration::from_millis(2)).await,
-            }
-        }
-    }
+    let Outcomes {
+        ok,
+        failed,
+        first_error,
+    } = batch.wait(&client, &mut spawned, &args, &broker).await?;
     let done = Instant::now();
     let (first_fetch, _) = server
         .stats
@@ -285,4 +252,82 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         bail!("{failed} of {n} fetches failed");
     }
     Ok(())
+}
+
+/// One fetch_feed job per feed of a server, enqueued.
+struct Batch {
+    jobs: Vec<Job>,
+}
+
+/// How a batch ended.
+struct Outcomes {
+    ok: u64,
+    failed: u64,
+    first_error: Option<String>,
+}
+
+impl Batch {
+    async fn send(
+        client: &Client,
+        server: &server::FeedServer,
+        n: u64,
+        task: &str,
+    ) -> anyhow::Result<Batch> {
+        let jobs: Vec<Job> = (0..n)
+            .map(|i| Job::new(task, vec![server.feed_url(i).into()], Default::default()))
+            .collect();
+        for chunk in jobs.chunks(1000) {
+            client.send_many(chunk).await?;
+        }
+        Ok(Batch { jobs })
+    }
+
+    /// Reads every result back, in order (polling each pending one every 2 ms).
+    async fn wait(
+        &self,
+        client: &Client,
+        spawned: &mut Spawned,
+        args: &RunArgs,
+        broker: &str,
+    ) -> anyhow::Result<Outcomes> {
+        let deadline = Instant::now() + Duration::from_secs_f64(args.timeout.max(1.0));
+        let mut out = Outcomes {
+            ok: 0,
+            failed: 0,
+            first_error: None,
+        };
+        for job in &self.jobs {
+            loop {
+                if let Some(child) = spawned.child.as_mut()
+                    && let Some(status) = child.try_wait()?
+                {
+                    bail!("the worker exited early: {status}");
+                }
+                match client.result(&job.id).await? {
+                    Some(record) if record.state.is_terminal() => {
+                        if record.state == State::Success {
+                            out.ok += 1;
+                        } else {
+                            out.failed += 1;
+                            out.first_error.get_or_insert_with(|| {
+                                record
+                                    .error
+                                    .map(|e| format!("{}: {}", e.kind, e.message))
+                                    .unwrap_or_default()
+                            });
+                        }
+                        break;
+                    }
+                    _ if Instant::now() > deadline => bail!(
+                        "timed out after {:.0} s with {} of {} results (is a worker consuming {broker}?)",
+                        args.timeout,
+                        out.ok + out.failed,
+                        self.jobs.len()
+                    ),
+                    _ => tokio::time::sleep(Duration::from_millis(2)).await,
+                }
+            }
+        }
+        Ok(out)
+    }
 }
