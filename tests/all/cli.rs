@@ -164,3 +164,11 @@ fn invalid_manifests_are_rejected_with_the_line() {
         "{err}"
     );
 }
+
+#[test]
+fn task_files_over_the_size_cap_are_refused_before_compiling() {
+    let math = support::task("math").display().to_string();
+    let out = run(&["run", &math, "add", "[1, 2]", "--max-task-file-size", "0"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("MiB") || stderr(&out).contains("bytes"), "{}", stderr(&out));
+}

@@ -70,6 +70,10 @@ pub struct LimitArgs {
     /// Disable the on-disk compiled-artifact cache.
     #[arg(long)]
     pub no_cache: bool,
+    /// Largest task file accepted, in MiB (bounds read and compile time of files dropped
+    /// into a task directory).
+    #[arg(long, env = "SPROUT_MAX_TASK_FILE_SIZE", default_value_t = 64)]
+    pub max_task_file_size: u64,
 }
 
 /// `sprout worker`.

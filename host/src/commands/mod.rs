@@ -77,7 +77,10 @@ pub fn build_sandbox(args: &LimitArgs, max_instances: usize) -> anyhow::Result<S
             .clone()
             .unwrap_or_else(ArtifactCache::default_dir)
     });
-    Sandbox::new(settings, cache_dir.as_deref()).context("cannot build the wasm engine")
+    let sandbox =
+        Sandbox::new(settings, cache_dir.as_deref()).context("cannot build the wasm engine")?;
+    sandbox.set_max_task_file_bytes(args.max_task_file_size.saturating_mul(1 << 20));
+    Ok(sandbox)
 }
 
 /// Parses `ARGS_JSON`: an array is the positional arguments, any other JSON value is a
