@@ -7,8 +7,13 @@ use sprout::cli::{Cli, Command};
 use sprout::commands;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    sprout::telemetry::init(&cli.log);
+    let Cli { log, command } = Cli::parse();
+    sprout::telemetry::init(&log);
+    // A prefork child builds its own single-threaded runtime.
+    let command = match command {
+        Command::Child(args) => return commands::worker::run_child(args),
+        command => command,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -20,14 +25,15 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        match cli.command {
+        match command {
             Command::Run(args) => commands::run::run(args).await,
             Command::Tasks(args) => commands::tasks::run(args).await,
-            Command::Worker(args) => commands::worker::run(args).await,
+            Command::Worker(args) => commands::worker::run(args, &log).await,
             Command::Send(args) => commands::send::run(args).await,
             Command::Result(args) => commands::result::run(args).await,
             Command::Status(args) => commands::status::run(args).await,
             Command::Purge(args) => commands::purge::run(args).await,
+            Command::Child(_) => unreachable!("handled before the runtime starts"),
         }
     });
     commands::exit_code(result)

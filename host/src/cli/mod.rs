@@ -39,6 +39,10 @@ pub enum Command {
     Run(RunArgs),
     /// List the tasks a directory or file provides, with their limits.
     Tasks(TasksArgs),
+    /// A prefork pool's child process (started by `sprout worker -P prefork`; it speaks
+    /// frames on stdin/stdout, not a command to type).
+    #[command(hide = true)]
+    Child(ChildArgs),
 }
 
 /// Where the broker is.
@@ -88,15 +92,35 @@ pub struct WorkerArgs {
         value_delimiter = ','
     )]
     pub tasks: Vec<PathBuf>,
-    /// Pool: `async` (also `eventlet`, `gevent`) or `prefork`.
+    /// Pool: `async` (also `eventlet`, `gevent`) or `prefork`, used with `-c` and `-Q`.
+    /// Or, repeated, named pools each bound to its own queues:
+    /// `NAME=KIND[:CONCURRENCY[:QUEUE,...]]`, e.g. `--pool io=async:1000 --pool
+    /// cpu=prefork:2:cpu,hogs` (a pool's queue defaults to its name).
     #[arg(short = 'P', long = "pool", default_value = "async")]
-    pub pool: String,
-    /// Concurrency: jobs running at once.
-    #[arg(short = 'c', long, env = "SPROUT_CONCURRENCY", default_value_t = 100)]
-    pub concurrency: usize,
-    /// Queues to consume, comma-separated.
-    #[arg(short = 'Q', long, value_delimiter = ',', default_value = crate::job::DEFAULT_QUEUE)]
+    pub pool: Vec<String>,
+    /// Concurrency: jobs running at once (prefork: child processes). Default: 100 for
+    /// async, the number of CPUs for prefork.
+    #[arg(short = 'c', long, env = "SPROUT_CONCURRENCY")]
+    pub concurrency: Option<usize>,
+    /// Queues to consume, comma-separated (default: `celery`). Not with named pools,
+    /// which name their own queues.
+    #[arg(short = 'Q', long, value_delimiter = ',')]
     pub queues: Vec<String>,
+    /// Prefork: jobs each child runs at once (an async pool inside each child).
+    #[arg(long, default_value_t = 1)]
+    pub child_concurrency: usize,
+    /// Prefork: replace a child after it has run this many jobs.
+    #[arg(long, env = "SPROUT_MAX_TASKS_PER_CHILD")]
+    pub max_tasks_per_child: Option<u64>,
+    /// Prefork: replace a child, between jobs, once its peak resident memory is over
+    /// this many KiB (Celery's unit).
+    #[arg(long, env = "SPROUT_MAX_MEMORY_PER_CHILD")]
+    pub max_memory_per_child: Option<u64>,
+    /// Prefork: the children's scheduling niceness, 0–19 (higher yields the CPU to
+    /// other work). Default: 10 when the worker also runs an async pool (so CPU-heavy
+    /// jobs cannot slow its short jobs down), else 0.
+    #[arg(long, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub prefork_nice: Option<i32>,
     /// Jobs reserved per slot (1 = never hold more jobs than can run).
     #[arg(long, default_value_t = 1)]
     pub prefetch_multiplier: usize,
@@ -134,9 +158,20 @@ pub struct SendArgs {
     /// Keyword arguments as a JSON object.
     #[arg(long, default_value = "{}")]
     pub kwargs: String,
-    /// Queue (default: `celery`).
+    /// Queue (default: the `queue` in the task's manifest under `--tasks`, else
+    /// `celery`).
     #[arg(short, long)]
     pub queue: Option<String>,
+    /// Task directories or files whose manifests give a task's default queue (only the
+    /// `.toml` manifests are read; no wasm is compiled).
+    #[arg(
+        short,
+        long = "tasks",
+        env = "SPROUT_TASKS",
+        default_value = "./tasks",
+        value_delimiter = ','
+    )]
+    pub tasks: Vec<PathBuf>,
     /// Priority 0–9 (higher first on the embedded broker).
     #[arg(long, default_value_t = 0)]
     pub priority: u8,
@@ -232,4 +267,37 @@ pub struct TasksArgs {
     /// Limits.
     #[command(flatten)]
     pub limits: LimitArgs,
+}
+
+/// `sprout child` (hidden): one prefork child. The parent passes its engine settings so
+/// the child's engine matches and shares the artifact cache.
+#[derive(Debug, Args)]
+pub struct ChildArgs {
+    /// The parent's frame protocol version.
+    #[arg(long)]
+    pub protocol: u32,
+    /// The parent's pid (the child exits if it is no longer its parent).
+    #[arg(long)]
+    pub parent_pid: Option<u32>,
+    /// Engine: most guests alive at once.
+    #[arg(long)]
+    pub max_instances: u32,
+    /// Engine: ceiling for any task's memory, in bytes.
+    #[arg(long)]
+    pub max_memory_bytes: u64,
+    /// Engine: fuel between yields.
+    #[arg(long)]
+    pub fuel_slice: u64,
+    /// Engine: native stack for wasm frames, in bytes.
+    #[arg(long)]
+    pub max_wasm_stack: usize,
+    /// The shared compiled-artifact cache.
+    #[arg(long, conflicts_with = "no_cache")]
+    pub cache_dir: Option<PathBuf>,
+    /// Compile without an artifact cache.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Scheduling niceness for the child.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub nice: i32,
 }

@@ -1,34 +1,56 @@
-//! `sprout worker`: load tasks, connect, print the banner, consume until a signal.
+//! `sprout worker`: load tasks, start the pools, connect, print the banner, consume until
+//! a signal. Also `sprout child`, the prefork pool's hidden child mode.
+//!
+//! One worker may run several pools, each bound to its own queues
+//! (`--pool io=async:1000 --pool cpu=prefork:2`): every pool gets its own consume loop
+//! ([`Worker`]) over the shared broker, result backend and registry, and all of them stop
+//! together.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use tokio::sync::watch;
 
 use crate::broker;
-use crate::cli::WorkerArgs;
-use crate::pool::{AsyncPool, Pool, parse_pool_kind};
+use crate::cli::{ChildArgs, WorkerArgs};
+use crate::pool::prefork::child::{self, ChildOptions};
+use crate::pool::{
+    AsyncPool, Pool, PoolSpec, PreforkConfig, PreforkPool, parse_pool_kind, parse_pool_spec,
+};
 use crate::registry::Registry;
-use crate::worker::{Shutdown, Worker, WorkerConfig};
+use crate::sandbox::{ArtifactCache, EngineSettings, Sandbox};
+use crate::worker::{Shutdown, Worker, WorkerConfig, WorkerReport};
 
 use super::{EXIT_USAGE, ExitError};
 
-/// Runs the command.
+/// Default concurrency of an async pool.
+const DEFAULT_ASYNC_CONCURRENCY: usize = 100;
+
+/// Niceness of prefork children in a worker that also runs an async pool: a child at 10
+/// gets about a tenth of a core's time slices against a thread at 0, so hogs use the
+/// CPU the async pools leave idle (measured: with two hog children at the same priority,
+/// the async pool's echo throughput fell 2.4×).
+const MIXED_PREFORK_NICE: i32 = 10;
+
+/// Runs the command. `log_filter` is passed on to prefork children.
 ///
 /// # Errors
-/// Bad flags, an unreachable broker, or a worker that could not run.
-pub async fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
-    let pool_kind = parse_pool_kind(&args.pool).map_err(|e| ExitError::new(EXIT_USAGE, e))?;
-    if args.concurrency == 0 {
-        bail!(ExitError::new(
-            EXIT_USAGE,
-            "--concurrency must be at least 1"
-        ));
-    }
-    let sandbox = super::build_sandbox(&args.limits, args.concurrency)?;
+/// Bad flags, an unreachable broker, a pool that cannot start, or a worker that could
+/// not run.
+pub async fn run(args: WorkerArgs, log_filter: &str) -> anyhow::Result<ExitCode> {
+    let (specs, named) = plan_pools(&args).map_err(|e| ExitError::new(EXIT_USAGE, e))?;
+    let async_slots: usize = specs
+        .iter()
+        .filter(|s| s.kind == "async")
+        .filter_map(|s| s.concurrency)
+        .sum();
+    // The parent's sandbox runs the async pools and loads (validates, lists, caches)
+    // every task file; prefork children load the artifacts it cached.
+    let sandbox = super::build_sandbox(&args.limits, async_slots)?;
     let defaults = super::default_limits(&args.limits);
     let registry = Arc::new(Registry::new());
     let rejected = registry.load(&sandbox, &args.tasks, &defaults).await;
@@ -43,18 +65,36 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         defaults.clone(),
         Default::default(),
     );
-    let pool: Arc<dyn Pool> = match pool_kind {
-        "async" => Arc::new(AsyncPool::new(sandbox.clone(), args.concurrency)),
-        other => bail!(ExitError::new(
-            EXIT_USAGE,
-            format!("the {other} pool is not available in this build yet")
-        )),
+    // In a worker that also runs async pools, prefork children yield the CPU to them.
+    let nice = args.prefork_nice.unwrap_or(if async_slots > 0 {
+        MIXED_PREFORK_NICE
+    } else {
+        0
+    });
+    let mut pools: Vec<(PoolSpec, Arc<dyn Pool>)> = Vec::new();
+    for spec in specs {
+        let pool = match start_pool(&args, &spec, &sandbox, log_filter, nice).await {
+            Ok(pool) => pool,
+            Err(e) => {
+                for (_, pool) in &pools {
+                    pool.shutdown().await;
+                }
+                return Err(e);
+            }
+        };
+        pools.push((spec, pool));
+    }
+    let connection = match broker::connect(&args.broker.broker).await {
+        Ok(connection) => connection,
+        Err(e) => {
+            for (_, pool) in &pools {
+                pool.shutdown().await;
+            }
+            return Err(e).with_context(|| format!("cannot open broker {}", args.broker.broker));
+        }
     };
-    let connection = broker::connect(&args.broker.broker)
-        .await
-        .with_context(|| format!("cannot open broker {}", args.broker.broker))?;
     let hostname = args.hostname.clone().unwrap_or_else(default_hostname);
-    print_banner(&hostname, &args, pool.as_ref(), &registry);
+    print_banner(&hostname, &args, &pools, named, nice, &registry);
     if registry.snapshot().is_empty() {
         tracing::warn!(
             "no tasks loaded from {}: every job will fail as NotRegistered",
@@ -62,29 +102,216 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         );
     }
 
-    let config = WorkerConfig {
-        hostname,
-        queues: args.queues.clone(),
-        reservations: args
-            .concurrency
-            .saturating_mul(args.prefetch_multiplier.max(1)),
-        lease: Duration::from_secs_f64(args.lease.max(1.0)),
-        grace: Duration::from_secs_f64(args.grace.max(0.0)),
-        track_started: args.track_started,
-        max_jobs: args.max_jobs,
-    };
     let (shutdown_tx, shutdown_rx) = watch::channel(Shutdown::Running);
-    tokio::spawn(forward_signals(shutdown_tx));
-    let worker = Worker::new(
-        connection.broker,
-        connection.backend,
-        registry,
-        pool,
-        config,
-    );
-    let report = worker.run(shutdown_rx).await?;
+    let shutdown_tx = Arc::new(shutdown_tx);
+    tokio::spawn(forward_signals(shutdown_tx.clone()));
+    let mut workers = tokio::task::JoinSet::new();
+    for (spec, pool) in &pools {
+        let config = WorkerConfig {
+            hostname: hostname.clone(),
+            queues: spec.queues.clone(),
+            reservations: pool
+                .concurrency()
+                .saturating_mul(args.prefetch_multiplier.max(1)),
+            lease: Duration::from_secs_f64(args.lease.max(1.0)),
+            grace: Duration::from_secs_f64(args.grace.max(0.0)),
+            track_started: args.track_started,
+            max_jobs: args.max_jobs,
+        };
+        let worker = Worker::new(
+            connection.broker.clone(),
+            connection.backend.clone(),
+            registry.clone(),
+            pool.clone(),
+            config,
+        );
+        let name = spec.name.clone();
+        let shutdown = shutdown_rx.clone();
+        workers.spawn(async move { (name, worker.run(shutdown).await) });
+    }
+
+    // The pools stop together: when one consume loop ends (a signal, `--max-jobs`, a
+    // broker that stays down), the others get a warm shutdown.
+    let mut total = WorkerReport::default();
+    let mut failure = None;
+    while let Some(joined) = workers.join_next().await {
+        shutdown_tx.send_if_modified(|state| {
+            let running = *state == Shutdown::Running;
+            if running {
+                *state = Shutdown::Warm;
+            }
+            running
+        });
+        match joined {
+            Ok((name, Ok(report))) => {
+                if named {
+                    log_report(&format!("pool {name}"), &report);
+                }
+                add_report(&mut total, &report);
+            }
+            Ok((name, Err(e))) => {
+                tracing::error!("pool {name}: the worker failed: {e:#}");
+                failure.get_or_insert(e.context(format!("pool {name}")));
+            }
+            Err(e) => {
+                failure.get_or_insert(anyhow::anyhow!("a worker task failed: {e}"));
+            }
+        }
+    }
+    for (_, pool) in &pools {
+        pool.shutdown().await;
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    log_report("worker", &total);
+    Ok(if total.cold {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `sprout child`: one prefork child, until its parent closes its stdin.
+pub fn run_child(args: ChildArgs) -> ExitCode {
+    let settings = EngineSettings {
+        max_instances: args.max_instances,
+        max_memory_bytes: args.max_memory_bytes,
+        fuel_slice: args.fuel_slice,
+        max_wasm_stack: args.max_wasm_stack,
+    };
+    child::main(ChildOptions {
+        settings,
+        cache_dir: if args.no_cache { None } else { args.cache_dir },
+        parent_pid: args.parent_pid,
+        protocol: args.protocol,
+        nice: args.nice,
+    })
+}
+
+/// The pools to run, and whether they were named (`--pool NAME=...`) rather than the
+/// single-pool form (`-P KIND -c N -Q QUEUES`).
+fn plan_pools(args: &WorkerArgs) -> Result<(Vec<PoolSpec>, bool), String> {
+    if args.concurrency == Some(0) {
+        return Err("--concurrency must be at least 1".into());
+    }
+    if args.child_concurrency == 0 {
+        return Err("--child-concurrency must be at least 1".into());
+    }
+    let named = args.pool.iter().any(|p| p.contains('='));
+    if !named {
+        let [kind] = args.pool.as_slice() else {
+            return Err(format!(
+                "several pools need names: --pool NAME=KIND[:CONCURRENCY[:QUEUE,...]], \
+                 e.g. --pool io=async:1000 --pool cpu=prefork:2 (got {})",
+                args.pool.join(", ")
+            ));
+        };
+        let kind = parse_pool_kind(kind)?;
+        let queues = if args.queues.is_empty() {
+            vec![crate::job::DEFAULT_QUEUE.to_string()]
+        } else {
+            args.queues.clone()
+        };
+        let spec = PoolSpec {
+            name: kind.to_string(),
+            kind,
+            concurrency: Some(
+                args.concurrency
+                    .unwrap_or_else(|| default_concurrency(kind)),
+            ),
+            queues,
+        };
+        return Ok((vec![spec], false));
+    }
+    if !args.queues.is_empty() {
+        return Err(
+            "-Q/--queues cannot be combined with named pools: give each pool its queues, \
+             e.g. --pool cpu=prefork:2:cpu,hogs"
+                .into(),
+        );
+    }
+    let mut specs = Vec::new();
+    let mut queue_owner: HashMap<String, String> = HashMap::new();
+    for text in &args.pool {
+        let mut spec = parse_pool_spec(text)?;
+        if specs.iter().any(|s: &PoolSpec| s.name == spec.name) {
+            return Err(format!("two pools are named {:?}", spec.name));
+        }
+        spec.concurrency = Some(
+            spec.concurrency
+                .or(args.concurrency)
+                .unwrap_or_else(|| default_concurrency(spec.kind)),
+        );
+        for queue in &spec.queues {
+            if let Some(other) = queue_owner.insert(queue.clone(), spec.name.clone()) {
+                tracing::warn!(
+                    "queue {queue:?} is consumed by pools {other} and {}: they will compete for its jobs",
+                    spec.name
+                );
+            }
+        }
+        specs.push(spec);
+    }
+    Ok((specs, true))
+}
+
+fn default_concurrency(kind: &str) -> usize {
+    match kind {
+        "prefork" => PreforkConfig::default_processes(),
+        _ => DEFAULT_ASYNC_CONCURRENCY,
+    }
+}
+
+async fn start_pool(
+    args: &WorkerArgs,
+    spec: &PoolSpec,
+    sandbox: &Sandbox,
+    log_filter: &str,
+    nice: i32,
+) -> anyhow::Result<Arc<dyn Pool>> {
+    let concurrency = spec.concurrency.unwrap_or(1);
+    Ok(match spec.kind {
+        "prefork" => {
+            let program = std::env::current_exe()
+                .context("cannot find the sprout executable to start prefork children")?;
+            let mut config = PreforkConfig::new(program, concurrency);
+            config.child_concurrency = args.child_concurrency;
+            config.max_tasks_per_child = args.max_tasks_per_child.filter(|n| *n > 0);
+            config.max_memory_per_child = args
+                .max_memory_per_child
+                .filter(|n| *n > 0)
+                .map(|kib| kib.saturating_mul(1024));
+            config.settings = sandbox.settings().clone();
+            config.cache_dir = (!args.limits.no_cache).then(|| {
+                args.limits
+                    .cache_dir
+                    .clone()
+                    .unwrap_or_else(ArtifactCache::default_dir)
+            });
+            config.log_filter = Some(log_filter.to_string());
+            config.nice = nice;
+            let pool = PreforkPool::start(config)
+                .await
+                .with_context(|| format!("cannot start the prefork pool {:?}", spec.name))?;
+            Arc::new(pool)
+        }
+        _ => Arc::new(AsyncPool::new(sandbox.clone(), concurrency)),
+    })
+}
+
+fn add_report(total: &mut WorkerReport, report: &WorkerReport) {
+    total.succeeded += report.succeeded;
+    total.failed += report.failed;
+    total.retried += report.retried;
+    total.dead_lettered += report.dead_lettered;
+    total.released += report.released;
+    total.cold |= report.cold;
+}
+
+fn log_report(what: &str, report: &WorkerReport) {
     tracing::info!(
-        "worker stopped: {} succeeded, {} failed, {} retried, {} dead-lettered, {} released{}",
+        "{what} stopped: {} succeeded, {} failed, {} retried, {} dead-lettered, {} released{}",
         report.succeeded,
         report.failed,
         report.retried,
@@ -92,15 +319,10 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         report.released,
         if report.cold { " (cold shutdown)" } else { "" }
     );
-    Ok(if report.cold {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
 }
 
 /// First SIGTERM/SIGINT → warm shutdown; the second → cold.
-async fn forward_signals(tx: watch::Sender<Shutdown>) {
+async fn forward_signals(tx: Arc<watch::Sender<Shutdown>>) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -139,23 +361,62 @@ fn display_paths(paths: &[PathBuf]) -> String {
         .join(", ")
 }
 
-fn print_banner(hostname: &str, args: &WorkerArgs, pool: &dyn Pool, registry: &Registry) {
+fn print_banner(
+    hostname: &str,
+    args: &WorkerArgs,
+    pools: &[(PoolSpec, Arc<dyn Pool>)],
+    named: bool,
+    nice: i32,
+    registry: &Registry,
+) {
     let tasks = registry.snapshot();
     let mut banner = format!(
         "\n -------------- {hostname} v{}\n--- ***** -----\n-- ******* ---- [config]\n\
-         - *** --- * --- .> broker:      {}\n- ** ---------- .> pool:        {} (concurrency: {})\n\
-         - ** ---------- .> queues:      {}\n- ** ---------- .> tasks from:  {}\n--- ***** -----\n\
-          -------------- [tasks]\n",
+         - *** --- * --- .> broker:      {}\n",
         env!("CARGO_PKG_VERSION"),
         args.broker.broker,
-        pool.kind(),
-        pool.concurrency(),
-        args.queues.join(", "),
-        display_paths(&args.tasks),
     );
+    for (spec, pool) in pools {
+        let mut extra = String::new();
+        if pool.kind() == "prefork" {
+            if args.child_concurrency > 1 {
+                extra.push_str(&format!(", {} per child", args.child_concurrency));
+            }
+            if nice != 0 {
+                extra.push_str(&format!(", nice {nice}"));
+            }
+        }
+        if named {
+            banner.push_str(&format!(
+                "- ** ---------- .> pool {}: {} (concurrency: {}{extra}) ← queues: {}\n",
+                spec.name,
+                pool.kind(),
+                spec.concurrency.unwrap_or_default(),
+                spec.queues.join(", ")
+            ));
+        } else {
+            banner.push_str(&format!(
+                "- ** ---------- .> pool:        {} (concurrency: {}{extra})\n\
+                 - ** ---------- .> queues:      {}\n",
+                pool.kind(),
+                spec.concurrency.unwrap_or_default(),
+                spec.queues.join(", ")
+            ));
+        }
+    }
+    banner.push_str(&format!(
+        "- ** ---------- .> tasks from:  {}\n--- ***** -----\n -------------- [tasks]\n",
+        display_paths(&args.tasks)
+    ));
     for (name, entry) in tasks.iter() {
+        let queue = entry
+            .manifest
+            .queue
+            .as_deref()
+            .map(|q| format!(", queue {q}"))
+            .unwrap_or_default();
         banner.push_str(&format!(
-            "  . {name}  ({}, {})\n",
+            "  . {name}  ({}, {}{queue})\n",
             entry.module.kind.name(),
             &entry.module.hash[..12]
         ));
