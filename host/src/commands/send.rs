@@ -1,5 +1,6 @@
 //! `sprout send TASK [ARGS]`: enqueue jobs (optionally many, optionally waiting).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -11,6 +12,8 @@ use crate::backend::State;
 use crate::cli::SendArgs;
 use crate::client::Client;
 use crate::job::{Job, LimitOverrides};
+use crate::manifest::Manifest;
+use crate::registry::{manifest_path, task_files};
 
 use super::{EXIT_TASK_FAILED, EXIT_USAGE, ExitError};
 
@@ -115,8 +118,12 @@ fn build_job(args: &SendArgs) -> anyhow::Result<Job> {
         super::parse_args(&args.args)?,
         super::parse_kwargs(&args.kwargs)?,
     );
-    if let Some(queue) = &args.queue {
-        job.queue = queue.clone();
+    if let Some(queue) = args
+        .queue
+        .clone()
+        .or_else(|| manifest_queue(&args.task, &args.tasks))
+    {
+        job.queue = queue;
     }
     job.priority = args.priority.min(9);
     job.max_retries = args.retries;
@@ -140,4 +147,71 @@ fn build_job(args: &SendArgs) -> anyhow::Result<Job> {
         ..Default::default()
     };
     Ok(job)
+}
+
+/// The default queue a task's manifest gives it, read the cheap way: only the `.toml`
+/// manifests beside the `*.wasm` files under `paths` are parsed, no wasm is compiled.
+///
+/// A manifest speaks for `task` when its file stem is the task name (`fib.wasm` →
+/// `fib`), or the task is one of its aliases, or the target of one (`math.toml`'s
+/// `"tasks.add" = "add"` covers both `tasks.add` and `add`). The first such file, in the
+/// worker's load order, decides; `None` when it sets no `queue` or no file matches (the
+/// job then goes to the default queue). A task of a multi-task file with neither an
+/// alias nor the file's name is not found: give it an alias to route it.
+pub fn manifest_queue(task: &str, paths: &[PathBuf]) -> Option<String> {
+    for file in task_files(paths) {
+        let manifest_file = manifest_path(&file);
+        let by_stem = file.file_stem().is_some_and(|stem| stem == task);
+        if !by_stem && !manifest_file.is_file() {
+            continue;
+        }
+        let manifest = match Manifest::load_optional(&manifest_file) {
+            Ok(manifest) => manifest,
+            Err(e) => {
+                tracing::warn!("ignoring a manifest for routing: {e}");
+                continue;
+            }
+        };
+        let by_alias = manifest.aliases.contains_key(task)
+            || manifest.aliases.values().any(|target| target == task);
+        if by_stem || by_alias {
+            if let Some(queue) = &manifest.queue {
+                tracing::debug!("{task}: queue {queue} from {}", manifest_file.display());
+            }
+            return manifest.queue;
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_by_stem_alias_and_alias_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let put = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        put("hog.wasm", "");
+        put("hog.toml", "queue = \"cpu\"\n");
+        put("math.wasm", "");
+        put(
+            "math.toml",
+            "queue = \"calc\"\naliases = { \"tasks.add\" = \"add\" }\n",
+        );
+        put("echo.wasm", "");
+        put("orphan.toml", "queue = \"nowhere\"\n");
+        let paths = [dir.path().to_path_buf()];
+        assert_eq!(manifest_queue("hog", &paths).as_deref(), Some("cpu"));
+        assert_eq!(manifest_queue("tasks.add", &paths).as_deref(), Some("calc"));
+        assert_eq!(manifest_queue("add", &paths).as_deref(), Some("calc"));
+        assert_eq!(manifest_queue("mul", &paths), None);
+        assert_eq!(manifest_queue("echo", &paths), None);
+        assert_eq!(
+            manifest_queue("orphan", &paths),
+            None,
+            "a manifest needs its wasm"
+        );
+        assert_eq!(manifest_queue("hog", &[dir.path().join("missing")]), None);
+    }
 }
