@@ -10,7 +10,8 @@
 //!
 //! It dies with its parent: `PR_SET_PDEATHSIG(SIGKILL)` at startup, a check that the
 //! parent is still the one that spawned it, and an immediate exit when stdin reaches EOF
-//! or stdout breaks.
+//! or stdout breaks. It ignores SIGINT and SIGTERM, which a terminal or a service
+//! manager sends to the whole group: the parent's warm shutdown decides when it stops.
 
 use std::collections::HashMap;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -48,6 +49,7 @@ const EXIT_START_FAILED: u8 = 3;
 /// Runs the child until the parent closes its stdin. Call it before any tokio runtime
 /// exists: it builds its own current-thread runtime.
 pub fn main(options: ChildOptions) -> ExitCode {
+    ignore_group_signals();
     die_with_parent(options.parent_pid);
     let pid = std::process::id();
     if options.nice != 0 {
@@ -91,6 +93,18 @@ pub fn main(options: ChildOptions) -> ExitCode {
         }
     };
     runtime.block_on(serve(options, input, output))
+}
+
+/// Ignores SIGINT and SIGTERM. Ctrl-C in a terminal signals the whole process group,
+/// and a service manager stopping the worker may signal every process of it: the parent
+/// alone decides when a child stops (a warm shutdown lets running jobs finish), by
+/// closing its stdin.
+fn ignore_group_signals() {
+    // SAFETY: setting signal dispositions to SIG_IGN, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGTERM, libc::SIG_IGN);
+    }
 }
 
 /// Makes the kernel SIGKILL this process when the thread that spawned it exits (the

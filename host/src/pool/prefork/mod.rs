@@ -207,7 +207,8 @@ struct Started {
 }
 
 impl PreforkPool {
-    /// Starts `config.processes` children and waits until every one is ready.
+    /// Starts `config.processes` children and waits until every one is ready. The pool
+    /// belongs to the calling tokio runtime (it reaps its children there).
     ///
     /// # Errors
     /// A child could not be spawned or did not become ready (wrong program path, an
@@ -324,6 +325,7 @@ impl PreforkPool {
     /// end as `WorkerLost`. Call it after the worker using the pool has stopped.
     pub async fn close(&self) {
         self.shared.closing.store(true, Ordering::SeqCst);
+        self.shared.slots.close();
         self.shared.changed.notify_waiters();
         for child in lock(&self.shared.children).iter().flatten() {
             lock(&child.state).frames = None;
@@ -435,6 +437,10 @@ impl Shared {
             .min_by_key(|(load, _)| *load)
             .map(|(_, child)| child.clone())?;
         let mut state = lock(&best.state);
+        // A job may have finished (and retired the child) since the loads were read.
+        if !state.accepts() || state.in_flight.len() >= limit {
+            return None;
+        }
         let frames = state.frames.clone()?;
         if !state.loaded.contains(&module.hash) {
             let load = protocol::encode(&ToChild::Load {
