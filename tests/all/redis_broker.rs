@@ -413,3 +413,126 @@ async fn dead_letter_writes_a_failure_result() {
     ));
     cleanup(&opts).await;
 }
+
+/// A TCP proxy to Redis whose connections the test can cut.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl Proxy {
+    async fn start() -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (cut, _) = tokio::sync::watch::channel(0u64);
+        let cuts = cut.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut cut = cuts.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut upstream) = tokio::net::TcpStream::connect(REDIS_ADDR).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Proxy { addr, cut }
+    }
+
+    /// Drops every open connection (new ones still work).
+    fn cut(&self) {
+        self.cut.send_modify(|n| *n += 1);
+    }
+}
+
+/// Connections that drop mid-stream: operations fail with a connection error or
+/// succeed after the client reconnects, and every job is still delivered — none lost,
+/// none left reserved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_dropped_connections() {
+    if !redis_up("survives_dropped_connections") {
+        return;
+    }
+    let opts = test_options();
+    let proxy = Proxy::start().await;
+    let mut via_proxy = opts.clone();
+    via_proxy.url = format!("redis://{}/9", proxy.addr);
+    via_proxy.sweep_interval = Duration::from_millis(200);
+    let b = broker(&via_proxy).await;
+    let queue = fresh_queue("drops");
+    let sent: Vec<_> = (0..300).map(|n| job(&queue, n)).collect();
+    b.publish(&sent).await.unwrap();
+
+    let mut seen = std::collections::HashSet::new();
+    let mut errors = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut round = 0;
+    while seen.len() < sent.len() && std::time::Instant::now() < deadline {
+        round += 1;
+        if round % 3 == 0 {
+            proxy.cut();
+        }
+        let got = match b
+            .fetch(
+                &[queue.clone()],
+                20,
+                Duration::from_secs(1),
+                Duration::from_millis(100),
+            )
+            .await
+        {
+            Ok(got) => got,
+            Err(e) => {
+                assert!(e.is_connection_error(), "{e}");
+                errors += 1;
+                continue;
+            }
+        };
+        seen.extend(ids(&got));
+        if let Err(e) = b.ack(&tags(&got)).await {
+            assert!(e.is_connection_error(), "{e}");
+            errors += 1;
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        sent.len(),
+        "every job delivered ({errors} connection errors)"
+    );
+    assert!(errors > 0, "the proxy did cut connections");
+    // Whatever was reserved when a reply got lost comes back and is acked; nothing stays.
+    let settle = std::time::Instant::now() + Duration::from_secs(10);
+    let mut conn = raw(&opts).await;
+    loop {
+        if let Ok(got) = b
+            .fetch(
+                &[queue.clone()],
+                100,
+                LONG_LEASE,
+                Duration::from_millis(100),
+            )
+            .await
+        {
+            let _ = b.ack(&tags(&got)).await;
+        }
+        let (len, unacked): (i64, i64) = redis::pipe()
+            .llen(opts.key(&queue))
+            .hlen(opts.key("unacked"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if (len, unacked) == (0, 0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < settle,
+            "left: {len} queued, {unacked} reserved"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    cleanup(&opts).await;
+}

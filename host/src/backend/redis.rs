@@ -42,18 +42,21 @@ static STORE: LazyLock<Script> = LazyLock::new(|| {
         r#"
 local ttl = tonumber(ARGV[1])
 local n = 0
+local olds = redis.call('MGET', unpack(KEYS))
+-- Status per key as this batch leaves it (a batch may hold several records of one id).
+local status = {}
 for i, key in ipairs(KEYS) do
   local val = ARGV[2 * i]
   local final = ARGV[2 * i + 1] == '1'
-  local old = redis.call('GET', key)
-  local keep = false
-  if old then
-    local st = string.match(old, '"status": ?"([^"]*)"')
-    keep = st == 'SUCCESS' or (not final and (st == 'FAILURE' or st == 'REVOKED'))
+  local st = status[key]
+  if st == nil and olds[i] then
+    st = string.match(olds[i], '"status": ?"([^"]*)"') or ''
   end
+  local keep = st == 'SUCCESS' or (not final and (st == 'FAILURE' or st == 'REVOKED'))
   if not keep then
     redis.call('SET', key, val, 'EX', ttl)
     redis.call('PUBLISH', key, val)
+    status[key] = string.match(val, '"status": ?"([^"]*)"') or ''
     n = n + 1
   end
 end

@@ -92,9 +92,114 @@ struct RawEnvelope {
     #[serde(rename = "content-encoding", default)]
     content_encoding: Option<String>,
     #[serde(default)]
-    headers: Map<String, Value>,
+    headers: Filtered<HeaderKeys>,
     #[serde(default)]
-    properties: Map<String, Value>,
+    properties: Filtered<PropertyKeys>,
+}
+
+/// Which keys of a JSON object are worth keeping.
+trait KeepKeys {
+    fn keep(key: &str) -> bool;
+}
+
+/// Headers: all but the logging-only ones, which can be long (`argsrepr`).
+#[derive(Default)]
+struct HeaderKeys;
+impl KeepKeys for HeaderKeys {
+    fn keep(key: &str) -> bool {
+        !matches!(key, "argsrepr" | "kwargsrepr" | "lang" | "origin")
+    }
+}
+
+/// Properties: the ones decoding reads.
+#[derive(Default)]
+struct PropertyKeys;
+impl KeepKeys for PropertyKeys {
+    fn keep(key: &str) -> bool {
+        matches!(
+            key,
+            "correlation_id"
+                | "reply_to"
+                | "delivery_info"
+                | "priority"
+                | "body_encoding"
+                | "delivery_tag"
+        )
+    }
+}
+
+/// A JSON object read into a map without the keys `K` drops and without nulls; dropped
+/// values are skipped unparsed (decoding runs once per message, ~25 000 times a second).
+struct Filtered<K> {
+    map: Map<String, Value>,
+    keys: std::marker::PhantomData<K>,
+}
+
+impl<K> Default for Filtered<K> {
+    fn default() -> Self {
+        Filtered {
+            map: Map::new(),
+            keys: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<'de, K: KeepKeys> Deserialize<'de> for Filtered<K> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<K>(std::marker::PhantomData<K>);
+        impl<'de, K: KeepKeys> serde::de::Visitor<'de> for Visit<K> {
+            type Value = Filtered<K>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Filtered::default())
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut access: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut map = Map::new();
+                while let Some(key) = access.next_key::<Key<'de>>()? {
+                    if K::keep(&key.0) {
+                        let value: Value = access.next_value()?;
+                        if !value.is_null() {
+                            map.insert(key.0.into_owned(), value);
+                        }
+                    } else {
+                        access.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(Filtered {
+                    map,
+                    keys: std::marker::PhantomData,
+                })
+            }
+        }
+        d.deserialize_any(Visit(std::marker::PhantomData))
+    }
+}
+
+/// A map key, borrowed from the input when it has no escapes.
+struct Key<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(Visit)
+    }
 }
 
 fn fail(reason: impl Into<String>, id: &Option<String>) -> DecodeError {
@@ -113,8 +218,8 @@ fn fail(reason: impl Into<String>, id: &Option<String>) -> DecodeError {
 pub fn decode(raw: &[u8], queue: Option<&str>) -> Result<Incoming, DecodeError> {
     let env: RawEnvelope = serde_json::from_slice(raw)
         .map_err(|e| fail(format!("not a kombu JSON envelope: {e}"), &None))?;
-    let mut headers = env.headers;
-    let props = env.properties;
+    let mut headers = env.headers.map;
+    let props = env.properties.map;
     let id = headers
         .get("id")
         .and_then(Value::as_str)
@@ -242,7 +347,7 @@ pub fn decode(raw: &[u8], queue: Option<&str>) -> Result<Incoming, DecodeError> 
 
     let mut extra = Map::new();
     for (k, v) in std::mem::take(&mut headers) {
-        if !v.is_null() && !MAPPED_HEADERS.contains(&k.as_str()) {
+        if !MAPPED_HEADERS.contains(&k.as_str()) {
             extra.insert(k, v);
         }
     }
@@ -293,15 +398,17 @@ fn precise(at: &mut Option<chrono::DateTime<Utc>>, exact: Option<&Value>) {
     }
 }
 
-/// Headers every Celery message has that say nothing about a workflow, with the JSON
-/// values that mean "nothing" (`None` = any value).
-const PLAIN_EXTRA: &[(&str, Option<&str>)] = &[
-    ("reply_to", None),
-    ("redelivered", None),
-    ("replaced_task_nesting", Some("0")),
-    ("stamps", Some("{}")),
-    ("ignore_result", Some("false")),
-];
+/// Whether a header (kept in `celery.extra`) is routine: every Celery message has it
+/// and its value says nothing about a workflow.
+fn is_routine(key: &str, value: &Value) -> bool {
+    match key {
+        "reply_to" | "redelivered" => true,
+        "replaced_task_nesting" => value.as_u64() == Some(0),
+        "stamps" => value.as_object().is_some_and(Map::is_empty),
+        "ignore_result" => value == &Value::Bool(false),
+        _ => false,
+    }
+}
 
 /// True when a message carries no workflow context: its own root, no parent, group,
 /// callbacks, chain or chord, and no headers beyond the routine ones. Such a job decodes
@@ -312,16 +419,10 @@ fn is_plain(ctx: &CeleryContext, id: &str) -> bool {
         Value::Object(m) => m.values().all(Value::is_null),
         _ => false,
     };
-    let routine = |k: &String, v: &Value| {
-        PLAIN_EXTRA.iter().any(|(name, plain)| {
-            name == k
-                && plain.is_none_or(|p| serde_json::from_str::<Value>(p).ok().as_ref() == Some(v))
-        })
-    };
     let extra_plain = ctx
         .extra
         .as_object()
-        .is_none_or(|extra| extra.iter().all(|(k, v)| routine(k, v)));
+        .is_none_or(|extra| extra.iter().all(|(k, v)| is_routine(k, v)));
     ctx.root_id.as_deref().is_none_or(|r| r == id)
         && ctx.parent_id.is_none()
         && ctx.group_id.is_none()
@@ -665,8 +766,8 @@ pub fn encode(job: &Job) -> Outgoing {
             timelimit: [time_limit, soft_limit],
             root_id: ctx.and_then(|c| c.root_id.as_deref()).unwrap_or(&job.id),
             parent_id: ctx.and_then(|c| c.parent_id.as_deref()),
-            argsrepr: pyjson::py_repr(&Value::Array(job.args.clone())),
-            kwargsrepr: pyjson::py_repr(&Value::Object(job.kwargs.clone())),
+            argsrepr: pyjson::py_repr_list(&job.args),
+            kwargsrepr: pyjson::py_repr_map(&job.kwargs),
             origin: origin(),
             ignore_result: from_extra("ignore_result", Value::Null),
             replaced_task_nesting: from_extra("replaced_task_nesting", json!(0)),

@@ -90,6 +90,26 @@ pub const REPR_MAX: usize = 1024;
 pub fn py_repr(value: &Value) -> String {
     let mut out = String::new();
     write_repr(value, &mut out);
+    truncate(out)
+}
+
+/// [`py_repr`] of a list of values (positional arguments), without building a `Value`.
+pub fn py_repr_list(items: &[Value]) -> String {
+    let mut out = String::from("[");
+    write_items(items, &mut out);
+    out.push(']');
+    truncate(out)
+}
+
+/// [`py_repr`] of an object (keyword arguments), without building a `Value`.
+pub fn py_repr_map(map: &serde_json::Map<String, Value>) -> String {
+    let mut out = String::from("{");
+    write_entries(map, &mut out);
+    out.push('}');
+    truncate(out)
+}
+
+fn truncate(mut out: String) -> String {
     if out.len() > REPR_MAX {
         let mut cut = REPR_MAX - 3;
         while !out.is_char_boundary(cut) {
@@ -110,31 +130,39 @@ fn write_repr(value: &Value, out: &mut String) {
         Value::String(s) => repr_str(s, out),
         Value::Array(items) => {
             out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                write_repr(item, out);
-                if out.len() > REPR_MAX {
-                    return;
-                }
-            }
+            write_items(items, out);
             out.push(']');
         }
         Value::Object(map) => {
             out.push('{');
-            for (i, (k, v)) in map.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                repr_str(k, out);
-                out.push_str(": ");
-                write_repr(v, out);
-                if out.len() > REPR_MAX {
-                    return;
-                }
-            }
+            write_entries(map, out);
             out.push('}');
+        }
+    }
+}
+
+fn write_items(items: &[Value], out: &mut String) {
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        write_repr(item, out);
+        if out.len() > REPR_MAX {
+            return;
+        }
+    }
+}
+
+fn write_entries(map: &serde_json::Map<String, Value>, out: &mut String) {
+    for (i, (k, v)) in map.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        repr_str(k, out);
+        out.push_str(": ");
+        write_repr(v, out);
+        if out.len() > REPR_MAX {
+            return;
         }
     }
 }
