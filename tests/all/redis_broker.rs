@@ -478,7 +478,7 @@ async fn survives_dropped_connections() {
         }
         let got = match b
             .fetch(
-                &[queue.clone()],
+                std::slice::from_ref(&queue),
                 20,
                 Duration::from_secs(1),
                 Duration::from_millis(100),
@@ -510,7 +510,7 @@ async fn survives_dropped_connections() {
     loop {
         if let Ok(got) = b
             .fetch(
-                &[queue.clone()],
+                std::slice::from_ref(&queue),
                 100,
                 LONG_LEASE,
                 Duration::from_millis(100),
