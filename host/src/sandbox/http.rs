@@ -450,6 +450,8 @@ impl WasiHttpHooks for HttpPolicy {
         }
         let options = self.options(options);
         let cap = self.max_response_bytes;
+        // A HEAD response announces the length of a body it does not carry.
+        let has_body = request.method() != http::Method::HEAD;
         Box::new(async move {
             let (response, io) =
                 wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
@@ -458,7 +460,7 @@ impl WasiHttpHooks for HttpPolicy {
                 .get(http::header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok());
-            if announced.is_some_and(|n| n > cap) {
+            if has_body && announced.is_some_and(|n| n > cap) {
                 return Err(HttpError::HttpResponseBodySize(Some(cap)));
             }
             let limit = usize::try_from(cap).unwrap_or(usize::MAX);
