@@ -207,11 +207,11 @@ pub const DEFAULT_BROKER_URL: &str = "sqlite:sprout.db";
 /// Opens a broker and its result backend from a URL: `sqlite:PATH` (the embedded
 /// default), `redis://HOST:PORT/DB`, `amqp://USER:PASS@HOST:PORT/VHOST`.
 ///
-/// A Redis URL gives the Celery-compatible [`redis::RedisBroker`] and
+/// A Redis URL gives the Celery-compatible [`RedisBroker`](self::redis::RedisBroker) and
 /// [`RedisBackend`](crate::backend::redis::RedisBackend) on the same server and database
 /// (Celery's usual layout). Query keys: `visibility_timeout` and `sweep_interval`
 /// (seconds), `global_keyprefix` (kombu's key prefix), `result_expires` (seconds); the
-/// rest go to the Redis client (e.g. `protocol=resp3`). See [`redis::RedisOptions`].
+/// rest go to the Redis client (e.g. `protocol=resp3`). See [`RedisOptions`](self::redis::RedisOptions).
 ///
 /// # Errors
 /// [`BrokerError::UnsupportedUrl`] for an unknown scheme, or the broker's own error.
