@@ -647,7 +647,7 @@ fn worker_sent_chord_body() {
     ctx.extra = json!({"group_index": 1});
     let part = workflow::chord_part(&last).expect("a chord part");
     assert_eq!((part.group_id.as_str(), part.group_index), (gid, 1));
-    let sent = workflow::chord_body(&last, &part, vec![json!(2), json!(4)]).unwrap();
+    let sent = workflow::chord_body(&last.id, last_id, &part, vec![json!(2), json!(4)]).unwrap();
     same_as_worker_sent("worker_sent_chord_body", &sent);
 
     // The .j entry Celery's script stores for a part.

@@ -102,7 +102,8 @@ fn check(broker: &str, queue: &str, n: usize, args: &[&str]) {
 }
 
 /// A real Celery client against the real Sprout worker: sums, echo, failures by
-/// exception class, chains (and a chain that fails in the middle).
+/// exception class, chains (and a chain that fails in the middle), groups, link
+/// callbacks, chords (and a chord whose part fails), unknown tasks.
 #[test]
 fn celery_client_against_sprout_worker() {
     if !redis_up("celery_client_against_sprout_worker") {
@@ -156,6 +157,18 @@ fn celery_client_against_sprout_worker() {
             "--expect-error",
             "ValueError",
         ],
+    );
+    // Groups, link callbacks (as children), chords and a chord whose part fails.
+    let out = Command::new(venv().join("bin/python"))
+        .arg(repo_root().join("tests/python/canvas_check.py"))
+        .args([broker.as_str(), q.as_str()])
+        .output()
+        .expect("run canvas_check.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.lines().any(|l| l.trim() == "4 passed, 0 failed"),
+        "canvas_check.py:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
     );
     // An unknown task raises NotRegistered on the client.
     check(

@@ -138,6 +138,22 @@ pub struct CeleryResultMeta {
     /// The message said `ignore_result: true`: Celery-compatible backends store nothing.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ignore_result: bool,
+    /// For a chord header job: the chord it counts towards. A backend that keeps Celery's
+    /// chord state (Redis) counts the part when it stores a final record carrying this,
+    /// and publishes the chord body once the last part is in. Not written to the result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chord: Option<ChordMembership>,
+}
+
+/// How a chord header job belongs to its chord (PROTOCOL.md §8.5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChordMembership {
+    /// The job's position in the chord header (`group_index`); orders the body's list.
+    pub group_index: i64,
+    /// The chord body's signature (the job's `embed.chord`), verbatim.
+    pub body: Value,
+    /// The job's root id: the body is sent as its follow-up.
+    pub root_id: String,
 }
 
 impl ResultRecord {

@@ -9,7 +9,9 @@
 //! - **get** reads and decodes one key; **wait** subscribes to the channel first (RESP3
 //!   push on a dedicated connection) and then reads, so no state change can slip
 //!   between; if subscribing fails it polls.
-//! - **chords** ([`ResultBackend::on_chord_part_return`]): Celery 5.7's bookkeeping under
+//! - **chords**: when it stores the final record of a chord header job (one that
+//!   `celery::settle` marked with its chord), or on [`ResultBackend::on_chord_part_return`],
+//!   the backend keeps Celery 5.7's bookkeeping under
 //!   `celery-taskset-meta-<gid>.{j,t,s,d,c}` in one script (count the part once per
 //!   `task_id:group_index`, compare with `.s` + `.t`, claim `.c` with `SET NX`); the
 //!   claimer publishes the body with the header results in order, or stores the body's
@@ -17,6 +19,7 @@
 //!   claimer dies before that, the claim lapses after 60 s and the redelivered part
 //!   claims again. Python workers may share the chord.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -131,6 +134,8 @@ fn backend_error(e: redis::RedisError) -> BackendError {
 pub struct RedisBackend {
     conn: ConnectionManager,
     opts: RedisOptions,
+    /// Where chord bodies go when `store` completes a chord.
+    broker: Option<Arc<dyn Broker>>,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -151,7 +156,40 @@ impl RedisBackend {
             .connect()
             .await
             .map_err(|e| BackendError::Connection(e.to_string()))?;
-        Ok(RedisBackend { conn, opts })
+        Ok(RedisBackend {
+            conn,
+            opts,
+            broker: None,
+        })
+    }
+
+    /// Lets `store` complete chords: chord bodies are published through `broker`
+    /// (`broker::connect` attaches the broker of the same URL).
+    pub fn with_broker(mut self, broker: Arc<dyn Broker>) -> Self {
+        self.broker = Some(broker);
+        self
+    }
+
+    /// Writes records (the store script), without chord handling.
+    async fn write(&self, records: &[ResultRecord]) -> Result<(), BackendError> {
+        let ttl = self.opts.result_expires.as_secs().max(1);
+        let wanted: Vec<&ResultRecord> = records
+            .iter()
+            .filter(|r| !r.celery.as_ref().is_some_and(|c| c.ignore_result))
+            .collect();
+        for chunk in wanted.chunks(500) {
+            let mut call = STORE.prepare_invoke();
+            call.arg(ttl);
+            for record in chunk {
+                call.key(self.result_key(&record.id));
+                call.arg(result::encode_meta(record));
+                call.arg(if record.state.is_terminal() { "1" } else { "0" });
+            }
+            call.invoke_async::<i64>(&mut self.conn.clone())
+                .await
+                .map_err(backend_error)?;
+        }
+        Ok(())
     }
 
     /// The key (and channel) of `id`'s result, with the key prefix.
@@ -242,22 +280,14 @@ impl RedisBackend {
 #[async_trait]
 impl ResultBackend for RedisBackend {
     async fn store(&self, records: &[ResultRecord]) -> Result<(), BackendError> {
-        let ttl = self.opts.result_expires.as_secs().max(1);
-        let wanted: Vec<&ResultRecord> = records
-            .iter()
-            .filter(|r| !r.celery.as_ref().is_some_and(|c| c.ignore_result))
-            .collect();
-        for chunk in wanted.chunks(500) {
-            let mut call = STORE.prepare_invoke();
-            call.arg(ttl);
-            for record in chunk {
-                call.key(self.result_key(&record.id));
-                call.arg(result::encode_meta(record));
-                call.arg(if record.state.is_terminal() { "1" } else { "0" });
+        self.write(records).await?;
+        if let Some(broker) = &self.broker {
+            for record in records.iter().filter(|r| r.state.is_terminal()) {
+                if let Some((part, root)) = workflow::chord_part_of(record) {
+                    self.chord_step(&part, root, record, broker.as_ref())
+                        .await?;
+                }
             }
-            call.invoke_async::<i64>(&mut self.conn.clone())
-                .await
-                .map_err(backend_error)?;
         }
         Ok(())
     }
@@ -298,6 +328,26 @@ impl ResultBackend for RedisBackend {
         if !record.state.is_terminal() {
             return Ok(());
         }
+        let root = job
+            .celery
+            .as_ref()
+            .and_then(|c| c.root_id.clone())
+            .unwrap_or_else(|| job.id.clone());
+        self.chord_step(&part, &root, record, broker).await
+    }
+}
+
+impl RedisBackend {
+    /// Counts `record` (a final state of a header job of chord `part`, whose root is
+    /// `root`) and, if it was the last part and this caller wins the claim, publishes the
+    /// body through `broker` or stores its `ChordError`.
+    async fn chord_step(
+        &self,
+        part: &workflow::ChordPart,
+        root: &str,
+        record: &ResultRecord,
+        broker: &dyn Broker,
+    ) -> Result<(), BackendError> {
         let base = self.opts.key(&keys::taskset_key(&part.group_id));
         let key = |suffix: &str| format!("{base}{suffix}");
         let token = uuid::Uuid::new_v4().simple().to_string();
@@ -309,7 +359,7 @@ impl ResultBackend for RedisBackend {
             .key(key(".d"))
             .key(&base)
             .key(key(".c"))
-            .arg(&job.id)
+            .arg(&record.id)
             .arg(workflow::chord_entry(record))
             .arg(part.group_index)
             .arg(expires)
@@ -360,7 +410,7 @@ impl ResultBackend for RedisBackend {
         let success = failed.is_none();
         match failed {
             None => {
-                let body = workflow::chord_body(job, &part, results)
+                let body = workflow::chord_body(&record.id, root, part, results)
                     .map_err(|e| BackendError::Other(format!("chord body: {e}")))?;
                 broker
                     .publish(std::slice::from_ref(&body))
@@ -371,15 +421,13 @@ impl ResultBackend for RedisBackend {
                 let cause = result::error_info(&exc, None);
                 let body_id = body_id.unwrap_or_default();
                 let failure = workflow::chord_error(&body_id, body_task, &tid, &cause);
-                self.store(std::slice::from_ref(&failure)).await?;
+                self.write(std::slice::from_ref(&failure)).await?;
                 // The body's own errbacks hear of it, as with Celery.
-                if let Ok(body) = workflow::signature_job(part.body, Vec::new(), job) {
-                    let errbacks = workflow::followups(&body, &failure);
-                    broker
-                        .publish(&errbacks)
-                        .await
-                        .map_err(|e| BackendError::Other(format!("publishing errbacks: {e}")))?;
-                }
+                let errbacks = workflow::chord_errbacks(part, &failure, &record.id, root);
+                broker
+                    .publish(&errbacks)
+                    .await
+                    .map_err(|e| BackendError::Other(format!("publishing errbacks: {e}")))?;
             }
         }
         CHORD_DONE

@@ -231,7 +231,8 @@ pub async fn connect(url: &str) -> Result<Connection, BrokerError> {
         let backend = Arc::new(
             crate::backend::redis::RedisBackend::connect(opts)
                 .await
-                .map_err(|e| BrokerError::Connection(e.to_string()))?,
+                .map_err(|e| BrokerError::Connection(e.to_string()))?
+                .with_broker(broker.clone()),
         );
         return Ok(Connection { broker, backend });
     }

@@ -21,9 +21,12 @@
 //! 2. Optionally store STARTED (Celery's `task_track_started`; off by default there —
 //!    it costs a write per job).
 //! 3. After running: `let s = celery::settle(&job, record)`; publish `s.publish`, then
-//!    store `s.store`, then `backend.on_chord_part_return(&job, &s.store[0], broker)`
-//!    for terminal states, then ack. `ignore_result` needs nothing special: the Redis
-//!    backend skips records whose `celery.ignore_result` is set.
+//!    store `s.store`, then ack. `ignore_result` needs nothing special: the Redis
+//!    backend skips records whose `celery.ignore_result` is set. Chords need nothing
+//!    either when the backend came from `broker::connect` (it counts chord parts as it
+//!    stores them and publishes the body through its broker); a backend without a
+//!    broker needs `backend.on_chord_part_return(&job, &s.store[0], broker)` after the
+//!    store (calling both is harmless: a part is counted once).
 //! 4. Retry: store RETRY (via `settle`) and `broker.retry(tag, &celery::retry_job(&job, eta))`.
 //! 5. Hard time limit: FAILURE with kind `TimeLimitExceeded` and the seconds as message.
 

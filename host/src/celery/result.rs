@@ -350,7 +350,7 @@ pub fn decode_meta(id: &str, raw: &[u8]) -> Result<ResultRecord, String> {
         parent_id: text(meta.get("parent_id")),
         group_id: text(meta.get("group_id")),
         children: child_ids(meta.get("children")),
-        ignore_result: false,
+        ..CeleryResultMeta::default()
     };
     if links != CeleryResultMeta::default() {
         record.celery = Some(links);

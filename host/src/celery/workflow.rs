@@ -20,7 +20,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 
 use super::{isotime, result};
-use crate::backend::{CeleryResultMeta, ErrorInfo, ResultRecord, State};
+use crate::backend::{CeleryResultMeta, ChordMembership, ErrorInfo, ResultRecord, State};
 use crate::job::{CeleryContext, DEFAULT_QUEUE, Job};
 
 /// What a worker does once a job has settled: publish these jobs, then store these
@@ -92,6 +92,16 @@ fn time_option(v: Option<&Value>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
 /// # Errors
 /// The value is not a signature of a plain task.
 pub fn signature_job(sig: &Value, args_prefix: Vec<Value>, parent: &Job) -> Result<Job, String> {
+    signature_job_after(sig, args_prefix, &parent.id, &root_of(parent))
+}
+
+/// [`signature_job`] for a parent known only by its id and root id.
+fn signature_job_after(
+    sig: &Value,
+    args_prefix: Vec<Value>,
+    parent_id: &str,
+    root_id: &str,
+) -> Result<Job, String> {
     let obj = sig.as_object().ok_or("a signature must be an object")?;
     if !obj.get("subtask_type").is_none_or(Value::is_null) {
         return Err(format!(
@@ -154,8 +164,8 @@ pub fn signature_job(sig: &Value, args_prefix: Vec<Value>, parent: &Job) -> Resu
         }
     }
     job.celery = Some(CeleryContext {
-        root_id: Some(root_of(parent)),
-        parent_id: Some(parent.id.clone()),
+        root_id: Some(root_id.to_string()),
+        parent_id: Some(parent_id.to_string()),
         group_id: text("group_id"),
         embed: json!({
             "callbacks": sig_list(opts.get("link")),
@@ -250,11 +260,19 @@ pub fn settle(job: &Job, mut record: ResultRecord) -> Settlement {
         State::Retry => vec![job.id.clone()],
         _ => Vec::new(),
     };
+    let chord = chord_part(job).map(|part| ChordMembership {
+        group_index: part.group_index,
+        body: part.body,
+        root_id: root_of(job),
+    });
     record.celery = Some(CeleryResultMeta {
         parent_id: ctx.parent_id.clone(),
-        group_id: ctx.group_id.clone(),
+        group_id: chord_part(job)
+            .map(|p| p.group_id)
+            .or_else(|| ctx.group_id.clone()),
         children,
         ignore_result,
+        chord,
     });
     let mut store = Vec::with_capacity(1);
     if record.state == State::Failure && !ignore_result {
@@ -303,17 +321,17 @@ pub fn retry_job(job: &Job, eta: Option<DateTime<Utc>>) -> Job {
 
 /// A chord header part: the group it counts towards, its position, and the body.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ChordPart<'a> {
+pub struct ChordPart {
     /// The chord's group id (`headers.group`, else the body's `options.group_id`).
     pub group_id: String,
     /// The part's position (`group_index`); orders the body's argument list.
     pub group_index: i64,
     /// The body signature from `embed.chord`.
-    pub body: &'a Value,
+    pub body: Value,
 }
 
 /// The chord part `job` is, if its embed carries a chord body.
-pub fn chord_part(job: &Job) -> Option<ChordPart<'_>> {
+pub fn chord_part(job: &Job) -> Option<ChordPart> {
     let ctx = job.celery.as_ref()?;
     let body = ctx.embed.get("chord").filter(|b| b.is_object())?;
     let group_id = ctx.group_id.clone().or_else(|| {
@@ -330,8 +348,22 @@ pub fn chord_part(job: &Job) -> Option<ChordPart<'_>> {
     Some(ChordPart {
         group_id,
         group_index,
-        body,
+        body: body.clone(),
     })
+}
+
+/// The chord part a stored record stands for (what [`settle`] recorded), with the
+/// completing job's root id.
+pub fn chord_part_of(record: &ResultRecord) -> Option<(ChordPart, &str)> {
+    let meta = record.celery.as_ref()?;
+    let chord = meta.chord.as_ref()?;
+    let group_id = meta.group_id.clone()?;
+    let part = ChordPart {
+        group_id,
+        group_index: chord.group_index,
+        body: chord.body.clone(),
+    };
+    Some((part, chord.root_id.as_str()))
 }
 
 /// The JSON Celery adds to the chord's `.j` set for one finished part:
@@ -346,17 +378,36 @@ pub fn chord_entry(record: &ResultRecord) -> String {
 }
 
 /// The chord body job, once every part has succeeded: `results` (in header order)
-/// prepended as one list argument, sent as a follow-up of `last` (the job that completed
-/// the chord), in the chord's group.
+/// prepended as one list argument, sent as a follow-up of the job that completed the
+/// chord (`last_id`, in workflow `root_id`), in the chord's group.
 ///
 /// # Errors
 /// The body is not a signature of a plain task.
-pub fn chord_body(last: &Job, part: &ChordPart<'_>, results: Vec<Value>) -> Result<Job, String> {
-    let mut body = signature_job(part.body, vec![Value::Array(results)], last)?;
+pub fn chord_body(
+    last_id: &str,
+    root_id: &str,
+    part: &ChordPart,
+    results: Vec<Value>,
+) -> Result<Job, String> {
+    let mut body = signature_job_after(&part.body, vec![Value::Array(results)], last_id, root_id)?;
     if let Some(ctx) = body.celery.as_mut() {
         ctx.group_id = Some(part.group_id.clone());
     }
     Ok(body)
+}
+
+/// The errbacks of a failed chord's body (its `link_error`), each called with the
+/// body's id, as Celery does.
+pub fn chord_errbacks(
+    part: &ChordPart,
+    failure: &ResultRecord,
+    last_id: &str,
+    root_id: &str,
+) -> Vec<Job> {
+    match signature_job_after(&part.body, Vec::new(), last_id, root_id) {
+        Ok(body) => followups(&body, failure),
+        Err(_) => Vec::new(),
+    }
 }
 
 /// The FAILURE stored under the chord body's id when a part failed:
