@@ -536,3 +536,35 @@ async fn survives_dropped_connections() {
     }
     cleanup(&opts).await;
 }
+
+/// The sweep drops index entries without a message and dead-letters entries it cannot
+/// read, instead of finding them again every round.
+#[tokio::test]
+async fn sweep_cleans_orphans_and_unreadable_entries() {
+    if !redis_up("sweep_cleans_orphans_and_unreadable_entries") {
+        return;
+    }
+    let opts = test_options();
+    let b = broker(&opts).await;
+    let mut conn = raw(&opts).await;
+    let old = Utc::now().timestamp() as f64 - opts.visibility_timeout.as_secs_f64() - 10.0;
+    let _: () = redis::pipe()
+        .zadd(opts.key("unacked_index"), "orphan", old)
+        .zadd(opts.key("unacked_index"), "garbled", old)
+        .hset(opts.key("unacked"), "garbled", "not json")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(b.sweep().await.unwrap(), 0);
+    let (index, hash): (i64, i64) = redis::pipe()
+        .zcard(opts.key("unacked_index"))
+        .hlen(opts.key("unacked"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!((index, hash), (0, 0));
+    let dead = b.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].reason, "unreadable unacked entry");
+    cleanup(&opts).await;
+}

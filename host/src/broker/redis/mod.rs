@@ -384,14 +384,24 @@ impl RedisBroker {
         } else {
             0
         };
-        for (tag, entry) in broken {
+        let (orphans, unreadable): (Vec<_>, Vec<_>) =
+            broken.into_iter().partition(|(_, entry)| entry.is_empty());
+        if !orphans.is_empty() {
+            // An index entry without a message (as kombu does: drop it).
+            let mut call = scripts::DROP_ORPHANS.prepare_invoke();
+            call.key(self.key(keys::UNACKED))
+                .key(self.key(keys::UNACKED_INDEX));
+            for (tag, _) in &orphans {
+                call.arg(tag);
+            }
+            call.invoke_async::<i64>(&mut self.conn())
+                .await
+                .map_err(broker_error)?;
+        }
+        for (tag, entry) in unreadable {
             // Nothing can route it: keep it for a person rather than retry forever.
-            let reason = if entry.is_empty() {
-                "reservation without an unacked entry"
-            } else {
-                "unreadable unacked entry"
-            };
-            self.bury(&tag, None, "", reason, &entry).await?;
+            self.bury(&tag, None, "", "unreadable unacked entry", &entry)
+                .await?;
         }
         Ok(restored)
     }

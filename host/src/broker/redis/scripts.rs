@@ -154,6 +154,24 @@ return n
     )
 });
 
+/// Drop index entries that have no message in `unacked` (still none now: a tag can be
+/// reserved again, since a restored message keeps its tag).
+///
+/// KEYS: `unacked`, `unacked_index`. ARGV: the tags. Returns how many were dropped.
+pub static DROP_ORPHANS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local n = 0
+for _, tag in ipairs(ARGV) do
+  if redis.call('HEXISTS', KEYS[1], tag) == 0 then
+    n = n + redis.call('ZREM', KEYS[2], tag)
+  end
+end
+return n
+"#,
+    )
+});
+
 /// Retry: replace a reservation by a new message (LPUSH, the end of the line) in one
 /// step, only if the reservation is still ours.
 ///
