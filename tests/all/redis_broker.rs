@@ -568,3 +568,42 @@ async fn sweep_cleans_orphans_and_unreadable_entries() {
     assert_eq!(dead[0].reason, "unreadable unacked entry");
     cleanup(&opts).await;
 }
+
+/// A held eta message's reservation is renewed while it waits, even when its broker
+/// does not fetch: another worker's sweep never takes it, and it runs once, on time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_eta_reservations_are_renewed() {
+    if !redis_up("held_eta_reservations_are_renewed") {
+        return;
+    }
+    let mut opts = test_options();
+    opts.visibility_timeout = Duration::from_secs(2);
+    opts.sweep_interval = Duration::from_millis(100);
+    let (holder, other) = (broker(&opts).await, broker(&opts).await);
+    let queue = fresh_queue("renew");
+    let mut later = job(&queue, 1);
+    let eta = Utc::now() + chrono::Duration::milliseconds(3500);
+    later.eta = Some(eta);
+    holder.publish(std::slice::from_ref(&later)).await.unwrap();
+    assert!(fetch_now(&holder, &queue, 1).await.is_empty());
+    assert_eq!(holder.held(), 1);
+
+    // The other worker sweeps every 100 ms for longer than the visibility timeout.
+    let stolen = fetch_wait(&other, &queue, 1, LONG_LEASE, Duration::from_secs(3)).await;
+    assert!(
+        stolen.is_empty(),
+        "a held message was taken by another worker"
+    );
+    assert_eq!(other.held(), 0);
+
+    let got = fetch_wait(&holder, &queue, 1, LONG_LEASE, Duration::from_secs(3)).await;
+    assert_eq!(ids(&got), std::slice::from_ref(&later.id));
+    assert!(Utc::now() >= eta);
+    holder.ack(&tags(&got)).await.unwrap();
+    assert!(
+        fetch_wait(&other, &queue, 1, LONG_LEASE, Duration::from_millis(300))
+            .await
+            .is_empty()
+    );
+    cleanup(&opts).await;
+}

@@ -30,11 +30,13 @@
 //!
 //! # eta and countdown
 //! A message with a future eta is reserved like any other (it stays in `unacked`, as a
-//! Celery worker keeps it) but is not returned: the broker holds it in memory, refreshes
-//! its score while it waits (so no sweep restores it), and returns it from the first
-//! fetch at or after its eta (or its `expires`, if sooner, so it is revoked on time).
-//! [`Broker::shutdown`] puts held messages back; a crashed worker's held messages come
-//! back through the sweep.
+//! Celery worker keeps it) but is not returned: the broker holds it in memory under a
+//! 60 s lease that it renews every 20 s while the message waits (so no sweep restores
+//! it — kombu never renews, so a Celery worker duplicates etas longer than its
+//! visibility timeout), and returns it from the first fetch at or after its eta (or its
+//! `expires`, if sooner, so it is revoked on time). [`Broker::shutdown`] puts held
+//! messages back at once; a crashed worker's held messages come back through any
+//! worker's sweep about a minute later.
 //!
 //! # Retry, dead letters
 //! **retry** pushes the new message and drops the reservation in one script. Celery has
@@ -53,7 +55,7 @@ mod config;
 pub mod scripts;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -69,6 +71,8 @@ use crate::job::Job;
 
 /// How many stale reservations one sweep round restores at most.
 const SWEEP_BATCH: usize = 1000;
+/// The lease under which held eta messages wait (renewed while they do).
+const HELD_LEASE: Duration = Duration::from_secs(60);
 /// Queues longer than this are not scanned for eta messages by `stats`.
 const STATS_SCAN_LIMIT: i64 = 10_000;
 
@@ -87,7 +91,6 @@ struct State {
     held: BTreeMap<(DateTime<Utc>, u64), Held>,
     seq: u64,
     last_sweep: Option<Instant>,
-    last_refresh: Option<Instant>,
     /// Queues whose kombu bindings this process has written.
     bound: HashSet<String>,
     /// Rotates the queue order between fetches, like kombu, for fairness.
@@ -98,7 +101,7 @@ struct State {
 pub struct RedisBroker {
     conn: ConnectionManager,
     opts: RedisOptions,
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
 }
 
 impl std::fmt::Debug for RedisBroker {
@@ -106,6 +109,42 @@ impl std::fmt::Debug for RedisBroker {
         f.debug_struct("RedisBroker")
             .field("opts", &self.opts)
             .finish_non_exhaustive()
+    }
+}
+
+/// The lease of held eta messages: [`HELD_LEASE`], or the visibility timeout if shorter.
+fn held_lease(opts: &RedisOptions) -> Duration {
+    HELD_LEASE.min(opts.visibility_timeout)
+}
+
+/// Renews the reservations of held eta messages every third of their lease, for as long
+/// as the broker lives (even while its worker is too busy to fetch).
+async fn renew_held(
+    state: std::sync::Weak<Mutex<State>>,
+    mut conn: ConnectionManager,
+    index_key: String,
+    lease: Duration,
+    vt: Duration,
+) {
+    loop {
+        tokio::time::sleep(lease / 3).await;
+        let Some(state) = state.upgrade() else { return };
+        let tags: Vec<String> = {
+            let state = state.lock().unwrap_or_else(|p| p.into_inner());
+            state.held.values().map(|h| h.tag.clone()).collect()
+        };
+        drop(state);
+        let score = lease_score(Utc::now(), lease, vt);
+        for chunk in tags.chunks(10_000) {
+            let mut cmd = redis::cmd("ZADD");
+            cmd.arg(&index_key).arg("XX");
+            for tag in chunk {
+                cmd.arg(score).arg(tag);
+            }
+            if let Err(e) = cmd.query_async::<()>(&mut conn).await {
+                tracing::warn!("could not renew held eta messages: {e}");
+            }
+        }
     }
 }
 
@@ -157,11 +196,15 @@ impl RedisBroker {
     /// [`BrokerError::Connection`] when Redis cannot be reached.
     pub async fn connect(opts: RedisOptions) -> Result<RedisBroker, BrokerError> {
         let conn = opts.connect().await?;
-        Ok(RedisBroker {
-            conn,
-            opts,
-            state: Mutex::new(State::default()),
-        })
+        let state = Arc::new(Mutex::new(State::default()));
+        tokio::spawn(renew_held(
+            Arc::downgrade(&state),
+            conn.clone(),
+            opts.key(keys::UNACKED_INDEX),
+            held_lease(&opts),
+            opts.visibility_timeout,
+        ));
+        Ok(RedisBroker { conn, opts, state })
     }
 
     /// The options this broker runs with.
@@ -181,6 +224,10 @@ impl RedisBroker {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn held_lease(&self) -> Duration {
+        held_lease(&self.opts)
     }
 
     /// How many eta messages this broker holds.
@@ -269,35 +316,19 @@ impl RedisBroker {
             .map_err(broker_error)
     }
 
-    /// Housekeeping done from fetch: the sweep when due, and refreshing the scores of
-    /// held eta messages so no sweeper restores them.
+    /// Housekeeping done from fetch: the sweep, when it is due.
     async fn maintain(&self) -> Result<(), BrokerError> {
         let now = Instant::now();
-        let (sweep, refresh) = {
+        let sweep = {
             let mut state = self.lock();
-            let sweep = state
+            let due = state
                 .last_sweep
                 .is_none_or(|t| now >= t + self.opts.sweep_interval);
-            if sweep {
+            if due {
                 state.last_sweep = Some(now);
             }
-            let every = (self.opts.visibility_timeout / 4).min(Duration::from_secs(60));
-            let refresh =
-                !state.held.is_empty() && state.last_refresh.is_none_or(|t| now >= t + every);
-            let tags: Vec<String> = if refresh {
-                state.last_refresh = Some(now);
-                state.held.values().map(|h| h.tag.clone()).collect()
-            } else {
-                Vec::new()
-            };
-            (sweep, tags)
+            due
         };
-        if !refresh.is_empty() {
-            let tags: Vec<&str> = refresh.iter().map(String::as_str).collect();
-            for chunk in tags.chunks(10_000) {
-                self.rescore(chunk, self.opts.visibility_timeout).await?;
-            }
-        }
         if sweep {
             self.sweep().await?;
         }
@@ -498,7 +529,16 @@ impl RedisBroker {
         let due = self.take_due(queues, max, now);
         if !due.is_empty() {
             let tags: Vec<&str> = due.iter().map(|h| h.tag.as_str()).collect();
-            if let Err(e) = self.rescore(&tags, lease).await {
+            let score = lease_score(now, lease, self.opts.visibility_timeout);
+            let mut call = scripts::TOUCH.prepare_invoke();
+            call.key(self.key(keys::UNACKED_INDEX))
+                .arg(score)
+                .arg(&tags);
+            let touched: Result<Vec<i64>, _> = call
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(broker_error);
+            if let Err(e) = touched {
                 // Keep them held; they are still reserved in Redis.
                 let mut state = self.lock();
                 for h in due {
@@ -509,10 +549,16 @@ impl RedisBroker {
                 }
                 return Err(e);
             }
-            out.extend(
-                due.into_iter()
-                    .map(|h| Self::delivery(h.tag, h.queue, Ok(h.job), h.redelivered)),
-            );
+            let touched = touched.unwrap_or_default();
+            for (h, still_ours) in due.into_iter().zip(touched) {
+                if still_ours == 1 {
+                    out.push(Self::delivery(h.tag, h.queue, Ok(h.job), h.redelivered));
+                } else {
+                    // Its reservation lapsed and some sweep put it back: whoever takes
+                    // it from the queue runs it, not us.
+                    tracing::warn!(id = %h.job.id, "held eta message was restored elsewhere");
+                }
+            }
         }
         let room = max - out.len();
         if room == 0 || self.held() >= self.opts.max_held {
@@ -555,9 +601,10 @@ impl RedisBroker {
                 Err(e) => out.push(Self::delivery(tag, queue, Err(e), false)),
             }
         }
-        // Held messages wait under the full visibility timeout (refreshed by maintain).
+        // Held messages wait under a short lease that `maintain` keeps renewing, so a
+        // crashed worker's eta messages come back within about a minute.
         let tags: Vec<&str> = newly_held.iter().map(String::as_str).collect();
-        self.rescore(&tags, self.opts.visibility_timeout).await?;
+        self.rescore(&tags, self.held_lease()).await?;
         Ok(out)
     }
 

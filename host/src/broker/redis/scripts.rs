@@ -172,6 +172,26 @@ return n
     )
 });
 
+/// Renew the reservations that still exist, saying which ones did.
+///
+/// KEYS: `unacked_index`. ARGV: score, then the tags. Returns 1 or 0 per tag.
+pub static TOUCH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local out = {}
+for i = 2, #ARGV do
+  if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+    redis.call('ZADD', KEYS[1], 'XX', ARGV[1], ARGV[i])
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
+"#,
+    )
+});
+
 /// Retry: replace a reservation by a new message (LPUSH, the end of the line) in one
 /// step, only if the reservation is still ours.
 ///
