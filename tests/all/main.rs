@@ -10,6 +10,7 @@ mod http;
 mod loading;
 mod outcomes;
 mod plugins;
+mod prefork;
 mod redis_backend;
 mod redis_broker;
 mod results_sqlite;

@@ -1,0 +1,717 @@
+//! The prefork pool with real child processes (`sprout child` of the binary under test):
+//! the shared outcome suite, both cores used, supervision (kill -9, recycling by task
+//! count and memory, children dying with the parent) and mixed pools in one worker.
+
+use std::collections::BTreeSet;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sprout::backend::{ResultBackend, State};
+use sprout::broker::Broker;
+use sprout::broker::sqlite::SqliteStore;
+use sprout::job::Job;
+use sprout::outcome::Outcome;
+use sprout::pool::{Pool, PreforkConfig, PreforkPool};
+use sprout::registry::Registry;
+use sprout::sandbox::Sandbox;
+use sprout::worker::{Shutdown, Worker, WorkerConfig};
+use tokio::sync::watch;
+
+use crate::outcomes::{job_limits_suite, outcome_suite, run_job};
+use crate::support::{self, Workdir};
+
+/// A prefork pool of `processes` children of the binary under test, sharing the tests'
+/// artifact cache with `sandbox` (the parent's, which loaded the registry).
+async fn prefork(
+    sandbox: &Sandbox,
+    processes: usize,
+    tune: impl FnOnce(&mut PreforkConfig),
+) -> Arc<PreforkPool> {
+    let mut config = PreforkConfig::new(support::sprout_bin(), processes);
+    config.settings = sandbox.settings().clone();
+    config.cache_dir = Some(support::cache_dir());
+    config.log_filter = Some("warn".into());
+    tune(&mut config);
+    Arc::new(
+        PreforkPool::start(config)
+            .await
+            .expect("start the prefork pool"),
+    )
+}
+
+/// The tests' sandbox and a registry of every example task.
+async fn tasks() -> (Sandbox, Arc<Registry>) {
+    let sandbox = support::sandbox(64);
+    let registry = support::registry(&sandbox).await;
+    (sandbox, registry)
+}
+
+/// Whether `pid` is gone (or a zombie nobody reaped yet... which counts as a failure:
+/// see `children_die_with_the_parent`).
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) S ...: the state follows the last ')'.
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// Every pid in `prefork: child pid P ready` lines of a worker log.
+fn ready_pids(log: &str) -> BTreeSet<u32> {
+    log.lines()
+        .filter_map(|line| {
+            let rest = line.split("prefork: child pid ").nth(1)?;
+            let (pid, tail) = rest.split_once(' ')?;
+            tail.starts_with("ready").then(|| pid.parse().ok())?
+        })
+        .collect()
+}
+
+/// Starts `sprout worker ARGS` in its own process group, with its log going to a file
+/// in the work dir, so the test can read it while the worker runs.
+fn worker_with_log(dir: &Workdir, tasks: &Path, args: &[&str]) -> (std::process::Child, PathBuf) {
+    let log = dir.path(&format!("worker-{}.log", uuid::Uuid::new_v4()));
+    let file = std::fs::File::create(&log).unwrap();
+    let tasks = tasks.display().to_string();
+    let mut all = vec!["worker", "--tasks", &tasks];
+    all.extend_from_slice(args);
+    let child = dir
+        .sprout(&all)
+        .process_group(0)
+        .env("SPROUT_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(file))
+        .spawn()
+        .expect("spawn worker");
+    (child, log)
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+fn wait_exit(child: &mut std::process::Child, timeout: Duration) -> Option<i32> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the worker did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn job(task: &str, args: serde_json::Value) -> Job {
+    Job::new(
+        task,
+        args.as_array().cloned().unwrap_or_default(),
+        Default::default(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcome_suite_passes_on_prefork() {
+    let (sandbox, registry) = tasks().await;
+    let pool = prefork(&sandbox, 2, |_| {}).await;
+    outcome_suite(pool.clone(), &registry).await;
+    job_limits_suite(pool.clone(), &registry).await;
+    assert_eq!(pool.stats().lost, 0, "no child died: {:?}", pool.stats());
+    pool.close().await;
+
+    // The same with an async pool inside each child.
+    let pool = prefork(&sandbox, 1, |c| c.child_concurrency = 4).await;
+    outcome_suite(pool.clone(), &registry).await;
+    pool.close().await;
+}
+
+/// 40 fib(32) on -c 2 take at most 0.6× the wall time of -c 1: both cores are used.
+///
+/// The dev machine is shared: while other processes keep a core busy, no program gets
+/// two. Each round therefore also times the same work natively on one and on two
+/// threads; when no round reaches 0.6×, prefork must scale like native code did in the
+/// same round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_children_use_both_cores() {
+    let (sandbox, registry) = tasks().await;
+    let pools = [
+        prefork(&sandbox, 1, |_| {}).await,
+        prefork(&sandbox, 2, |_| {}).await,
+    ];
+    for pool in &pools {
+        // Every child loads fib before the clock starts.
+        let warm: Vec<_> = (0..4)
+            .map(|_| {
+                let (pool, registry) = (pool.clone(), registry.clone());
+                tokio::spawn(async move {
+                    run_job(
+                        pool.as_ref(),
+                        &registry,
+                        "fib",
+                        json!([25]),
+                        Default::default(),
+                    )
+                    .await
+                })
+            })
+            .collect();
+        for w in warm {
+            assert!(w.await.unwrap().outcome.is_success());
+        }
+    }
+    let mut rounds = Vec::new();
+    for _ in 0..5 {
+        let native_ratio = {
+            let one = tokio::task::spawn_blocking(|| native(1)).await.unwrap();
+            let two = tokio::task::spawn_blocking(|| native(2)).await.unwrap();
+            two.as_secs_f64() / one.as_secs_f64()
+        };
+        let mut times = [Duration::ZERO; 2];
+        for (i, pool) in pools.iter().enumerate() {
+            let started = Instant::now();
+            let jobs: Vec<_> = (0..40)
+                .map(|_| {
+                    let (pool, registry) = (pool.clone(), registry.clone());
+                    tokio::spawn(async move {
+                        run_job(
+                            pool.as_ref(),
+                            &registry,
+                            "fib",
+                            json!([32]),
+                            Default::default(),
+                        )
+                        .await
+                    })
+                })
+                .collect();
+            for j in jobs {
+                let e = j.await.unwrap();
+                assert_eq!(
+                    e.outcome,
+                    Outcome::Success {
+                        value: json!(2_178_309)
+                    }
+                );
+            }
+            times[i] = started.elapsed();
+        }
+        let ratio = times[1].as_secs_f64() / times[0].as_secs_f64();
+        eprintln!(
+            "40 x fib(32): -c 1 {:?}, -c 2 {:?}: {ratio:.2}x (native 2 threads: {native_ratio:.2}x)",
+            times[0], times[1]
+        );
+        rounds.push((ratio, native_ratio));
+        if ratio <= 0.6 {
+            break;
+        }
+    }
+    for pool in &pools {
+        pool.close().await;
+    }
+    let best = rounds.iter().map(|r| r.0).fold(f64::MAX, f64::min);
+    if best <= 0.6 {
+        return;
+    }
+    // The machine did not give two cores when prefork ran. Then prefork must at least
+    // scale as well as native code did in the same round: a pool that serialised its
+    // children would stay at 1.0x while native code reached 0.5-0.6x.
+    let closest = rounds
+        .iter()
+        .map(|(prefork, native)| prefork - native)
+        .fold(f64::MAX, f64::min);
+    eprintln!(
+        "the machine never gave prefork two cores; closest round to native scaling: \
+         +{closest:.2}"
+    );
+    assert!(
+        closest <= 0.15,
+        "prefork -c 2 never scaled like native code on 2 threads: {rounds:?} (prefork, native)"
+    );
+}
+
+/// 40 × fib(30) natively on `threads` threads (a calibration: what the machine gives).
+fn native(threads: usize) -> Duration {
+    fn fib(n: u32) -> u64 {
+        let n = std::hint::black_box(n);
+        if n < 2 {
+            u64::from(n)
+        } else {
+            fib(n - 1).wrapping_add(fib(n - 2))
+        }
+    }
+    let started = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|t| std::thread::spawn(move || (t..40).step_by(threads).map(|_| fib(30)).sum::<u64>()))
+        .collect();
+    let total: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!(total, 832_040 * 40);
+    started.elapsed()
+}
+
+/// kill -9 of the children running two jobs: the job that allows no retry ends FAILURE
+/// (WorkerLostError), the other is retried and succeeds, the job on the third child is
+/// untouched, both children are replaced, and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_child_is_replaced_and_its_job_retried_or_failed() {
+    let dir = Workdir::new();
+    let (sandbox, registry) = tasks().await;
+    let store = Arc::new(SqliteStore::open(dir.path("sprout.db")).await.unwrap());
+    let pool = prefork(&sandbox, 3, |_| {}).await;
+    let first_pids: BTreeSet<u32> = pool.child_pids().into_iter().collect();
+    let (stop, stopped) = watch::channel(Shutdown::Running);
+    let worker = Worker::new(
+        store.clone(),
+        store.clone(),
+        registry.clone(),
+        pool.clone(),
+        WorkerConfig {
+            hostname: "sprout@test".into(),
+            queues: vec!["celery".into()],
+            reservations: 3,
+            lease: Duration::from_secs(30),
+            grace: Duration::from_secs(10),
+            track_started: false,
+            max_jobs: None,
+        },
+    );
+    let worker = tokio::spawn(worker.run(stopped));
+
+    let mut no_retry = job("sleep", json!([3.0]));
+    no_retry.max_retries = Some(0);
+    let retried = job("sleep", json!([3.0]));
+    let bystander = job("sleep", json!([1.5]));
+    store
+        .publish(&[no_retry.clone(), retried.clone(), bystander.clone()])
+        .await
+        .unwrap();
+
+    // Wait until all three run, one per child.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let active = loop {
+        let active = pool.active();
+        if active.len() == 3 {
+            break active;
+        }
+        assert!(Instant::now() < deadline, "three jobs running: {active:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let pid_of = |id: &str| {
+        active
+            .iter()
+            .find(|a| a.job_id == id)
+            .map(|a| a.pid)
+            .unwrap()
+    };
+    let victims = [pid_of(&no_retry.id), pid_of(&retried.id)];
+    let spared = pid_of(&bystander.id);
+    assert_ne!(victims[0], victims[1]);
+    for pid in victims {
+        // SAFETY: kill(2) on a child of this test process's pool.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+
+    let r = store
+        .wait(&no_retry.id, Duration::from_secs(20))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.state, State::Failure, "{r:?}");
+    let error = r.error.unwrap();
+    assert_eq!(error.kind, "WorkerLostError");
+    let reason = format!("child pid {} exited: signal 9 (SIGKILL)", victims[0]);
+    assert!(error.message.contains(&reason), "{}", error.message);
+    let r = store
+        .wait(&bystander.id, Duration::from_secs(20))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (r.state, r.retries),
+        (State::Success, 0),
+        "the bystander is unaffected: {r:?}"
+    );
+    // The retried job waits out its backoff (≤ 1 s), then runs 3 s on a fresh child.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let r = loop {
+        let r = store.get(&retried.id).await.unwrap().unwrap();
+        if r.state.is_terminal() {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "the retried job finishes: {r:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!((r.state, r.retries), (State::Success, 1), "{r:?}");
+
+    let stats = pool.stats();
+    assert_eq!((stats.lost, stats.jobs_lost), (2, 2), "{stats:?}");
+    let pids: BTreeSet<u32> = pool.child_pids().into_iter().collect();
+    assert_eq!(pids.len(), 3, "every slot has a child again");
+    assert!(pids.contains(&spared));
+    for pid in victims {
+        assert!(!pids.contains(&pid) && first_pids.contains(&pid));
+        assert_eq!(process_state(pid), None, "child {pid} was reaped");
+    }
+    let stats = store.stats().await.unwrap();
+    assert!(
+        stats.iter().all(|q| q.ready == 0 && q.leased == 0),
+        "nothing left behind: {stats:?}"
+    );
+
+    stop.send(Shutdown::Warm).unwrap();
+    let report = worker.await.unwrap().unwrap();
+    assert_eq!(
+        (report.succeeded, report.failed, report.retried),
+        (2, 1, 1),
+        "{report:?}"
+    );
+    pool.shutdown().await;
+    for pid in pids {
+        assert_eq!(
+            process_state(pid),
+            None,
+            "child {pid} stopped and was reaped"
+        );
+    }
+}
+
+/// `--max-tasks-per-child 10` over 50 jobs: children are replaced (new pids), and no job
+/// fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_tasks_per_child_recycles_children() {
+    let dir = Workdir::new();
+    let store = SqliteStore::open(dir.path("sprout.db")).await.unwrap();
+    let jobs: Vec<Job> = (0..50).map(|i| job("echo", json!([i]))).collect();
+    store.publish(&jobs).await.unwrap();
+    let (mut worker, log) = worker_with_log(
+        &dir,
+        support::tasks_dir(),
+        &[
+            "-P",
+            "prefork",
+            "-c",
+            "2",
+            "--max-tasks-per-child",
+            "10",
+            "--max-jobs",
+            "50",
+        ],
+    );
+    assert_eq!(
+        wait_exit(&mut worker, Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        read(&log)
+    );
+    let log = read(&log);
+    for (i, j) in jobs.iter().enumerate() {
+        let r = store.get(&j.id).await.unwrap().expect("a result");
+        assert_eq!((r.state, r.result), (State::Success, Some(json!(i))));
+    }
+    let pids = ready_pids(&log);
+    let retired = log
+        .matches("retired after 10 job(s) (max tasks per child: 10)")
+        .count();
+    eprintln!("{} children over 50 jobs, {retired} retired", pids.len());
+    assert!(retired >= 4, "{log}");
+    assert!(
+        pids.len() >= 6,
+        "2 first children + one per retirement: {pids:?}\n{log}"
+    );
+    assert!(!log.contains("WorkerLost"), "{log}");
+}
+
+/// `--max-memory-per-child` recycles the child once alloc grew it past the limit, and
+/// not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_memory_per_child_recycles_after_alloc() {
+    let dir = Workdir::new();
+    let store = SqliteStore::open(dir.path("sprout.db")).await.unwrap();
+    // An idle child is ~15 MiB resident; alloc(50) takes it past 60 MiB.
+    let jobs = vec![
+        job("echo", json!([1])),
+        job("echo", json!([2])),
+        job("alloc", json!([50])),
+        job("echo", json!([3])),
+        job("echo", json!([4])),
+    ];
+    // One at a time, in order (-c 1 reserves one job at a time).
+    for j in &jobs {
+        store.publish(std::slice::from_ref(j)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (mut worker, log) = worker_with_log(
+        &dir,
+        support::tasks_dir(),
+        &[
+            "-P",
+            "prefork",
+            "-c",
+            "1",
+            "--max-memory-per-child",
+            "40960",
+            "--max-jobs",
+            "5",
+        ],
+    );
+    assert_eq!(
+        wait_exit(&mut worker, Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        read(&log)
+    );
+    let log = read(&log);
+    for j in &jobs {
+        let r = store.get(&j.id).await.unwrap().expect("a result");
+        assert_eq!(r.state, State::Success, "{r:?}");
+    }
+    let retired: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("retired after"))
+        .collect();
+    assert_eq!(retired.len(), 1, "{log}");
+    assert!(
+        retired[0].contains("retired after 3 job(s): resident memory reached")
+            && retired[0].contains("(max memory per child: 40 MiB)"),
+        "the alloc job (the third) is the one that grew it: {}",
+        retired[0]
+    );
+    assert_eq!(ready_pids(&log).len(), 2, "{log}");
+}
+
+/// Children exit when their parent is killed (parent-death signal, stdin EOF), and a
+/// warm shutdown — even one signalled to the whole process group — lets a running job
+/// finish and stops every child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn children_die_with_the_parent_and_stop_on_shutdown() {
+    let dir = Workdir::new();
+    let store = SqliteStore::open(dir.path("sprout.db")).await.unwrap();
+    let (mut worker, log) =
+        worker_with_log(&dir, support::tasks_dir(), &["-P", "prefork", "-c", "2"]);
+    assert!(
+        support::wait_until(Duration::from_secs(20), || ready_pids(&read(&log)).len()
+            == 2),
+        "{}",
+        read(&log)
+    );
+    let pids = ready_pids(&read(&log));
+    // SAFETY: kill(2) on the worker this test started.
+    unsafe { libc::kill(worker.id() as i32, libc::SIGKILL) };
+    let _ = worker.wait();
+    let gone = support::wait_until(Duration::from_secs(5), || {
+        pids.iter()
+            .all(|p| process_state(*p).is_none_or(|s| s == 'Z'))
+    });
+    assert!(
+        gone,
+        "children outlived their parent: {:?}",
+        pids.iter().map(|p| process_state(*p)).collect::<Vec<_>>()
+    );
+
+    // Warm shutdown: the running job finishes, then the children go.
+    let running = job("sleep", json!([1.0]));
+    store.publish(std::slice::from_ref(&running)).await.unwrap();
+    let (mut worker, log) =
+        worker_with_log(&dir, support::tasks_dir(), &["-P", "prefork", "-c", "2"]);
+    let started = support::wait_until(Duration::from_secs(20), || {
+        futures_block(store.stats())
+            .unwrap()
+            .iter()
+            .map(|q| q.leased)
+            .sum::<u64>()
+            == 1
+    });
+    assert!(started, "{}", read(&log));
+    let pids = ready_pids(&read(&log));
+    assert_eq!(pids.len(), 2);
+    // SIGTERM to the whole process group, as a terminal's Ctrl-C or a service manager
+    // does: the children ignore it, the worker shuts down warm and then stops them.
+    // SAFETY: kill(2) on the process group of the worker this test started.
+    unsafe { libc::kill(-(worker.id() as i32), libc::SIGTERM) };
+    assert_eq!(
+        wait_exit(&mut worker, Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        read(&log)
+    );
+    let r = store.get(&running.id).await.unwrap().unwrap();
+    assert_eq!(r.state, State::Success, "{r:?}");
+    for pid in pids {
+        assert_eq!(
+            process_state(pid),
+            None,
+            "child {pid} stopped and was reaped by the worker"
+        );
+    }
+}
+
+/// A loopback feed server: every request gets a small RSS document after `delay`.
+/// Returns its base URL. It runs on its own thread and runtime: the test's own thread
+/// blocks while it polls for results.
+fn feed_server(delay: Duration) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let url = serve_feeds(delay);
+            tx.send(url).unwrap();
+            std::future::pending::<()>().await
+        });
+    });
+    rx.recv().unwrap()
+}
+
+fn serve_feeds(delay: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A large backlog: a thousand guests connect at once.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(4096).unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                tokio::time::sleep(delay).await;
+                let body = "<?xml version=\"1.0\"?><rss version=\"2.0\"><channel><title>Feed</title>\
+                            <item><title>first</title></item><item><title>second</title></item>\
+                            </channel></rss>";
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-type: application/rss+xml\r\n\
+                     content-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// One worker, two pools: hogs on a prefork pool, fetch_feed jobs on an async pool, each
+/// routed by its manifest's queue. The feeds keep their throughput within 20% of the
+/// run without hogs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_pools_keep_feed_throughput_while_hogs_run() {
+    const FEEDS: u64 = 1000;
+    let dir = Workdir::new();
+    let tasks = dir.path("tasks");
+    std::fs::create_dir(&tasks).unwrap();
+    for name in ["fetch_feed", "hog"] {
+        std::fs::copy(support::task(name), tasks.join(format!("{name}.wasm"))).unwrap();
+    }
+    std::fs::write(
+        tasks.join("fetch_feed.toml"),
+        "queue = \"io\"\n[capabilities]\nallowed_hosts = [\"http://127.0.0.1:*\"]\n",
+    )
+    .unwrap();
+    // Hogs of ≈1 s of CPU each: 40 keep two children busy for ≈20 s.
+    std::fs::write(
+        tasks.join("hog.toml"),
+        "queue = \"cpu\"\n[limits]\nfuel = 20_000_000_000\ntime_limit = 30.0\n",
+    )
+    .unwrap();
+    let server = feed_server(Duration::from_millis(100));
+    let store = SqliteStore::open(dir.path("sprout.db")).await.unwrap();
+    let (mut worker, log) = worker_with_log(
+        &dir,
+        &tasks,
+        &["--pool", "io=async:1000", "--pool", "cpu=prefork:2"],
+    );
+    assert!(
+        support::wait_until(Duration::from_secs(20), || read(&log).contains("[tasks]")),
+        "{}",
+        read(&log)
+    );
+    let tasks_arg = tasks.display().to_string();
+    // `sprout send` routes by the manifests' queue (no --queue given).
+    let send = |task: &str, args: &str, count: u64| {
+        let count = count.to_string();
+        let out = dir.run(&["send", task, args, "--count", &count, "--tasks", &tasks_arg]);
+        assert!(out.status.success(), "{}", support::stderr(&out));
+    };
+    let feed = format!("[\"{server}/feed/1\"]");
+    let queue_depth = |queue: &str| -> u64 {
+        futures_block(store.stats())
+            .unwrap()
+            .iter()
+            .filter(|q| q.queue == queue)
+            .map(|q| q.ready + q.leased)
+            .sum()
+    };
+    // Feeds succeed; hogs end FAILURE (out of fuel), so they are not counted.
+    let succeeded = || -> u64 {
+        futures_block(store.result_counts())
+            .unwrap()
+            .iter()
+            .filter(|(s, _)| *s == State::Success)
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let mut done = 0;
+    let mut run = || {
+        let started = Instant::now();
+        send("fetch_feed", &feed, FEEDS);
+        done += FEEDS;
+        assert!(
+            support::wait_until(Duration::from_secs(60), || succeeded() >= done),
+            "{}",
+            read(&log)
+        );
+        started.elapsed()
+    };
+    run(); // warm-up
+    let alone = (0..3).map(|_| run()).min().unwrap();
+    send("hog", "[]", 40);
+    assert!(support::wait_until(
+        Duration::from_secs(10),
+        || queue_depth("cpu") > 0
+    ));
+    std::thread::sleep(Duration::from_millis(300));
+    let with_hogs = (0..3).map(|_| run()).min().unwrap();
+    let hogs_left = queue_depth("cpu");
+    let rate = |t: Duration| FEEDS as f64 / t.as_secs_f64();
+    eprintln!(
+        "{FEEDS} feeds (100 ms latency, io=async:1000): alone {alone:?} ({:.0}/s), beside 2 hog \
+         children {with_hogs:?} ({:.0}/s, {:.0}%); {hogs_left} hogs still queued or running",
+        rate(alone),
+        rate(with_hogs),
+        100.0 * rate(with_hogs) / rate(alone)
+    );
+    assert!(hogs_left > 0, "the hogs ran for the whole measurement");
+    assert_eq!(queue_depth("io"), 0);
+    assert!(
+        rate(with_hogs) >= 0.8 * rate(alone),
+        "feed throughput fell by more than 20%"
+    );
+    // SAFETY: kill(2) on the worker this test started; two SIGTERMs = cold shutdown.
+    unsafe { libc::kill(worker.id() as i32, libc::SIGTERM) };
+    std::thread::sleep(Duration::from_millis(200));
+    unsafe { libc::kill(worker.id() as i32, libc::SIGTERM) };
+    wait_exit(&mut worker, Duration::from_secs(20));
+    let log = read(&log);
+    assert!(
+        log.contains("pool io: async") && log.contains("pool cpu: prefork"),
+        "{log}"
+    );
+}
+
+/// Blocks on a future from sync code inside a multi-thread runtime test.
+fn futures_block<F: std::future::Future>(future: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))
+}
