@@ -1,0 +1,244 @@
+//! Prefork pool benchmarks (issue: prefork pool). Not a test: it prints numbers for
+//! BENCHMARKS.md.
+//!
+//! ```text
+//! ./tasks/build.sh target/tasks && cargo bench -p sprout --bench prefork [-- SECTION...]
+//! ```
+//! Sections:
+//! - `cpu` — wall time of 40 × fib(30): native Rust on 1 and 2 threads, the async pool
+//!   at -c 2, the prefork pool at -c 1 and -c 2 (median and best of `SPROUT_BENCH_ROUNDS`,
+//!   default 5).
+//! - `dispatch` — per-job cost of echo run one after another (p50, p99, mean) on the
+//!   async pool and the prefork pool, both -c 1: the difference is prefork's round trip
+//!   (frame encode, two pipe hops, decode).
+//!
+//! `SPROUT_BENCH_TASKS` overrides the task dir. Children are the `sprout` binary built
+//! for this bench (`CARGO_BIN_EXE_sprout`).
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sprout::limits::Limits;
+use sprout::pool::{AsyncPool, Pool, PreforkConfig, PreforkPool};
+use sprout::registry::Registry;
+use sprout::sandbox::{EngineSettings, RunRequest, Sandbox};
+
+const JOBS: usize = 40;
+const FIB_N: u32 = 30;
+
+fn tasks_dir() -> PathBuf {
+    std::env::var_os("SPROUT_BENCH_TASKS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/tasks"))
+}
+
+fn cache_dir() -> PathBuf {
+    std::env::temp_dir().join("sprout-bench-cache")
+}
+
+fn rounds() -> usize {
+    std::env::var("SPROUT_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+}
+
+async fn setup() -> (Sandbox, Arc<Registry>) {
+    let settings = EngineSettings {
+        max_instances: 64,
+        ..EngineSettings::default()
+    };
+    let sandbox = Sandbox::new(settings, Some(&cache_dir())).expect("sandbox");
+    let registry = Arc::new(Registry::new());
+    let rejected = registry
+        .load(&sandbox, &[tasks_dir()], &Limits::default())
+        .await;
+    assert!(
+        rejected.is_empty(),
+        "{rejected:?} (run ./tasks/build.sh target/tasks first)"
+    );
+    (sandbox, registry)
+}
+
+async fn prefork(sandbox: &Sandbox, processes: usize) -> Arc<PreforkPool> {
+    let mut config = PreforkConfig::new(env!("CARGO_BIN_EXE_sprout"), processes);
+    config.settings = sandbox.settings().clone();
+    config.cache_dir = Some(cache_dir());
+    config.log_filter = Some("warn".into());
+    Arc::new(PreforkPool::start(config).await.expect("prefork pool"))
+}
+
+async fn job(
+    pool: &dyn Pool,
+    registry: &Registry,
+    task: &str,
+    args: serde_json::Value,
+) -> sprout::outcome::Execution {
+    let entry = registry.lookup(task).expect("task");
+    let mut request = RunRequest::new(
+        entry.export.clone(),
+        args.as_array().cloned().unwrap_or_default(),
+    );
+    request.limits = entry.limits.clone();
+    pool.execute(entry, request).await
+}
+
+#[inline(never)]
+fn native_fib(n: u32) -> u64 {
+    let n = black_box(n);
+    if n < 2 {
+        u64::from(n)
+    } else {
+        native_fib(n - 1).wrapping_add(native_fib(n - 2))
+    }
+}
+
+/// 40 × fib(30) natively on `threads` threads.
+fn native(threads: usize) -> Duration {
+    let started = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            std::thread::spawn(move || {
+                (t..JOBS)
+                    .step_by(threads)
+                    .map(|_| native_fib(FIB_N))
+                    .sum::<u64>()
+            })
+        })
+        .collect();
+    let total: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!(total, 832_040 * JOBS as u64);
+    started.elapsed()
+}
+
+/// 40 × fib(30) submitted at once to `pool`.
+async fn pooled(pool: Arc<dyn Pool>, registry: &Arc<Registry>) -> Duration {
+    let started = Instant::now();
+    let jobs: Vec<_> = (0..JOBS)
+        .map(|_| {
+            let (pool, registry) = (pool.clone(), registry.clone());
+            tokio::spawn(async move { job(pool.as_ref(), &registry, "fib", json!([FIB_N])).await })
+        })
+        .collect();
+    for j in jobs {
+        let e = j.await.unwrap();
+        assert_eq!(
+            e.outcome,
+            sprout::outcome::Outcome::Success {
+                value: json!(832_040)
+            }
+        );
+    }
+    started.elapsed()
+}
+
+fn summary(times: &mut [Duration]) -> String {
+    times.sort();
+    format!(
+        "median {:7.1} ms   best {:7.1} ms",
+        times[times.len() / 2].as_secs_f64() * 1e3,
+        times[0].as_secs_f64() * 1e3
+    )
+}
+
+async fn cpu(sandbox: &Sandbox, registry: &Arc<Registry>) {
+    println!("\n## 40 x fib({FIB_N}), wall time ({} rounds)", rounds());
+    let mut results: Vec<(&str, Vec<Duration>)> = vec![
+        ("native, 1 thread", vec![]),
+        ("native, 2 threads", vec![]),
+        ("async pool -c 2", vec![]),
+        ("prefork -c 1", vec![]),
+        ("prefork -c 2", vec![]),
+    ];
+    let async_pool: Arc<dyn Pool> = Arc::new(AsyncPool::new(sandbox.clone(), 2));
+    let prefork1 = prefork(sandbox, 1).await;
+    let prefork2 = prefork(sandbox, 2).await;
+    // Warm up: every child loads fib before the clock starts.
+    for pool in [
+        &async_pool,
+        &(prefork1.clone() as Arc<dyn Pool>),
+        &(prefork2.clone() as Arc<dyn Pool>),
+    ] {
+        for _ in 0..4 {
+            job(pool.as_ref(), registry, "fib", json!([5])).await;
+        }
+    }
+    for _ in 0..rounds() {
+        // Interleaved, so a noisy neighbour hurts every variant alike.
+        results[0].1.push(native(1));
+        results[1].1.push(native(2));
+        results[2]
+            .1
+            .push(pooled(async_pool.clone(), registry).await);
+        results[3].1.push(pooled(prefork1.clone(), registry).await);
+        results[4].1.push(pooled(prefork2.clone(), registry).await);
+    }
+    for (name, times) in &mut results {
+        println!("{name:<20} {}", summary(times));
+    }
+    prefork1.close().await;
+    prefork2.close().await;
+}
+
+async fn dispatch(sandbox: &Sandbox, registry: &Arc<Registry>) {
+    const N: usize = 3000;
+    println!("\n## dispatch: {N} sequential echo jobs, per job");
+    let async_pool: Arc<dyn Pool> = Arc::new(AsyncPool::new(sandbox.clone(), 1));
+    let prefork = prefork(sandbox, 1).await;
+    let pools: [(&str, Arc<dyn Pool>); 2] = [
+        ("async pool -c 1", async_pool),
+        ("prefork -c 1", prefork.clone()),
+    ];
+    let mut means = Vec::new();
+    for (name, pool) in &pools {
+        for _ in 0..200 {
+            job(pool.as_ref(), registry, "echo", json!([1])).await;
+        }
+        let mut times = Vec::with_capacity(N);
+        for i in 0..N {
+            let started = Instant::now();
+            let e = job(pool.as_ref(), registry, "echo", json!([i])).await;
+            times.push(started.elapsed());
+            assert!(e.outcome.is_success());
+        }
+        let mean = times.iter().sum::<Duration>() / N as u32;
+        times.sort();
+        println!(
+            "{name:<20} p50 {:6.1} µs   p99 {:6.1} µs   mean {:6.1} µs",
+            times[N / 2].as_secs_f64() * 1e6,
+            times[N * 99 / 100].as_secs_f64() * 1e6,
+            mean.as_secs_f64() * 1e6
+        );
+        means.push(mean);
+    }
+    println!(
+        "prefork round trip: +{:.1} µs per job (mean)",
+        (means[1].as_secs_f64() - means[0].as_secs_f64()) * 1e6
+    );
+    prefork.close().await;
+}
+
+fn main() {
+    let sections: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let wanted = |s: &str| sections.is_empty() || sections.iter().any(|x| x == s);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (sandbox, registry) = setup().await;
+        if wanted("cpu") {
+            cpu(&sandbox, &registry).await;
+        }
+        if wanted("dispatch") {
+            dispatch(&sandbox, &registry).await;
+        }
+    });
+}
