@@ -271,6 +271,10 @@ impl Worker {
         drop(shared);
         completer.await.ok();
         let released = release_unfinished(broker.as_ref(), &in_flight).await;
+        // Hand back what the broker itself holds for us (Redis keeps eta jobs reserved).
+        if let Err(e) = broker.shutdown().await {
+            tracing::warn!("broker shutdown: {e}; held jobs return after their lease");
+        }
         Ok(WorkerReport {
             succeeded: counters.succeeded.load(Ordering::Relaxed),
             failed: counters.failed.load(Ordering::Relaxed),
