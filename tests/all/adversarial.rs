@@ -529,7 +529,10 @@ pub async fn adversarial_suite(pool: Arc<dyn Pool>, suite: &Suite) {
     // Growth stops at the pool's per-table cap (or the limiter's): `table.grow` returns
     // -1 and this guest traps on it.
     assert!(
-        matches!(e.outcome, Outcome::MemoryLimit { .. } | Outcome::Trap { .. }),
+        matches!(
+            e.outcome,
+            Outcome::MemoryLimit { .. } | Outcome::Trap { .. }
+        ),
         "{:?}",
         e.outcome
     );

@@ -170,5 +170,9 @@ fn task_files_over_the_size_cap_are_refused_before_compiling() {
     let math = support::task("math").display().to_string();
     let out = run(&["run", &math, "add", "[1, 2]", "--max-task-file-size", "0"]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(stderr(&out).contains("MiB") || stderr(&out).contains("bytes"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("MiB") || stderr(&out).contains("bytes"),
+        "{}",
+        stderr(&out)
+    );
 }
