@@ -222,20 +222,22 @@ pub async fn load(sandbox: &Sandbox, fx: &Fixture) -> Suite {
     let defaults = Limits::default();
     let bare = Arc::new(Registry::new());
     assert!(
-        bare.load(sandbox, &[fx.bare.clone()], &defaults)
+        bare.load(sandbox, std::slice::from_ref(&fx.bare), &defaults)
             .await
             .is_empty()
     );
     let granted = Arc::new(Registry::new());
     assert!(
         granted
-            .load(sandbox, &[fx.granted.clone()], &defaults)
+            .load(sandbox, std::slice::from_ref(&fx.granted), &defaults)
             .await
             .is_empty()
     );
     let wat = Arc::new(Registry::new());
     let started = Instant::now();
-    let wat_rejected = wat.load(sandbox, &[fx.wat.clone()], &defaults).await;
+    let wat_rejected = wat
+        .load(sandbox, std::slice::from_ref(&fx.wat), &defaults)
+        .await;
     assert!(
         started.elapsed() < Duration::from_secs(30),
         "loading took {:?}",
