@@ -337,6 +337,89 @@ mod tests {
         assert!(err.contains("http_timout"), "{err}");
     }
 
+    /// `docs/manifest.md` is the reference of every key. Its complete example must set
+    /// every key the code knows (the destructuring below has no `..`: a new field does
+    /// not compile until it is added here, and so to the page), and every key must have
+    /// a row in the page's tables, and every row must be a real key.
+    #[test]
+    fn the_reference_page_documents_every_key() {
+        let page = include_str!("../../docs/manifest.md");
+        let example = page
+            .split("<!-- complete-example")
+            .nth(1)
+            .and_then(|rest| rest.split("```toml\n").nth(1))
+            .and_then(|rest| rest.split("```").next())
+            .expect("docs/manifest.md has the complete example");
+        let manifest = Manifest::parse(example).unwrap_or_else(|e| panic!("{e}"));
+        let Manifest {
+            aliases,
+            queue,
+            rate_limit,
+            limits,
+            retry,
+            capabilities,
+        } = &manifest;
+        assert!(!aliases.is_empty() && queue.is_some() && rate_limit.is_some());
+        let LimitsSection {
+            fuel,
+            memory_mib,
+            time_limit,
+            soft_time_limit,
+            output_kib,
+            log_kib,
+        } = limits;
+        assert!(fuel.is_some() && memory_mib.is_some() && time_limit.is_some());
+        assert!(soft_time_limit.is_some() && output_kib.is_some() && log_kib.is_some());
+        let RetryPolicy {
+            max_retries,
+            backoff,
+            backoff_max,
+            jitter,
+            autoretry_for,
+            retry_on_worker_lost,
+        } = retry;
+        let d = RetryPolicy::default();
+        assert!(*max_retries != d.max_retries && *backoff != d.backoff);
+        assert!(*backoff_max != d.backoff_max && *jitter != d.jitter);
+        assert!(!autoretry_for.is_empty() && *retry_on_worker_lost != d.retry_on_worker_lost);
+        let Capabilities {
+            allowed_hosts,
+            http_timeout,
+            http_max_response_kib,
+            dirs,
+            env,
+            config,
+        } = capabilities;
+        assert!(!allowed_hosts.is_empty() && http_timeout.is_some());
+        assert!(http_max_response_kib.is_some() && !dirs.is_empty());
+        assert!(!env.is_empty() && !config.is_empty());
+
+        // Every key path the code serialises (all are set) ...
+        let value = toml::Value::try_from(&manifest).unwrap();
+        let mut keys = std::collections::BTreeSet::new();
+        for (key, v) in value.as_table().unwrap() {
+            match (key.as_str(), v) {
+                ("limits" | "retry" | "capabilities", toml::Value::Table(section)) => {
+                    keys.extend(section.keys().map(|k| format!("{key}.{k}")))
+                }
+                _ => {
+                    keys.insert(key.clone());
+                }
+            }
+        }
+        // ... and every key with a row in the page's tables.
+        let rows: std::collections::BTreeSet<String> = page
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split('`').next())
+            .map(str::to_string)
+            .collect();
+        assert_eq!(
+            keys, rows,
+            "docs/manifest.md tables vs the keys of Manifest"
+        );
+    }
+
     #[test]
     fn applies_limits_and_retry_policy() {
         let m = Manifest::parse(
