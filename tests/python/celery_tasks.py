@@ -12,7 +12,8 @@ from celery import Celery
 
 BROKER = os.environ.get("SPROUT_TEST_BROKER", "redis://127.0.0.1:6379/0")
 
-app = Celery("sprout_interop", broker=BROKER, backend=BROKER)
+# Results go to the broker's database unless SPROUT_TEST_RESULTS names another.
+app = Celery("sprout_interop", broker=BROKER, backend=os.environ.get("SPROUT_TEST_RESULTS", BROKER))
 app.conf.task_default_queue = os.environ.get("SPROUT_TEST_QUEUE", "celery")
 app.conf.worker_hijack_root_logger = False
 
