@@ -35,9 +35,20 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-## Benchmarks (numbers go to BENCHMARKS.md).
+## Benchmarks (numbers go to BENCHMARKS.md). The Redis and Celery ones run when Redis
+## is reachable at 127.0.0.1:6379.
 bench: build tasks
-	$(CARGO) bench --bench sandbox
+	$(CARGO) bench -p sprout --bench sandbox
+	$(CARGO) bench -p sprout --bench worker
+	$(CARGO) bench -p sprout --bench sqlite_broker
+	$(CARGO) bench -p sprout --bench prefork
+	@if redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then \
+		$(CARGO) bench -p sprout --bench redis_broker && \
+		./host/benches/redis_drain.sh && \
+		./host/benches/celery_compare.sh; \
+	else \
+		echo "make bench: no Redis at 127.0.0.1:6379; skipped the Redis and Celery benchmarks"; \
+	fi
 
 clean:
 	$(CARGO) clean
