@@ -5,7 +5,7 @@
 //! ./tasks/build.sh target/tasks && cargo bench -p sprout --bench sandbox [-- SECTION...]
 //! ```
 //! Sections: `overhead` (echo jobs/s sequential and at -c 1000), `latency` (p50/p99 of
-//! short jobs beside 2, 10 and 100 hogs), `parked` (RSS per sleeping job at 10k),
+//! short jobs beside 2, 10 and 100 hogs), `parked` (memory per sleeping job at 10k: PSS and RSS),
 //! `fib` (fib(30) under fuel vs native). `SPROUT_BENCH_TASKS` overrides the task dir.
 
 use std::path::PathBuf;
@@ -174,11 +174,24 @@ fn rss_bytes() -> u64 {
     pages * 4096
 }
 
+/// Proportional set size (`Pss` in `/proc/self/smaps_rollup`): resident memory with each
+/// shared page divided among its mappings. RSS counts a page of the guests' shared
+/// copy-on-write memory image once per instance mapping it; PSS counts it once.
+fn pss_bytes() -> u64 {
+    let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
+    rollup
+        .lines()
+        .find_map(|line| line.strip_prefix("Pss:"))
+        .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
 async fn parked() {
     let n = 10_000;
     let (pool, registry) = setup(n as u32 + 100, n, Limits::default()).await;
     job(pool.as_ref(), &registry, "sleep", json!([0.0])).await;
-    let before = rss_bytes();
+    let (rss_before, pss_before) = (rss_bytes(), pss_bytes());
     let started = Instant::now();
     let handles: Vec<_> = (0..n)
         .map(|_| {
@@ -187,15 +200,21 @@ async fn parked() {
         })
         .collect();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let during = rss_bytes();
+    let (rss_during, pss_during) = (rss_bytes(), pss_bytes());
     for h in handles {
         let e = h.await.unwrap();
         assert!(e.outcome.is_success(), "{:?}", e.outcome);
     }
+    let per_job = |before: u64, during: u64| {
+        let grew = during.saturating_sub(before) as f64;
+        (grew / (1 << 20) as f64, grew / 1024.0 / n as f64)
+    };
+    let (pss_mib, pss_kib) = per_job(pss_before, pss_during);
+    let (rss_mib, rss_kib) = per_job(rss_before, rss_during);
     println!(
-        "{n} parked sleep jobs: RSS +{:.1} MiB = {:.1} KiB/job; all done in {:.2} s (sleep 4 s)",
-        (during - before) as f64 / (1 << 20) as f64,
-        (during - before) as f64 / 1024.0 / n as f64,
+        "{n} parked sleep jobs: PSS +{pss_mib:.1} MiB = {pss_kib:.1} KiB/job \
+         (RSS +{rss_mib:.1} MiB = {rss_kib:.1} KiB/job, counting the shared memory image per instance); \
+         all done in {:.2} s (sleep 4 s)",
         started.elapsed().as_secs_f64()
     );
 }
