@@ -274,344 +274,291 @@ async fn still_serving(pool: &dyn Pool, suite: &Suite) {
     );
 }
 
-/// Runs a case and checks it ended within `within` and the pool still serves.
-async fn case(
-    pool: &dyn Pool,
-    suite: &Suite,
-    registry: &Registry,
-    task: &str,
-    args: Value,
-    limits: LimitOverrides,
-    within: Duration,
-) -> Execution {
-    let started = Instant::now();
-    let e = run_job(pool, registry, task, args.clone(), limits).await;
-    let took = started.elapsed();
-    eprintln!("{task}{args}: {:?} in {took:?}", e.outcome);
-    assert!(took < within, "{task} took {took:?} (bound {within:?})");
-    still_serving(pool, suite).await;
-    e
+/// Which of the suite's registries a case runs against.
+#[derive(Debug, Clone, Copy)]
+enum Tasks {
+    /// `escape` with nothing granted.
+    Bare,
+    /// `escape` with `/data`, env and config granted.
+    Granted,
+    /// The hand-written modules.
+    Wat,
 }
 
-/// Every hostile case, on `pool`.
-pub async fn adversarial_suite(pool: Arc<dyn Pool>, suite: &Suite) {
-    let pool = pool.as_ref();
-    let s = Duration::from_secs;
-    let (bare, granted, wat) = (&*suite.bare, &*suite.granted, &*suite.wat);
+/// What a case must end as.
+type Expect<'a> = Box<dyn Fn(&Execution) + 'a>;
 
-    // Files: nothing granted → nothing to open.
-    let e = case(
-        pool,
-        suite,
-        bare,
-        "read_file",
-        json!(["/etc/passwd"]),
-        no_limits(),
-        s(5),
-    )
-    .await;
-    eprintln!("  read /etc/passwd: {}", io_error(&e));
-    let e = case(
-        pool,
-        suite,
-        bare,
-        "list_dir",
-        json!(["/"]),
-        no_limits(),
-        s(5),
-    )
-    .await;
-    io_error(&e);
-    // A granted directory is readable...
-    let e = case(
-        pool,
-        suite,
-        granted,
-        "read_file",
-        json!(["/data/hello.txt"]),
-        no_limits(),
-        s(5),
-    )
-    .await;
-    assert_eq!(
-        e.outcome,
-        Outcome::Success {
-            value: json!("hello from /data")
+/// One hostile job: what it runs, how long it may take, and how it must end.
+struct Case<'a> {
+    /// What it tries (printed with the outcome).
+    what: &'static str,
+    from: Tasks,
+    task: &'static str,
+    args: Value,
+    limits: LimitOverrides,
+    /// The job (not the follow-up good job) must end within this.
+    within: Duration,
+    expect: Expect<'a>,
+}
+
+impl<'a> Case<'a> {
+    /// A case with no job limits and a 5 s bound.
+    fn new(what: &'static str, from: Tasks, task: &'static str, args: Value) -> Self {
+        Case {
+            what,
+            from,
+            task,
+            args,
+            limits: no_limits(),
+            within: Duration::from_secs(5),
+            expect: Box::new(|e| panic!("no expectation set: {:?}", e.outcome)),
         }
-    );
-    // ...but only it, read-only, with no way out.
-    let e = case(
-        pool,
-        suite,
-        granted,
-        "read_file",
-        json!(["/etc/passwd"]),
-        no_limits(),
-        s(5),
-    )
-    .await;
-    io_error(&e);
-    let e = case(
-        pool,
-        suite,
-        granted,
-        "write_file",
-        json!(["/data/new.txt", "x"]),
-        no_limits(),
-        s(5),
-    )
-    .await;
-    eprintln!("  write into the read-only grant: {}", io_error(&e));
-    let e = case(
-        pool,
-        suite,
-        granted,
-        "write_file",
-        json!(["/tmp/sprout-escape.txt", "x"]),
-        no_limits(),
-        s(5),
-    )
-    .await;
-    eprintln!("  write outside the grant: {}", io_error(&e));
-    assert!(!Path::new("/tmp/sprout-escape.txt").exists());
+    }
+
+    fn within(mut self, secs: u64) -> Self {
+        self.within = Duration::from_secs(secs);
+        self
+    }
+
+    fn limits(mut self, limits: LimitOverrides) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The guest got an IO error it handled (a denial, not a crash).
+    fn io_error(self) -> Self {
+        self.expect(|e| eprintln!("    -> {}", io_error(e)))
+    }
+
+    /// Exactly this outcome.
+    fn outcome(self, want: Outcome) -> Self {
+        self.expect(move |e| assert_eq!(e.outcome, want))
+    }
+
+    /// Success with this value.
+    fn success(self, value: Value) -> Self {
+        self.outcome(Outcome::Success { value })
+    }
+
+    /// Stopped at the default 64 MiB memory limit.
+    fn memory_limit(self) -> Self {
+        self.outcome(Outcome::MemoryLimit {
+            limit_bytes: 64 << 20,
+        })
+    }
+
+    /// A trap whose message contains `needle`.
+    fn trap(self, needle: &'static str) -> Self {
+        self.expect(move |e| {
+            assert!(
+                matches!(&e.outcome, Outcome::Trap { message, .. } if message.contains(needle)),
+                "expected a trap containing {needle:?}, got {:?}",
+                e.outcome
+            )
+        })
+    }
+
+    fn expect(mut self, check: impl Fn(&Execution) + 'a) -> Self {
+        self.expect = Box::new(check);
+        self
+    }
+}
+
+/// Every hostile case. `listener` is a local port the guests must not reach.
+fn cases(listener: &TcpListener) -> Vec<Case<'_>> {
+    use Tasks::{Bare, Granted, Wat};
+    let addr = listener.local_addr().unwrap().to_string();
+    let mut cases = vec![
+        // Files: nothing granted → nothing to open.
+        Case::new(
+            "read without a grant",
+            Bare,
+            "read_file",
+            json!(["/etc/passwd"]),
+        )
+        .io_error(),
+        Case::new("list / without a grant", Bare, "list_dir", json!(["/"])).io_error(),
+        // A granted directory is readable...
+        Case::new(
+            "read the grant",
+            Granted,
+            "read_file",
+            json!(["/data/hello.txt"]),
+        )
+        .success(json!("hello from /data")),
+        // ...but only it, read-only, with no way out.
+        Case::new(
+            "read outside the grant",
+            Granted,
+            "read_file",
+            json!(["/etc/passwd"]),
+        )
+        .io_error(),
+        Case::new(
+            "write into the read-only grant",
+            Granted,
+            "write_file",
+            json!(["/data/new.txt", "x"]),
+        )
+        .io_error(),
+        Case::new(
+            "write outside the grant",
+            Granted,
+            "write_file",
+            json!(["/tmp/sprout-escape.txt", "x"]),
+        )
+        .expect(|e| {
+            eprintln!("    -> {}", io_error(e));
+            assert!(!Path::new("/tmp/sprout-escape.txt").exists());
+        }),
+    ];
     for path in [
         "/data/../../../../etc/passwd",
         "/data/../granted/escape.toml",
         "../etc/passwd",
     ] {
-        let e = case(
-            pool,
-            suite,
-            granted,
-            "read_file",
-            json!([path]),
-            no_limits(),
-            s(5),
-        )
-        .await;
-        eprintln!("  traversal {path}: {}", io_error(&e));
+        cases.push(Case::new("path traversal", Granted, "read_file", json!([path])).io_error());
     }
     for path in [
         "/data/passwd",
         "/data/up/granted/escape.toml",
         "/data/sibling",
     ] {
-        let e = case(
-            pool,
-            suite,
-            granted,
-            "read_file",
-            json!([path]),
-            no_limits(),
-            s(5),
-        )
-        .await;
-        eprintln!("  symlink escape {path}: {}", io_error(&e));
+        cases.push(Case::new("symlink escape", Granted, "read_file", json!([path])).io_error());
     }
-
     // Network: a listening port the guest must not reach, and DNS.
+    cases.push(
+        Case::new("connect to a local port", Granted, "connect", json!([addr])).expect(move |e| {
+            eprintln!("    -> {}", io_error(e));
+            assert!(listener.accept().is_err(), "the guest reached the port");
+        }),
+    );
+    cases.push(
+        Case::new(
+            "connect without a grant",
+            Bare,
+            "connect",
+            json!(["127.0.0.1:6379"]),
+        )
+        .io_error(),
+    );
+    for host in ["localhost", "example.com"] {
+        cases.push(Case::new("DNS", Bare, "resolve", json!([host])).io_error());
+    }
+    cases.extend([
+        // Environment: only what was granted, config values under their prefix.
+        Case::new("inherit the environment", Bare, "environ", json!([])).success(json!([])),
+        Case::new(
+            "read an env var not granted",
+            Granted,
+            "env",
+            json!(["HOME"]),
+        )
+        .success(Value::Null),
+        Case::new("read the whole environment", Granted, "environ", json!([])).success(json!([
+            "GRANTED=yes",
+            "SPROUT_CONFIG_api_url=http://api.invalid"
+        ])),
+        // Memory: a Rust guest allocating forever, and raw memory.grow / table.grow loops.
+        Case::new("Rust memory bomb", Bare, "memory_bomb", json!([]))
+            .within(10)
+            .memory_limit(),
+        Case::new("memory.grow bomb", Wat, "memory_bomb", json!([]))
+            .within(10)
+            .memory_limit(),
+        // Growth stops at the pool's per-table cap (or the limiter's): `table.grow`
+        // returns -1 and this guest traps on it.
+        Case::new("table.grow bomb", Wat, "table_bomb", json!([]))
+            .within(10)
+            .expect(|e| {
+                assert!(
+                    matches!(
+                        e.outcome,
+                        Outcome::MemoryLimit { .. } | Outcome::Trap { .. }
+                    ),
+                    "{:?}",
+                    e.outcome
+                )
+            }),
+        // A 4 GiB initial memory is refused when instantiating.
+        Case::new("4 GiB initial memory", Wat, "huge_data", json!([]))
+            .within(10)
+            .memory_limit(),
+        // Data that does not fit its memory fails instantiation with a reason.
+        Case::new("data past its memory", Wat, "overflowing_data", json!([]))
+            .within(10)
+            .trap("out of bounds"),
+        // Stack: native wasm stack, and a Rust guest's shadow stack in linear memory.
+        Case::new("native stack overflow", Wat, "deep", json!([]))
+            .within(10)
+            .trap("stack overflow"),
+        Case::new(
+            "shadow stack overflow",
+            Bare,
+            "recurse",
+            json!([10_000_000]),
+        )
+        .within(10)
+        .trap(""),
+        // CPU: an infinite loop in the start function is stopped by fuel.
+        Case::new("infinite loop in start", Wat, "start_loop", json!([]))
+            .within(10)
+            .limits(LimitOverrides {
+                fuel: Some(500_000_000),
+                ..no_limits()
+            })
+            .outcome(Outcome::OutOfFuel {
+                budget: 500_000_000,
+            }),
+        // A large module that did load runs like any other.
+        Case::new("large module", Wat, "big", json!([]))
+            .within(10)
+            .success(Value::Null),
+        // Output: 64 MiB to stdout is captured up to the log cap; the job still succeeds.
+        Case::new("stdout flood", Bare, "flood", json!([64]))
+            .within(30)
+            .expect(|e| {
+                assert_eq!(
+                    e.outcome,
+                    Outcome::Success {
+                        value: json!("done")
+                    }
+                );
+                assert!(e.logs.len() < 100_000, "captured {} bytes", e.logs.len());
+            }),
+    ]);
+    cases
+}
+
+/// Every hostile case, on `pool`: each ends as its expected outcome within its bound,
+/// and a good job right after it still succeeds.
+pub async fn adversarial_suite(pool: Arc<dyn Pool>, suite: &Suite) {
+    let pool = pool.as_ref();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let e = case(
-        pool,
-        suite,
-        granted,
-        "connect",
-        json!([addr]),
-        no_limits(),
-        s(5),
-    )
-    .await;
-    eprintln!("  connect {addr}: {}", io_error(&e));
-    assert!(listener.accept().is_err(), "the guest reached the port");
-    let e = case(
-        pool,
-        suite,
-        bare,
-        "connect",
-        json!(["127.0.0.1:6379"]),
-        no_limits(),
-        s(5),
-    )
-    .await;
-    io_error(&e);
-    for host in ["localhost", "example.com"] {
-        let e = case(
-            pool,
-            suite,
-            bare,
-            "resolve",
-            json!([host]),
-            no_limits(),
-            s(5),
-        )
-        .await;
-        eprintln!("  resolve {host}: {}", io_error(&e));
+    for case in cases(&listener) {
+        let registry = match case.from {
+            Tasks::Bare => &suite.bare,
+            Tasks::Granted => &suite.granted,
+            Tasks::Wat => &suite.wat,
+        };
+        let started = Instant::now();
+        let e = run_job(pool, registry, case.task, case.args.clone(), case.limits).await;
+        let took = started.elapsed();
+        eprintln!(
+            "{}: {}{}: {:?} in {took:?}",
+            case.what, case.task, case.args, e.outcome
+        );
+        (case.expect)(&e);
+        assert!(
+            took < case.within,
+            "{}: {} took {took:?} (bound {:?})",
+            case.what,
+            case.task,
+            case.within
+        );
+        still_serving(pool, suite).await;
     }
-
-    // Environment: only what was granted, config values under their prefix.
-    let e = case(pool, suite, bare, "environ", json!([]), no_limits(), s(5)).await;
-    assert_eq!(
-        e.outcome,
-        Outcome::Success { value: json!([]) },
-        "nothing inherited"
-    );
-    let e = case(
-        pool,
-        suite,
-        granted,
-        "env",
-        json!(["HOME"]),
-        no_limits(),
-        s(5),
-    )
-    .await;
-    assert_eq!(e.outcome, Outcome::Success { value: Value::Null });
-    let e = case(
-        pool,
-        suite,
-        granted,
-        "environ",
-        json!([]),
-        no_limits(),
-        s(5),
-    )
-    .await;
-    assert_eq!(
-        e.outcome,
-        Outcome::Success {
-            value: json!(["GRANTED=yes", "SPROUT_CONFIG_api_url=http://api.invalid"])
-        }
-    );
-
-    // Memory: a Rust guest allocating forever, and raw memory.grow / table.grow loops.
-    let e = case(
-        pool,
-        suite,
-        bare,
-        "memory_bomb",
-        json!([]),
-        no_limits(),
-        s(10),
-    )
-    .await;
-    assert_eq!(
-        e.outcome,
-        Outcome::MemoryLimit {
-            limit_bytes: 64 << 20
-        }
-    );
-    let e = case(
-        pool,
-        suite,
-        wat,
-        "memory_bomb",
-        json!([]),
-        no_limits(),
-        s(10),
-    )
-    .await;
-    assert_eq!(
-        e.outcome,
-        Outcome::MemoryLimit {
-            limit_bytes: 64 << 20
-        }
-    );
-    let e = case(
-        pool,
-        suite,
-        wat,
-        "table_bomb",
-        json!([]),
-        no_limits(),
-        s(10),
-    )
-    .await;
-    // Growth stops at the pool's per-table cap (or the limiter's): `table.grow` returns
-    // -1 and this guest traps on it.
-    assert!(
-        matches!(
-            e.outcome,
-            Outcome::MemoryLimit { .. } | Outcome::Trap { .. }
-        ),
-        "{:?}",
-        e.outcome
-    );
-    // A 4 GiB initial memory is refused when instantiating.
-    let e = case(pool, suite, wat, "huge_data", json!([]), no_limits(), s(10)).await;
-    assert_eq!(
-        e.outcome,
-        Outcome::MemoryLimit {
-            limit_bytes: 64 << 20
-        }
-    );
-    // Data that does not fit its memory fails instantiation with a reason.
-    let e = case(
-        pool,
-        suite,
-        wat,
-        "overflowing_data",
-        json!([]),
-        no_limits(),
-        s(10),
-    )
-    .await;
-    assert!(
-        matches!(&e.outcome, Outcome::Trap { message, .. } if message.contains("out of bounds")),
-        "{:?}",
-        e.outcome
-    );
-
-    // Stack: native wasm stack, and a Rust guest's shadow stack in linear memory.
-    let e = case(pool, suite, wat, "deep", json!([]), no_limits(), s(10)).await;
-    assert!(
-        matches!(&e.outcome, Outcome::Trap { message, .. } if message.contains("stack overflow")),
-        "{:?}",
-        e.outcome
-    );
-    let e = case(
-        pool,
-        suite,
-        bare,
-        "recurse",
-        json!([10_000_000]),
-        no_limits(),
-        s(10),
-    )
-    .await;
-    assert!(
-        matches!(&e.outcome, Outcome::Trap { .. }),
-        "{:?}",
-        e.outcome
-    );
-
-    // CPU: an infinite loop in the start function is stopped by fuel.
-    let fuel = LimitOverrides {
-        fuel: Some(500_000_000),
-        ..no_limits()
-    };
-    let e = case(pool, suite, wat, "start_loop", json!([]), fuel, s(10)).await;
-    assert_eq!(
-        e.outcome,
-        Outcome::OutOfFuel {
-            budget: 500_000_000
-        }
-    );
-
-    // A large module that did load runs like any other.
-    let e = case(pool, suite, wat, "big", json!([]), no_limits(), s(10)).await;
-    assert_eq!(e.outcome, Outcome::Success { value: Value::Null });
-
-    // Output: 64 MiB to stdout is captured up to the log cap; the job still succeeds.
-    let e = case(pool, suite, bare, "flood", json!([64]), no_limits(), s(30)).await;
-    assert_eq!(
-        e.outcome,
-        Outcome::Success {
-            value: json!("done")
-        }
-    );
-    assert!(e.logs.len() < 100_000, "captured {} bytes", e.logs.len());
 }
 
 /// What the hand-written modules that must not load said.

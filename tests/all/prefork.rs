@@ -21,6 +21,7 @@ use sprout::sandbox::Sandbox;
 use sprout::worker::{Shutdown, Worker, WorkerConfig};
 use tokio::sync::watch;
 
+use crate::adversarial::{self, Fixture, adversarial_suite, check_rejections};
 use crate::outcomes::{job_limits_suite, outcome_suite, run_job};
 use crate::support::{self, Workdir};
 
@@ -127,6 +128,28 @@ async fn outcome_suite_passes_on_prefork() {
     // The same with an async pool inside each child.
     let pool = prefork(&sandbox, 1, |c| c.child_concurrency = 4).await;
     outcome_suite(pool.clone(), &registry).await;
+    pool.close().await;
+}
+
+/// The adversarial suite on prefork: every hostile case ends as it does on the async
+/// pool (the children enforce the same limits and grants), within its bound, and the
+/// pool serves a good job after each. No child dies doing it: a guest's misbehaviour is
+/// an outcome, not a crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adversarial_suite_passes_on_prefork() {
+    let fx = Fixture::new();
+    let sandbox = support::sandbox(32);
+    let suite = adversarial::load(&sandbox, &fx).await;
+    check_rejections(&suite);
+    let pool = prefork(&sandbox, 2, |_| {}).await;
+    let pids = pool.child_pids();
+    adversarial_suite(pool.clone(), &suite).await;
+    assert_eq!(pool.stats().lost, 0, "no child died: {:?}", pool.stats());
+    assert_eq!(
+        pool.child_pids(),
+        pids,
+        "the same children served every case"
+    );
     pool.close().await;
 }
 
