@@ -27,19 +27,39 @@ use crate::support;
 // ---------------------------------------------------------------------------------------
 // A tiny HTTP server.
 
-/// A loopback HTTP/1.1 server that counts requests. Routes:
+/// A loopback HTTP/1.1 server that counts requests and connections, and keeps
+/// connections alive (HTTP/1.1's default) unless a route closes them. Routes:
 /// `/feed/<n>` (RSS after the delay), `/redirect?to=<url>` (302), `/slow` (no answer
 /// for a minute), `/trickle` (headers and a few bytes, then a minute of silence),
 /// `/big/<kib>` (a body of that size with `content-length`), `/chunked/<kib>` (the
-/// same, chunked, with no length announced).
+/// same, chunked, with no length announced, then the connection is closed).
 struct TestServer {
     addr: SocketAddr,
     hits: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
     first_hit: Arc<OnceLock<Instant>>,
+}
+
+/// How a [`TestServer`] treats its connections.
+#[derive(Debug, Clone, Copy)]
+struct ServerOptions {
+    /// Wait before answering a feed.
+    delay: Duration,
+    /// Close a connection that has been idle this long between requests (servers do;
+    /// Apache's default is 5 s). `None`: wait for the client to close it.
+    idle_close: Option<Duration>,
 }
 
 impl TestServer {
     async fn start(delay: Duration) -> TestServer {
+        TestServer::with(ServerOptions {
+            delay,
+            idle_close: None,
+        })
+        .await
+    }
+
+    async fn with(options: ServerOptions) -> TestServer {
         // `TcpListener::bind` listens with a backlog of 128: a thousand guests connecting
         // at once would overflow it, and dropped SYNs are retried only after a second.
         let socket = TcpSocket::new_v4().expect("socket");
@@ -47,23 +67,26 @@ impl TestServer {
         let listener = socket.listen(4096).expect("listen");
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
+        let connections = Arc::new(AtomicUsize::new(0));
         let first_hit = Arc::new(OnceLock::new());
-        let (h, f) = (hits.clone(), first_hit.clone());
+        let (h, c, f) = (hits.clone(), connections.clone(), first_hit.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     continue;
                 };
+                c.fetch_add(1, Ordering::SeqCst);
                 let (h, f) = (h.clone(), f.clone());
                 tokio::spawn(async move {
-                    let _ = serve(stream, delay, &h, &f).await;
+                    let _ = serve(stream, options, &h, &f).await;
                 });
             }
         });
         TestServer {
             addr,
             hits,
+            connections,
             first_hit,
         }
     }
@@ -75,30 +98,72 @@ impl TestServer {
     fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
     }
+
+    /// TCP connections accepted so far.
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
 }
 
+/// Serves requests on one connection until the client closes it, a route closes it, or
+/// it has been idle for `options.idle_close`.
 async fn serve(
     mut stream: TcpStream,
-    delay: Duration,
+    options: ServerOptions,
     hits: &AtomicUsize,
     first_hit: &OnceLock<Instant>,
 ) -> std::io::Result<()> {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 2048];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 || head.len() > 16 << 10 {
+    let mut pending = Vec::new();
+    loop {
+        let Some(head) = read_head(&mut stream, &mut pending, options.idle_close).await? else {
             return Ok(());
+        };
+        first_hit.get_or_init(Instant::now);
+        hits.fetch_add(1, Ordering::SeqCst);
+        if !answer(&mut stream, &head, options.delay).await? {
+            return stream.shutdown().await;
         }
-        head.extend_from_slice(&buf[..n]);
     }
-    first_hit.get_or_init(Instant::now);
-    hits.fetch_add(1, Ordering::SeqCst);
-    let head = String::from_utf8_lossy(&head);
+}
+
+/// Reads one request head (the test clients send no request bodies). `None`: the client
+/// closed the connection, or it stayed idle for `idle_close`.
+async fn read_head(
+    stream: &mut TcpStream,
+    pending: &mut Vec<u8>,
+    idle_close: Option<Duration>,
+) -> std::io::Result<Option<String>> {
+    let mut buf = [0u8; 2048];
+    loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&pending[..end]).into_owned();
+            pending.drain(..end + 4);
+            return Ok(Some(head));
+        }
+        if pending.len() > 16 << 10 {
+            return Ok(None);
+        }
+        let read = stream.read(&mut buf);
+        let n = match idle_close {
+            Some(idle) if pending.is_empty() => match tokio::time::timeout(idle, read).await {
+                Ok(n) => n?,
+                Err(_) => return Ok(None),
+            },
+            _ => read.await?,
+        };
+        if n == 0 {
+            return Ok(None);
+        }
+        pending.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Answers one request. `false`: the connection is to be closed.
+async fn answer(stream: &mut TcpStream, head: &str, delay: Duration) -> std::io::Result<bool> {
     let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
     let respond = |status: &str, headers: &str, body: &[u8]| {
         let mut out = format!(
-            "HTTP/1.1 {status}\r\nconnection: close\r\ncontent-length: {}\r\n{headers}\r\n",
+            "HTTP/1.1 {status}\r\ncontent-length: {}\r\n{headers}\r\n",
             body.len()
         )
         .into_bytes();
@@ -128,7 +193,7 @@ async fn serve(
                 .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n<rss>")
                 .await?;
             tokio::time::sleep(Duration::from_secs(60)).await;
-            return Ok(());
+            return Ok(false);
         }
         ["big", kib, ..] => {
             let body = vec![b'x'; kib.parse::<usize>().unwrap_or(1) << 10];
@@ -147,12 +212,12 @@ async fn serve(
                 stream.write_all(b"\r\n").await?;
             }
             stream.write_all(b"0\r\n\r\n").await?;
-            return stream.shutdown().await;
+            return Ok(false);
         }
         _ => respond("404 Not Found", "", b"no such page"),
     };
     stream.write_all(&out).await?;
-    stream.shutdown().await
+    Ok(true)
 }
 
 fn rss(feed: &str) -> String {
@@ -410,6 +475,61 @@ async fn sprout_run_reports_a_denied_host() {
         stderr.contains("PermissionError: http: host 127.0.0.1:9 is not in allowed_hosts"),
         "{stderr}"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Keep-alive: plain-HTTP requests of successive jobs share pooled connections.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn successive_jobs_reuse_pooled_connections() {
+    const FETCHES: usize = 200;
+    let server = TestServer::start(Duration::ZERO).await;
+    // Closes a connection idle for 100 ms, as servers with short keep-alive do.
+    let closing = TestServer::with(ServerOptions {
+        delay: Duration::ZERO,
+        idle_close: Some(Duration::from_millis(100)),
+    })
+    .await;
+    let tasks = TaskDir::new(&[(
+        "fetch_feed",
+        "[capabilities]\nallowed_hosts = [\"http://127.0.0.1:*\"]\n[limits]\ntime_limit = 30.0\n",
+    )]);
+    // -c 1: one job at a time, each a fresh instance.
+    let mut worker = Worker::start(&tasks, 1);
+    let client = Client::connect(&tasks.broker()).await.unwrap();
+
+    let jobs: Vec<Job> = (0..FETCHES)
+        .map(|i| job("fetch_feed", json!([server.url(&format!("/feed/{i}"))])))
+        .collect();
+    client.send_many(&jobs).await.unwrap();
+    for j in &jobs {
+        let record = wait(&client, &j.id).await;
+        assert_eq!(record.state, State::Success, "{record:?}");
+    }
+    assert_eq!(server.hits(), FETCHES);
+    let connections = server.connections();
+    eprintln!("{FETCHES} successive fetches from {FETCHES} jobs over {connections} connection(s)");
+    assert!(
+        connections <= 2,
+        "{FETCHES} successive requests opened {connections} connections: not reused"
+    );
+
+    // The server closes the pooled connection while it is idle: the next job's request
+    // goes out on a new one, and no job fails.
+    for i in 0..3 {
+        let fetch = job("fetch_feed", json!([closing.url(&format!("/feed/{i}"))]));
+        client.send(fetch.clone()).await.unwrap();
+        let record = wait(&client, &fetch.id).await;
+        assert_eq!(record.state, State::Success, "{record:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(closing.hits(), 3);
+    assert_eq!(
+        closing.connections(),
+        3,
+        "each idle connection was closed by the server"
+    );
+    worker.assert_running();
 }
 
 // ---------------------------------------------------------------------------------------

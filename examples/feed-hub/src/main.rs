@@ -234,11 +234,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 "enqueue_seconds": enqueue_secs,
                 "first_fetch_after_seconds": pickup,
                 "server_requests": server.stats.requests(),
+                "server_connections": server.stats.connections(),
                 "first_error": first_error,
             })
         );
     } else {
-        eprintln!("enqueued {n} jobs in {enqueue_secs:.3} s; first fetch {pickup:.3} s after");
+        eprintln!(
+            "enqueued {n} jobs in {enqueue_secs:.3} s; first fetch {pickup:.3} s after; \
+             {} requests on {} connections",
+            server.stats.requests(),
+            server.stats.connections()
+        );
         println!(
             "{n} feeds: first fetch -> last result {secs:.3} s = {rate:.0} feeds/s \
              ({ok} ok, {failed} failed); limit at -c {} and {} ms: {limit:.0} feeds/s",

@@ -31,6 +31,7 @@ pub struct ServerOptions {
 #[derive(Debug, Default)]
 pub struct Stats {
     requests: AtomicU64,
+    connections: AtomicU64,
     first: OnceLock<(Instant, chrono::DateTime<chrono::Utc>)>,
 }
 
@@ -38,6 +39,11 @@ impl Stats {
     /// Requests received so far.
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
     }
 
     /// When the first request arrived (monotonic and wall clock).
@@ -98,14 +104,15 @@ pub async fn start(addr: SocketAddr, options: ServerOptions) -> anyhow::Result<F
                 }
             };
             let _ = stream.set_nodelay(true);
+            served.connections.fetch_add(1, Ordering::Relaxed);
             let stats = served.clone();
             let options = options.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req| answer(req, stats.clone(), options.clone()));
-                // One request per connection (the client opens one per request anyway);
-                // closing from this side keeps TIME_WAIT sockets off the worker.
+                // Keep-alive (HTTP/1.1's default): the worker pools its connections, so
+                // a connection serves many feeds until the worker closes it.
                 let _ = http1::Builder::new()
-                    .keep_alive(false)
+                    .keep_alive(true)
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
             });

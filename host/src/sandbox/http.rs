@@ -5,8 +5,9 @@
 //! the request's scheme, host and port are checked against the task manifest's
 //! `allowed_hosts` ([`AllowList`]); a request that matches no pattern fails with
 //! `error-code.HTTP-request-denied` and a warning in the worker's log naming the job,
-//! the task and the host. Allowed requests go to wasmtime's default sender with
-//! Sprout's limits applied:
+//! the task and the host. Allowed `http://` requests go out on the process's keep-alive
+//! connection pool ([`http_pool`](super::http_pool)), `https://` ones on wasmtime's
+//! default sender (a new connection each), both with Sprout's limits applied:
 //!
 //! - **timeouts** — connect, first byte and between bytes, each at most
 //!   [`HttpPolicy::timeout`] (manifest `http_timeout`, default 30 s); a guest may ask for
@@ -15,7 +16,7 @@
 //!   default 10 MiB) fails with `error-code.HTTP-response-body-size(some(cap))`: at once
 //!   when `content-length` announces it, else on the read that crosses the cap.
 //!
-//! The default sender does not follow redirects: the guest sees the 3xx response and
+//! Neither sender follows redirects: the guest sees the 3xx response and
 //! the SDK's helpers re-issue the request to the new location, which passes this check
 //! again, so every hop of a redirect chain is checked.
 //!
@@ -29,6 +30,7 @@ use std::time::Duration;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
+use super::http_pool::{self, Timeouts};
 use crate::manifest::Capabilities;
 
 /// Default per-phase timeout of an outgoing request (connect, first byte, between bytes).
@@ -418,18 +420,12 @@ impl HttpPolicy {
     }
 }
 
+/// The future that reports a connection's errors after the response head arrived.
+type IoFuture = Box<dyn Future<Output = Result<(), HttpError>> + Send>;
+
 /// The future type `WasiHttpHooks::send_request` returns.
-type SendFuture = Box<
-    dyn Future<
-            Output = Result<
-                (
-                    http::Response<WasiBody>,
-                    Box<dyn Future<Output = Result<(), HttpError>> + Send>,
-                ),
-                HttpError,
-            >,
-        > + Send,
->;
+type SendFuture =
+    Box<dyn Future<Output = Result<(http::Response<WasiBody>, IoFuture), HttpError>> + Send>;
 
 impl WasiHttpHooks for HttpPolicy {
     fn send_request(
@@ -452,9 +448,23 @@ impl WasiHttpHooks for HttpPolicy {
         let cap = self.max_response_bytes;
         // A HEAD response announces the length of a body it does not carry.
         let has_body = request.method() != http::Method::HEAD;
+        let pooled = request.uri().scheme() == Some(&http::uri::Scheme::HTTP);
         Box::new(async move {
-            let (response, io) =
-                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            let (response, io): (_, IoFuture) = if pooled {
+                let timeouts = Timeouts {
+                    connect: options.connect_timeout.unwrap_or(DEFAULT_TIMEOUT),
+                    first_byte: options.first_byte_timeout.unwrap_or(DEFAULT_TIMEOUT),
+                    between_bytes: options.between_bytes_timeout.unwrap_or(DEFAULT_TIMEOUT),
+                };
+                (
+                    http_pool::send(request, timeouts).await?,
+                    Box::new(async { Ok(()) }),
+                )
+            } else {
+                let (response, io) =
+                    wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+                (response.map(BodyExt::boxed_unsync), Box::new(io))
+            };
             let announced = response
                 .headers()
                 .get(http::header::CONTENT_LENGTH)
@@ -475,10 +485,7 @@ impl WasiHttpHooks for HttpPolicy {
                     })
                     .boxed_unsync()
             });
-            Ok((
-                response,
-                Box::new(io) as Box<dyn Future<Output = Result<(), HttpError>> + Send>,
-            ))
+            Ok((response, io))
         })
     }
 }

@@ -34,6 +34,7 @@ pub mod component;
 pub mod deny;
 pub mod engine;
 pub mod http;
+pub mod http_pool;
 pub mod limiter;
 pub mod module;
 pub mod output;
