@@ -1,5 +1,6 @@
-//! The host services behind [`log`](crate::log), [`progress`](crate::progress) and
-//! [`job`](crate::job): the real imports in wasm, stand-ins in native builds.
+//! The host services behind [`log`](crate::log), [`progress`](crate::progress),
+//! [`job`](crate::job) and [`config`](crate::config): the real imports (and the
+//! environment the worker grants) in wasm, stand-ins in native builds.
 
 use crate::JobInfo;
 use crate::log::Level;
@@ -33,6 +34,10 @@ mod imp {
             queue: j.queue,
         }
     }
+
+    pub fn config(key: &str) -> Option<String> {
+        std::env::var(format!("{}{key}", crate::CONFIG_ENV_PREFIX)).ok()
+    }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -52,6 +57,10 @@ mod imp {
     pub fn job() -> JobInfo {
         STATE.with_borrow(|s| s.job.clone())
     }
+
+    pub fn config(key: &str) -> Option<String> {
+        STATE.with_borrow(|s| s.config.get(key).cloned())
+    }
 }
 
-pub(crate) use imp::{job, log, progress};
+pub(crate) use imp::{config, job, log, progress};

@@ -62,8 +62,9 @@
 //!
 //! # Host services
 //! [`log`] writes to the job's log, [`progress`] reports progress, [`job`] says which job is
-//! running, [`http`] sends blocking HTTP requests (to the hosts the task's manifest
-//! allows). Natively (in unit tests) they work without a host; see [`testing`].
+//! running, [`config`] reads the configuration values the task's manifest grants, [`http`]
+//! sends blocking HTTP requests (to the hosts the task's manifest allows). Natively (in
+//! unit tests) they work without a host; see [`testing`].
 
 // `#[task]` expansions name `::sprout_guest`, which must also resolve inside this crate.
 extern crate self as sprout_guest;
@@ -151,6 +152,35 @@ pub struct JobInfo {
 /// [`JobInfo::default()`]).
 pub fn job() -> JobInfo {
     host::job()
+}
+
+/// The prefix of the environment variables that carry a task's configuration values:
+/// the worker passes `config = { api_url = "…" }` as `SPROUT_CONFIG_api_url`.
+pub const CONFIG_ENV_PREFIX: &str = "SPROUT_CONFIG_";
+
+/// A configuration value the task's manifest grants (`[capabilities] config`), or `None`
+/// when it grants no value under `key`.
+///
+/// ```toml
+/// # greet.toml, beside greet.wasm
+/// [capabilities]
+/// config = { greeting = "Hello" }
+/// ```
+///
+/// ```
+/// # sprout_guest::testing::set_config("greeting", "Hello");
+/// let greeting = sprout_guest::config("greeting").unwrap_or_else(|| "Hi".into());
+/// # assert_eq!(greeting, "Hello");
+/// ```
+///
+/// The worker hands each value to the guest as the environment variable
+/// [`CONFIG_ENV_PREFIX`]`<key>` (key as written, case kept), so this is
+/// `std::env::var("SPROUT_CONFIG_<key>").ok()`: plain WASI programs read the same
+/// variables. Config values are per deployment (the manifest beside the task file), not
+/// per job; use the job's arguments for per-job data. Natively (in unit tests) it
+/// returns what [`testing::set_config`] set on this thread, and `None` otherwise.
+pub fn config(key: &str) -> Option<String> {
+    host::config(key)
 }
 
 /// Reports progress: `done` out of `total` units. Natively it is only recorded (see

@@ -20,6 +20,7 @@
 //! ```
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use crate::JobInfo;
@@ -36,6 +37,7 @@ pub(crate) struct State {
     pub(crate) logs: Vec<(Level, String)>,
     pub(crate) progress: Option<(u64, u64)>,
     pub(crate) http: Option<HttpHandler>,
+    pub(crate) config: HashMap<String, String>,
 }
 
 thread_local! {
@@ -45,6 +47,25 @@ thread_local! {
 /// Sets what [`job`](crate::job) returns on this thread.
 pub fn set_job(job: JobInfo) {
     STATE.with_borrow_mut(|s| s.job = job);
+}
+
+/// Makes [`config`](crate::config)`(key)` return `value` on this thread, as a manifest's
+/// `[capabilities] config = { key = "value" }` does in a worker. Keys never set read as
+/// `None`.
+///
+/// ```
+/// use sprout_guest::testing;
+///
+/// testing::set_config("greeting", "hi");
+/// assert_eq!(sprout_guest::config("greeting").as_deref(), Some("hi"));
+/// assert_eq!(sprout_guest::config("region"), None);
+/// testing::reset();
+/// assert_eq!(sprout_guest::config("greeting"), None);
+/// ```
+pub fn set_config(key: impl Into<String>, value: impl Into<String>) {
+    STATE.with_borrow_mut(|s| {
+        s.config.insert(key.into(), value.into());
+    });
 }
 
 /// Returns and clears the log lines written on this thread.
@@ -80,7 +101,8 @@ pub(crate) fn http_handler() -> Option<HttpHandler> {
     STATE.with_borrow(|s| s.http.clone())
 }
 
-/// Resets this thread's job, logs, progress and HTTP fake to their defaults.
+/// Resets this thread's job, logs, progress, config values and HTTP fake to their
+/// defaults.
 pub fn reset() {
     STATE.with_borrow_mut(|s| *s = State::default());
 }

@@ -300,6 +300,59 @@ async fn manifest_rate_limit_spaces_jobs_in_the_worker() {
     assert!(spread >= 950, "6 jobs at 5/s need >= 1 s, took {spread} ms");
 }
 
+/// `[capabilities] config` values reach the guest through `sprout_guest::config`, in a
+/// real worker: the greet example reads the value its manifest grants, and a key the
+/// manifest does not grant reads as `None` (`null`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_values_reach_the_guest_through_the_sdk() {
+    let w = Workdir::new();
+    let dir = w.path("tasks");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(support::task("greet"), dir.join("greet.wasm")).unwrap();
+    std::fs::write(
+        dir.join("greet.toml"),
+        "[capabilities]\nconfig = { greeting = \"hi\", \"region.name\" = \"eu-west\" }\n\
+         env = { GREETING = \"not a config value\" }\n",
+    )
+    .unwrap();
+    let store = SqliteStore::open(w.path("sprout.db")).await.unwrap();
+    let _worker = start_worker(&w, &dir, &["-c", "4"]);
+    let cases = [
+        ("greet", json!(["Ada"]), json!("hi, Ada!")),
+        ("config_value", json!(["greeting"]), json!("hi")),
+        ("config_value", json!(["region.name"]), json!("eu-west")),
+        // Not granted: neither another key, nor an env grant's name, nor a case variant.
+        ("config_value", json!(["api_url"]), Value::Null),
+        ("config_value", json!(["GREETING"]), Value::Null),
+        ("config_value", json!(["Greeting"]), Value::Null),
+    ];
+    for (task, args, want) in cases {
+        let r = result(&store, &send(&store, task, args.clone()).await).await;
+        // A stored `null` result reads back as no result.
+        assert_eq!(
+            (r.state, r.result.clone().unwrap_or(Value::Null)),
+            (State::Success, want),
+            "{task}{args}: {:?}\n{}",
+            r.error,
+            worker_log(&w)
+        );
+    }
+
+    // The example as shipped (tasks/greet/greet.toml grants greeting = "Hello"), and the
+    // same file with no manifest at all: nothing granted, so the default greeting.
+    let out = w.run(&[
+        "run",
+        &support::task("greet").display().to_string(),
+        "greet",
+        "[\"Ada\"]",
+    ]);
+    assert_eq!(stdout(&out), "\"Hello, Ada!\"", "{}", support::stderr(&out));
+    let bare = w.path("bare.wasm");
+    std::fs::copy(support::task("greet"), &bare).unwrap();
+    let out = w.run(&["run", &bare.display().to_string(), "greet", "[\"Ada\"]"]);
+    assert_eq!(stdout(&out), "\"Hi, Ada!\"", "{}", support::stderr(&out));
+}
+
 #[test]
 fn sprout_tasks_shows_versions_limits_and_grants() {
     let w = Workdir::new();
