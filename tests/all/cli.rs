@@ -1,4 +1,8 @@
-//! `sprout run` and `sprout tasks`, through the real binary.
+//! `sprout run` and `sprout tasks`, through the real binary; and every printing command
+//! with its stdout closed early.
+
+use std::process::{Output, Stdio};
+use std::time::Duration;
 
 use crate::support::{self, Workdir, stderr, stdout};
 
@@ -175,4 +179,78 @@ fn task_files_over_the_size_cap_are_refused_before_compiling() {
         "{}",
         stderr(&out)
     );
+}
+
+/// Runs `sprout ARGS` with stdout a pipe whose reader is already gone: what
+/// `sprout status | head -1` looks like once `head` has exited.
+fn with_closed_stdout(w: &Workdir, args: &[&str]) -> Output {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = w
+        .sprout(args)
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run sprout");
+    let err = stderr(&out);
+    assert!(
+        !err.contains("panicked") && !err.contains("Broken pipe"),
+        "sprout {args:?} with a closed stdout: {err}"
+    );
+    assert_ne!(
+        out.status.code(),
+        Some(101),
+        "sprout {args:?} panicked: {err}"
+    );
+    out
+}
+
+#[test]
+fn commands_stop_printing_quietly_when_stdout_closes() {
+    let w = Workdir::new();
+    let echo = support::task("echo").display().to_string();
+    let tasks = support::tasks_dir().display().to_string();
+    let code = |args: &[&str]| with_closed_stdout(&w, args).status.code();
+
+    assert_eq!(code(&["--help"]), Some(0));
+    assert_eq!(code(&["tasks", &tasks]), Some(0));
+    assert_eq!(code(&["run", &echo, "echo", "[1]"]), Some(0));
+    assert_eq!(code(&["run", &echo, "echo", "[1]", "--json"]), Some(0));
+    // The exit code is still the command's own: a failed task exits 1.
+    let fail = support::task("fail").display().to_string();
+    assert_eq!(code(&["run", &fail, "fail", "[\"boom\"]"]), Some(1));
+
+    // Sending prints the ids; the jobs are queued all the same.
+    assert_eq!(code(&["send", "echo", "[1]", "--count", "3"]), Some(0));
+    assert_eq!(code(&["status"]), Some(0));
+    let status = stdout(&w.run(&["status"]));
+    let queue = status
+        .lines()
+        .find(|l| l.starts_with("celery "))
+        .unwrap_or_else(|| panic!("no celery queue in\n{status}"));
+    assert_eq!(
+        queue.split_whitespace().nth(1),
+        Some("3"),
+        "3 jobs ready: {queue}"
+    );
+    // Not ready yet: the usual "not ready" code, 4.
+    assert_eq!(code(&["result", "no-such-id"]), Some(4));
+    // Purging still purges every queue named after the reader went away.
+    assert_eq!(code(&["purge", "-Q", "other,celery"]), Some(0));
+    let status = stdout(&w.run(&["status"]));
+    assert!(
+        status
+            .lines()
+            .filter(|l| l.starts_with("celery "))
+            .all(|l| l.split_whitespace().nth(1) == Some("0")),
+        "purged: {status}"
+    );
+
+    // A worker answers; `send --wait` prints the result into the closed pipe.
+    let mut worker = w.worker(&["-c", "2"]);
+    let out = with_closed_stdout(&w, &["send", "echo", "[7]", "--wait", "--timeout", "30"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    worker.signal(libc::SIGTERM);
+    let (exit, log) = worker.wait(Duration::from_secs(30));
+    assert_eq!(exit, Some(0), "{log}");
 }

@@ -10,6 +10,7 @@ use crate::cli::LimitArgs;
 use crate::limits::Limits;
 use crate::sandbox::{ArtifactCache, EngineSettings, Sandbox};
 
+pub mod output;
 pub mod purge;
 pub mod result;
 pub mod run;
@@ -111,9 +112,12 @@ pub fn parse_kwargs(text: &str) -> anyhow::Result<Map<String, Value>> {
     }
 }
 
-/// Maps a command result to the process exit code, printing the error chain.
+/// Maps a command result to the process exit code, printing the error chain. A command
+/// that succeeded but could not write its output (other than to a reader that went away:
+/// see [`output`]) exits 1.
 pub fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
+        Ok(code) if code == ExitCode::SUCCESS && output::failed() => ExitCode::from(1),
         Ok(code) => code,
         Err(error) => {
             let code = error.downcast_ref::<ExitError>().map_or(1, |e| e.code);

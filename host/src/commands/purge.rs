@@ -17,7 +17,7 @@ pub async fn run(args: PurgeArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot open broker {}", args.broker.broker))?;
     for queue in &args.queues {
         let n = connection.broker.purge(queue).await?;
-        println!("purged {n} job(s) from {queue}");
+        crate::outln!("purged {n} job(s) from {queue}");
     }
     Ok(ExitCode::SUCCESS)
 }

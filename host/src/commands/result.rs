@@ -30,13 +30,13 @@ pub async fn run(args: ResultArgs) -> anyhow::Result<ExitCode> {
         client.result(&args.id).await?
     };
     let Some(record) = record else {
-        println!(
+        crate::outln!(
             "{}",
             serde_json::json!({ "id": args.id, "state": "PENDING" })
         );
         return Ok(ExitCode::from(EXIT_NOT_READY));
     };
-    println!("{}", serde_json::to_string_pretty(&record)?);
+    crate::outln!("{}", serde_json::to_string_pretty(&record)?);
     Ok(match record.state {
         State::Success => ExitCode::SUCCESS,
         State::Failure | State::Revoked => ExitCode::from(EXIT_TASK_FAILED),

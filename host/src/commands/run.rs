@@ -62,7 +62,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let execution = sandbox.run(&entry.module, request).await;
 
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&execution)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&execution)?);
     } else {
         if !execution.logs.is_empty() {
             eprint!("{}", execution.logs);
@@ -71,7 +71,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
         }
         match &execution.outcome {
-            Outcome::Success { value } => println!("{value}"),
+            Outcome::Success { value } => crate::outln!("{value}"),
             failure => {
                 eprintln!(
                     "{}: {}",

@@ -70,7 +70,7 @@ pub async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     if !args.wait {
         if count <= 20 {
             for id in &ids {
-                println!("{id}");
+                crate::outln!("{id}");
             }
         }
         return Ok(ExitCode::SUCCESS);
@@ -82,7 +82,7 @@ pub async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
         match record {
             Some(r) if r.state == State::Success => {
                 if count == 1 {
-                    println!("{}", r.result.unwrap_or_default());
+                    crate::outln!("{}", r.result.unwrap_or_default());
                 }
             }
             Some(r) => {

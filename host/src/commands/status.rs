@@ -16,24 +16,32 @@ pub async fn run(args: BrokerArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot open broker {}", args.broker))?;
     let stats = connection.broker.stats().await?;
-    println!(
+    crate::outln!(
         "{:<24} {:>10} {:>10} {:>10} {:>10}",
-        "QUEUE", "READY", "SCHEDULED", "RUNNING", "DEAD"
+        "QUEUE",
+        "READY",
+        "SCHEDULED",
+        "RUNNING",
+        "DEAD"
     );
     for q in &stats {
-        println!(
+        crate::outln!(
             "{:<24} {:>10} {:>10} {:>10} {:>10}",
-            q.queue, q.ready, q.scheduled, q.leased, q.dead
+            q.queue,
+            q.ready,
+            q.scheduled,
+            q.leased,
+            q.dead
         );
     }
     if stats.is_empty() {
-        println!("(no queues)");
+        crate::outln!("(no queues)");
     }
     let dead = connection.broker.dead_letters(10).await?;
     if !dead.is_empty() {
-        println!("\nDEAD LETTERS (newest first)");
+        crate::outln!("\nDEAD LETTERS (newest first)");
         for d in &dead {
-            println!(
+            crate::outln!(
                 "  {}  {:<12} {}  {}",
                 d.at.format("%Y-%m-%d %H:%M:%S"),
                 d.queue,
@@ -44,21 +52,21 @@ pub async fn run(args: BrokerArgs) -> anyhow::Result<ExitCode> {
     }
     let counts = connection.backend.counts().await?;
     if !counts.is_empty() {
-        println!("\nRESULTS");
+        crate::outln!("\nRESULTS");
         for (state, n) in &counts {
-            println!("  {state:<10} {n}");
+            crate::outln!("  {state:<10} {n}");
         }
     }
     let recent = connection.backend.recent(10).await?;
     if !recent.is_empty() {
-        println!("\nLAST RESULTS");
+        crate::outln!("\nLAST RESULTS");
         for r in &recent {
             let detail = match (&r.result, &r.error) {
                 (Some(v), _) => format!("{v:.60}"),
                 (_, Some(e)) => format!("{}: {:.60}", e.kind, e.message),
                 _ => String::new(),
             };
-            println!(
+            crate::outln!(
                 "  {}  {:<8} {:<16} {}  {}",
                 r.updated_at.format("%H:%M:%S"),
                 r.state,

@@ -20,9 +20,15 @@ pub async fn run(args: TasksArgs) -> anyhow::Result<ExitCode> {
     let sandbox = super::build_sandbox(&args.limits, 1)?;
     let defaults = super::default_limits(&args.limits);
     let (entries, rejected) = registry::scan(&sandbox, &args.paths, &defaults).await;
-    println!(
+    crate::outln!(
         "{:<24} {:<18} {:<12} {:>14} {:>9} {:>9} {:>9}  FILE",
-        "TASK", "KIND", "VERSION", "FUEL", "MEMORY", "TIME", "OUTPUT"
+        "TASK",
+        "KIND",
+        "VERSION",
+        "FUEL",
+        "MEMORY",
+        "TIME",
+        "OUTPUT"
     );
     for entry in entries.values() {
         let name = if entry.name == entry.export {
@@ -30,7 +36,7 @@ pub async fn run(args: TasksArgs) -> anyhow::Result<ExitCode> {
         } else {
             format!("{} -> {}", entry.name, entry.export)
         };
-        println!(
+        crate::outln!(
             "{:<24} {:<18} {:<12} {:>14} {:>9} {:>8}s {:>9}  {}",
             name,
             entry.module.kind.name(),
@@ -41,8 +47,8 @@ pub async fn run(args: TasksArgs) -> anyhow::Result<ExitCode> {
             human_bytes(entry.limits.output_bytes),
             entry.file.display()
         );
-        println!("    {}", settings_line(entry));
-        println!("    grants: {}", grants_line(&entry.capabilities));
+        crate::outln!("    {}", settings_line(entry));
+        crate::outln!("    grants: {}", grants_line(&entry.capabilities));
     }
     for r in &rejected {
         eprintln!("rejected {}: {}", r.file.display(), r.reason);
