@@ -33,6 +33,41 @@ pub async fn run_job(
     pool.execute(entry, request).await
 }
 
+/// Submits `n` jobs of `task(args)` to `pool` at once, each on its own tokio task (as a
+/// worker's consume loop does), without waiting for them.
+pub fn spawn_many(
+    pool: Arc<dyn Pool>,
+    registry: &Arc<Registry>,
+    task: &str,
+    args: Value,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<Execution>> {
+    (0..n)
+        .map(|_| {
+            let (pool, registry) = (pool.clone(), registry.clone());
+            let (task, args) = (task.to_string(), args.clone());
+            tokio::spawn(async move {
+                run_job(pool.as_ref(), &registry, &task, args, no_limits()).await
+            })
+        })
+        .collect()
+}
+
+/// [`spawn_many`], then waits for every job; the executions in submission order.
+pub async fn run_many(
+    pool: Arc<dyn Pool>,
+    registry: &Arc<Registry>,
+    task: &str,
+    args: Value,
+    n: usize,
+) -> Vec<Execution> {
+    let mut executions = Vec::with_capacity(n);
+    for job in spawn_many(pool, registry, task, args, n) {
+        executions.push(job.await.expect("the job's task panicked"));
+    }
+    executions
+}
+
 fn no_limits() -> LimitOverrides {
     LimitOverrides::default()
 }

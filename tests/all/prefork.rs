@@ -22,7 +22,7 @@ use sprout::worker::{Shutdown, Worker, WorkerConfig};
 use tokio::sync::watch;
 
 use crate::adversarial::{self, Fixture, adversarial_suite, check_rejections};
-use crate::outcomes::{job_limits_suite, outcome_suite, run_job};
+use crate::outcomes::{job_limits_suite, outcome_suite, run_many};
 use crate::support::{self, Workdir};
 
 /// A prefork pool of `processes` children of the binary under test, sharing the tests'
@@ -168,23 +168,8 @@ async fn two_children_use_both_cores() {
     ];
     for pool in &pools {
         // Every child loads fib before the clock starts.
-        let warm: Vec<_> = (0..4)
-            .map(|_| {
-                let (pool, registry) = (pool.clone(), registry.clone());
-                tokio::spawn(async move {
-                    run_job(
-                        pool.as_ref(),
-                        &registry,
-                        "fib",
-                        json!([25]),
-                        Default::default(),
-                    )
-                    .await
-                })
-            })
-            .collect();
-        for w in warm {
-            assert!(w.await.unwrap().outcome.is_success());
+        for e in run_many(pool.clone(), &registry, "fib", json!([25]), 4).await {
+            assert!(e.outcome.is_success(), "{:?}", e.outcome);
         }
     }
     let mut rounds = Vec::new();
@@ -197,23 +182,7 @@ async fn two_children_use_both_cores() {
         let mut times = [Duration::ZERO; 2];
         for (i, pool) in pools.iter().enumerate() {
             let started = Instant::now();
-            let jobs: Vec<_> = (0..40)
-                .map(|_| {
-                    let (pool, registry) = (pool.clone(), registry.clone());
-                    tokio::spawn(async move {
-                        run_job(
-                            pool.as_ref(),
-                            &registry,
-                            "fib",
-                            json!([32]),
-                            Default::default(),
-                        )
-                        .await
-                    })
-                })
-                .collect();
-            for j in jobs {
-                let e = j.await.unwrap();
+            for e in run_many(pool.clone(), &registry, "fib", json!([32]), 40).await {
                 assert_eq!(
                     e.outcome,
                     Outcome::Success {
@@ -445,6 +414,89 @@ async fn max_tasks_per_child_recycles_children() {
         pids.len() >= 6,
         "2 first children + one per retirement: {pids:?}\n{log}"
     );
+    assert!(!log.contains("WorkerLost"), "{log}");
+}
+
+/// Prefork settings in a `--pool` spec apply to that pool alone; the flags stay the
+/// default of the others: pool `a` recycles its child every 2 jobs, pool `b` (the
+/// worker-wide `--max-tasks-per-child 100`) never does in the same run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_specs_carry_their_own_prefork_settings() {
+    let dir = Workdir::new();
+    let store = SqliteStore::open(dir.path("sprout.db")).await.unwrap();
+    let mut jobs = Vec::new();
+    for (queue, n) in [("qa", 6), ("qb", 6)] {
+        for i in 0..n {
+            let mut j = job("echo", json!([format!("{queue}-{i}")]));
+            j.queue = queue.into();
+            jobs.push(j);
+        }
+    }
+    store.publish(&jobs).await.unwrap();
+    let (mut worker, log) = worker_with_log(
+        &dir,
+        support::tasks_dir(),
+        &[
+            "--pool",
+            "a=prefork:1:qa:max-tasks-per-child=2,child-concurrency=2",
+            "--pool",
+            "b=prefork:1:qb",
+            "--max-tasks-per-child",
+            "100",
+        ],
+    );
+    let all_done = support::wait_until(Duration::from_secs(30), || {
+        futures_block(store.result_counts())
+            .unwrap()
+            .iter()
+            .map(|(_, n)| n)
+            .sum::<u64>()
+            == 12
+    });
+    assert!(all_done, "{}", read(&log));
+    for j in &jobs {
+        let r = store.get(&j.id).await.unwrap().expect("a result");
+        assert_eq!(
+            (r.state, r.result),
+            (State::Success, Some(j.args[0].clone()))
+        );
+    }
+    // SAFETY: kill(2) on the worker this test started.
+    unsafe { libc::kill(worker.id() as i32, libc::SIGTERM) };
+    assert_eq!(
+        wait_exit(&mut worker, Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        read(&log)
+    );
+    let log = read(&log);
+    let banner = |pool: &str| {
+        log.lines()
+            .find(|l| l.contains(&format!(".> pool {pool}: prefork")))
+            .unwrap_or_else(|| panic!("no banner line for pool {pool}: {log}"))
+            .to_string()
+    };
+    assert!(
+        banner("a").contains("(concurrency: 1, 2 per child, max 2 tasks per child"),
+        "{}",
+        banner("a")
+    );
+    assert!(
+        banner("b").contains("(concurrency: 1, max 100 tasks per child)"),
+        "{}",
+        banner("b")
+    );
+    // Six jobs at two per child: pool a's children retire after 2 jobs each (the last
+    // one may be stopped by the shutdown first); pool b's child never retires.
+    let retired = log
+        .matches("retired after 2 job(s) (max tasks per child: 2)")
+        .count();
+    assert!((2..=3).contains(&retired), "{log}");
+    assert!(!log.contains("max tasks per child: 100)"), "{log}");
+    // One child per pool to begin with, and one per retirement (unless the shutdown
+    // came before the last replacement started).
+    let pids = ready_pids(&log).len();
+    assert!((1 + retired..=2 + retired).contains(&pids), "{log}");
     assert!(!log.contains("WorkerLost"), "{log}");
 }
 

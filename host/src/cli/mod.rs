@@ -94,8 +94,11 @@ pub struct WorkerArgs {
     pub tasks: Vec<PathBuf>,
     /// Pool: `async` (also `eventlet`, `gevent`) or `prefork`, used with `-c` and `-Q`.
     /// Or, repeated, named pools each bound to its own queues:
-    /// `NAME=KIND[:CONCURRENCY[:QUEUE,...]]`, e.g. `--pool io=async:1000 --pool
-    /// cpu=prefork:2:cpu,hogs` (a pool's queue defaults to its name).
+    /// `NAME=KIND[:CONCURRENCY[:QUEUE,...]][:OPTION=VALUE,...]`, e.g. `--pool
+    /// io=async:1000 --pool cpu=prefork:2:cpu,hogs` (a pool's queue defaults to its
+    /// name). A prefork pool's options are the prefork flags without dashes, for that
+    /// pool alone: `--pool cpu=prefork:2:max-tasks-per-child=100,child-concurrency=4`
+    /// (also `max-memory-per-child`, `prefork-nice`).
     #[arg(short = 'P', long = "pool", default_value = "async")]
     pub pool: Vec<String>,
     /// Concurrency: jobs running at once (prefork: child processes). Default: 100 for
@@ -106,19 +109,22 @@ pub struct WorkerArgs {
     /// which name their own queues.
     #[arg(short = 'Q', long, value_delimiter = ',')]
     pub queues: Vec<String>,
-    /// Prefork: jobs each child runs at once (an async pool inside each child).
+    /// Prefork: jobs each child runs at once (an async pool inside each child). The
+    /// default for every prefork pool; a `--pool` spec may set its own.
     #[arg(long, default_value_t = 1)]
     pub child_concurrency: usize,
-    /// Prefork: replace a child after it has run this many jobs.
+    /// Prefork: replace a child after it has run this many jobs (default for every
+    /// prefork pool; a `--pool` spec may set its own, 0 = never).
     #[arg(long, env = "SPROUT_MAX_TASKS_PER_CHILD")]
     pub max_tasks_per_child: Option<u64>,
     /// Prefork: replace a child, between jobs, once its peak resident memory is over
-    /// this many KiB (Celery's unit).
+    /// this many KiB (Celery's unit). Default for every prefork pool; a `--pool` spec
+    /// may set its own (0 = never).
     #[arg(long, env = "SPROUT_MAX_MEMORY_PER_CHILD")]
     pub max_memory_per_child: Option<u64>,
     /// Prefork: the children's scheduling niceness, 0–19 (higher yields the CPU to
     /// other work). Default: 10 when the worker also runs an async pool (so CPU-heavy
-    /// jobs cannot slow its short jobs down), else 0.
+    /// jobs cannot slow its short jobs down), else 0. A `--pool` spec may set its own.
     #[arg(long, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub prefork_nice: Option<i32>,
     /// Jobs reserved per slot (1 = never hold more jobs than can run).
@@ -300,4 +306,7 @@ pub struct ChildArgs {
     /// Scheduling niceness for the child.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub nice: i32,
+    /// Report the peak resident memory after every job (for `--max-memory-per-child`).
+    #[arg(long)]
+    pub report_memory: bool,
 }

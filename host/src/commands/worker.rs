@@ -19,7 +19,8 @@ use crate::broker;
 use crate::cli::{ChildArgs, WorkerArgs};
 use crate::pool::prefork::child::{self, ChildOptions};
 use crate::pool::{
-    AsyncPool, Pool, PoolSpec, PreforkConfig, PreforkPool, parse_pool_kind, parse_pool_spec,
+    AsyncPool, Pool, PoolSpec, PreforkConfig, PreforkOptions, PreforkPool, parse_pool_kind,
+    parse_pool_spec,
 };
 use crate::registry::Registry;
 use crate::sandbox::{ArtifactCache, EngineSettings, Sandbox};
@@ -66,14 +67,14 @@ pub async fn run(args: WorkerArgs, log_filter: &str) -> anyhow::Result<ExitCode>
         Default::default(),
     );
     // In a worker that also runs async pools, prefork children yield the CPU to them.
-    let nice = args.prefork_nice.unwrap_or(if async_slots > 0 {
+    let default_nice = args.prefork_nice.unwrap_or(if async_slots > 0 {
         MIXED_PREFORK_NICE
     } else {
         0
     });
     let mut pools: Vec<(PoolSpec, Arc<dyn Pool>)> = Vec::new();
     for spec in specs {
-        let pool = match start_pool(&args, &spec, &sandbox, log_filter, nice).await {
+        let pool = match start_pool(&args, &spec, &sandbox, log_filter, default_nice).await {
             Ok(pool) => pool,
             Err(e) => {
                 for (_, pool) in &pools {
@@ -94,7 +95,7 @@ pub async fn run(args: WorkerArgs, log_filter: &str) -> anyhow::Result<ExitCode>
         }
     };
     let hostname = args.hostname.clone().unwrap_or_else(default_hostname);
-    print_banner(&hostname, &args, &pools, named, nice, &registry);
+    print_banner(&hostname, &args, &pools, named, default_nice, &registry);
     if registry.snapshot().is_empty() {
         tracing::warn!(
             "no tasks loaded from {}: every job will fail as NotRegistered",
@@ -186,6 +187,7 @@ pub fn run_child(args: ChildArgs) -> ExitCode {
         parent_pid: args.parent_pid,
         protocol: args.protocol,
         nice: args.nice,
+        report_memory: args.report_memory,
     })
 }
 
@@ -221,6 +223,7 @@ fn plan_pools(args: &WorkerArgs) -> Result<(Vec<PoolSpec>, bool), String> {
                     .unwrap_or_else(|| default_concurrency(kind)),
             ),
             queues,
+            prefork: PreforkOptions::default(),
         };
         return Ok((vec![spec], false));
     }
@@ -263,25 +266,77 @@ fn default_concurrency(kind: &str) -> usize {
     }
 }
 
+/// A prefork pool's child settings: its spec's options, else the worker's flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ChildSettings {
+    child_concurrency: usize,
+    max_tasks_per_child: Option<u64>,
+    /// In bytes.
+    max_memory_per_child: Option<u64>,
+    nice: i32,
+}
+
+impl ChildSettings {
+    /// Merges `options` over the flags; 0 for a recycling limit means never.
+    fn resolve(args: &WorkerArgs, options: &PreforkOptions, default_nice: i32) -> Self {
+        ChildSettings {
+            child_concurrency: options
+                .child_concurrency
+                .unwrap_or(args.child_concurrency)
+                .max(1),
+            max_tasks_per_child: options
+                .max_tasks_per_child
+                .or(args.max_tasks_per_child)
+                .filter(|n| *n > 0),
+            max_memory_per_child: options
+                .max_memory_per_child
+                .or(args.max_memory_per_child)
+                .filter(|n| *n > 0)
+                .map(|kib| kib.saturating_mul(1024)),
+            nice: options.nice.unwrap_or(default_nice),
+        }
+    }
+
+    /// `, 4 per child, max 100 tasks per child, nice 10` for the banner.
+    fn describe(&self) -> String {
+        let mut text = String::new();
+        if self.child_concurrency > 1 {
+            text.push_str(&format!(", {} per child", self.child_concurrency));
+        }
+        if let Some(n) = self.max_tasks_per_child {
+            text.push_str(&format!(", max {n} tasks per child"));
+        }
+        if let Some(bytes) = self.max_memory_per_child {
+            text.push_str(&format!(
+                ", max {} per child",
+                crate::outcome::human_bytes(bytes)
+            ));
+        }
+        if self.nice != 0 {
+            text.push_str(&format!(", nice {}", self.nice));
+        }
+        text
+    }
+}
+
 async fn start_pool(
     args: &WorkerArgs,
     spec: &PoolSpec,
     sandbox: &Sandbox,
     log_filter: &str,
-    nice: i32,
+    default_nice: i32,
 ) -> anyhow::Result<Arc<dyn Pool>> {
     let concurrency = spec.concurrency.unwrap_or(1);
     Ok(match spec.kind {
         "prefork" => {
             let program = std::env::current_exe()
                 .context("cannot find the sprout executable to start prefork children")?;
+            let children = ChildSettings::resolve(args, &spec.prefork, default_nice);
             let mut config = PreforkConfig::new(program, concurrency);
-            config.child_concurrency = args.child_concurrency;
-            config.max_tasks_per_child = args.max_tasks_per_child.filter(|n| *n > 0);
-            config.max_memory_per_child = args
-                .max_memory_per_child
-                .filter(|n| *n > 0)
-                .map(|kib| kib.saturating_mul(1024));
+            config.child_concurrency = children.child_concurrency;
+            config.max_tasks_per_child = children.max_tasks_per_child;
+            config.max_memory_per_child = children.max_memory_per_child;
+            config.nice = children.nice;
             config.settings = sandbox.settings().clone();
             config.cache_dir = (!args.limits.no_cache).then(|| {
                 args.limits
@@ -290,7 +345,6 @@ async fn start_pool(
                     .unwrap_or_else(ArtifactCache::default_dir)
             });
             config.log_filter = Some(log_filter.to_string());
-            config.nice = nice;
             let pool = PreforkPool::start(config)
                 .await
                 .with_context(|| format!("cannot start the prefork pool {:?}", spec.name))?;
@@ -366,7 +420,7 @@ fn print_banner(
     args: &WorkerArgs,
     pools: &[(PoolSpec, Arc<dyn Pool>)],
     named: bool,
-    nice: i32,
+    default_nice: i32,
     registry: &Registry,
 ) {
     let tasks = registry.snapshot();
@@ -377,15 +431,11 @@ fn print_banner(
         args.broker.broker,
     );
     for (spec, pool) in pools {
-        let mut extra = String::new();
-        if pool.kind() == "prefork" {
-            if args.child_concurrency > 1 {
-                extra.push_str(&format!(", {} per child", args.child_concurrency));
-            }
-            if nice != 0 {
-                extra.push_str(&format!(", nice {nice}"));
-            }
-        }
+        let extra = if pool.kind() == "prefork" {
+            ChildSettings::resolve(args, &spec.prefork, default_nice).describe()
+        } else {
+            String::new()
+        };
         if named {
             banner.push_str(&format!(
                 "- ** ---------- .> pool {}: {} (concurrency: {}{extra}) ← queues: {}\n",

@@ -3,7 +3,7 @@
 //! ```text
 //! parent (broker, acks, results)                 child = `sprout child` (same binary)
 //!   execute(job) → permit → least-loaded child ──stdin──▶ Load{hash,bytes} (once) / Run
-//!                                          ◀──stdout── Done{execution, rss}
+//!                                          ◀──stdout── Done{execution, peak rss}
 //!   supervisor per slot: spawn → Ready → serve → exit → WorkerLost for what was in
 //!   flight → respawn (with backoff if children keep dying)
 //! ```
@@ -491,6 +491,9 @@ impl Shared {
         if config.nice != 0 {
             command.arg("--nice").arg(config.nice.to_string());
         }
+        if config.max_memory_per_child.is_some() {
+            command.arg("--report-memory");
+        }
         match &config.cache_dir {
             Some(dir) => command.arg("--cache-dir").arg(dir),
             None => command.arg("--no-cache"),
@@ -666,9 +669,8 @@ impl Shared {
                 Ok(Some(FromChild::Done {
                     seq,
                     execution,
-                    rss_bytes,
                     peak_rss_bytes,
-                })) => self.done(&child, seq, execution, rss_bytes, peak_rss_bytes),
+                })) => self.done(&child, seq, execution, peak_rss_bytes),
                 Ok(Some(other)) => {
                     tracing::warn!("prefork: child pid {} sent {other:?}", child.pid)
                 }
@@ -703,19 +705,18 @@ impl Shared {
 
     /// One job finished: hand back its execution, and retire the child if it reached
     /// a recycling limit.
-    fn done(&self, child: &ChildProc, seq: u64, execution: Execution, rss: u64, peak: u64) {
-        let memory = rss.max(peak);
+    fn done(&self, child: &ChildProc, seq: u64, execution: Execution, peak: Option<u64>) {
         let job = {
             let mut state = lock(&child.state);
             let job = state.in_flight.remove(&seq);
             state.done += 1;
             tracing::debug!(
-                "prefork: child pid {} finished job {} ({} done; resident {}, peak {})",
+                "prefork: child pid {} finished job {} ({} done{})",
                 child.pid,
                 job.as_ref().map_or("?", |j| j.job_id.as_str()),
                 state.done,
-                human_bytes(rss),
-                human_bytes(peak)
+                peak.map(|p| format!("; peak resident {}", human_bytes(p)))
+                    .unwrap_or_default()
             );
             if state.retiring.is_none() {
                 let config = &self.config;
@@ -724,7 +725,11 @@ impl Shared {
                         "after {} job(s) (max tasks per child: {max})",
                         state.done
                     ));
-                } else if let Some(max) = config.max_memory_per_child.filter(|m| memory > *m) {
+                } else if let Some((max, memory)) = config
+                    .max_memory_per_child
+                    .zip(peak)
+                    .filter(|(max, memory)| memory > max)
+                {
                     state.retiring = Some(format!(
                         "after {} job(s): resident memory reached {} (max memory per child: {})",
                         state.done,

@@ -12,7 +12,7 @@
 //! child:  Ready { pid, version }                   (once, when its engine is built)
 //! parent: Load { hash, bytes }                     (first time this child needs `hash`)
 //! parent: Run { seq, hash, request }               (one per job)
-//! child:  Done { seq, execution, rss_bytes, .. }   (one per Run, in completion order)
+//! child:  Done { seq, execution, peak_rss_bytes } (one per Run, in completion order)
 //! ```
 //! The parent closes the child's stdin to stop it; the child exits at once on EOF.
 
@@ -28,7 +28,7 @@ use crate::sandbox::RunRequest;
 
 /// Bumped when frames change incompatibly; the child refuses another version (a binary
 /// replaced on disk while the worker runs would otherwise speak a different protocol).
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest frame either side accepts (a task file of up to ~750 MiB, base64-encoded).
 pub const MAX_FRAME: usize = 1 << 30;
@@ -74,12 +74,11 @@ pub enum FromChild {
         seq: u64,
         /// How it ended.
         execution: Execution,
-        /// The child's resident memory after the job (`/proc/self/statm`).
-        rss_bytes: u64,
-        /// The child's peak resident memory so far (`VmHWM`): the pooling allocator
-        /// returns a job's linear memory when it ends, so the peak is what shows that a
-        /// job grew the child.
-        peak_rss_bytes: u64,
+        /// The child's peak resident memory so far (`VmHWM`), when the parent asked for
+        /// it (`sprout child --report-memory`): the pooling allocator returns a job's
+        /// linear memory when it ends, so the peak is what shows that a job grew the
+        /// child.
+        peak_rss_bytes: Option<u64>,
     },
 }
 
@@ -216,8 +215,7 @@ mod tests {
         match roundtrip(&FromChild::Done {
             seq: 1,
             execution: execution.clone(),
-            rss_bytes: 5,
-            peak_rss_bytes: 6,
+            peak_rss_bytes: Some(6),
         })
         .await
         {
