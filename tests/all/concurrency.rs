@@ -10,7 +10,7 @@ use sprout::outcome::{Outcome, TimeLimitKind};
 use sprout::pool::{AsyncPool, Pool};
 use sprout::registry::Registry;
 
-use crate::outcomes::run_job;
+use crate::outcomes::{run_job, run_many, spawn_many};
 use crate::support::{self, Workdir};
 
 /// 200 short jobs submitted while 4 hogs run (-c 1000): all complete quickly, and every
@@ -39,21 +39,7 @@ async fn short_jobs_are_not_starved_by_hogs() {
     assert!(rejected.is_empty(), "{rejected:?}");
     let pool: Arc<dyn Pool> = Arc::new(AsyncPool::new(sandbox, 1000));
 
-    let hogs: Vec<_> = (0..4)
-        .map(|_| {
-            let (pool, registry) = (pool.clone(), registry.clone());
-            tokio::spawn(async move {
-                run_job(
-                    pool.as_ref(),
-                    &registry,
-                    "hog",
-                    json!([]),
-                    Default::default(),
-                )
-                .await
-            })
-        })
-        .collect();
+    let hogs = spawn_many(pool.clone(), &registry, "hog", json!([]), 4);
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     let mut shorts = Vec::new();
@@ -119,23 +105,7 @@ async fn sleeping_guests_hold_no_thread() {
     assert!(e.outcome.is_success());
 
     let started = Instant::now();
-    let jobs: Vec<_> = (0..1000)
-        .map(|_| {
-            let (pool, registry) = (pool.clone(), registry.clone());
-            tokio::spawn(async move {
-                run_job(
-                    pool.as_ref(),
-                    &registry,
-                    "sleep",
-                    json!([1.0]),
-                    Default::default(),
-                )
-                .await
-            })
-        })
-        .collect();
-    for job in jobs {
-        let e = job.await.unwrap();
+    for e in run_many(pool, &registry, "sleep", json!([1.0]), 1000).await {
         assert!(e.outcome.is_success(), "{:?}", e.outcome);
         assert!(
             e.fuel_used < 1_000_000,
@@ -156,23 +126,8 @@ async fn a_full_pool_waits_instead_of_failing() {
     let registry = support::registry(&sandbox).await;
     let pool: Arc<dyn Pool> = Arc::new(AsyncPool::new(sandbox, 2));
     let started = Instant::now();
-    let jobs: Vec<_> = (0..6)
-        .map(|_| {
-            let (pool, registry) = (pool.clone(), registry.clone());
-            tokio::spawn(async move {
-                run_job(
-                    pool.as_ref(),
-                    &registry,
-                    "sleep",
-                    json!([0.2]),
-                    Default::default(),
-                )
-                .await
-            })
-        })
-        .collect();
-    for job in jobs {
-        assert!(job.await.unwrap().outcome.is_success());
+    for e in run_many(pool, &registry, "sleep", json!([0.2]), 6).await {
+        assert!(e.outcome.is_success(), "{:?}", e.outcome);
     }
     let wall = started.elapsed();
     assert!(
