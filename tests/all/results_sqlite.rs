@@ -180,3 +180,101 @@ async fn corrupt_record_is_an_error_not_a_panic() {
     let recent = store.recent_results(10).await.unwrap();
     assert_eq!(recent.len(), 1, "the unreadable record is skipped");
 }
+
+/// `expire_results` deletes what was last updated before the cutoff (in batches, here
+/// more than one) and nothing newer.
+#[tokio::test]
+async fn expire_results_deletes_only_old_records() {
+    let (_dir, store) = store().await;
+    let two_days_ago = Utc::now() - chrono::Duration::days(2);
+    let old: Vec<ResultRecord> = (0..12_001)
+        .map(|i| ResultRecord {
+            updated_at: two_days_ago,
+            ..record(&format!("old-{i}"), State::Success)
+        })
+        .collect();
+    store.store(&old).await.unwrap();
+    let fresh = [
+        record("fresh", State::Success),
+        record("running", State::Started),
+    ];
+    store.store(&fresh).await.unwrap();
+
+    let day = Duration::from_secs(86_400);
+    assert_eq!(store.expire_results(day).await.unwrap(), 12_001);
+    assert!(store.get("old-0").await.unwrap().is_none());
+    assert!(store.get("old-12000").await.unwrap().is_none());
+    assert!(store.get("fresh").await.unwrap().is_some());
+    assert!(store.get("running").await.unwrap().is_some());
+    assert_eq!(store.expire_results(day).await.unwrap(), 0, "idempotent");
+    let counts = store.counts().await.unwrap();
+    assert_eq!(counts, vec![(State::Started, 1), (State::Success, 1)]);
+}
+
+/// A worker started with `--result-expires 2` deletes results about 2 s after they
+/// were stored (not before), and at startup deletes results that expired while no
+/// worker ran; with `--result-expires 0` it keeps them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_expires_results_on_a_real_sqlite_file() {
+    use crate::support::{Workdir, wait_until};
+    use sprout::broker::Broker;
+    use sprout::job::Job;
+
+    let w = Workdir::new();
+    let store = SqliteStore::open(w.path("sprout.db")).await.unwrap();
+    let stale = ResultRecord {
+        updated_at: Utc::now() - chrono::Duration::days(2),
+        ..record("stale", State::Success)
+    };
+
+    // 0: never. The stale record survives a worker that ran a job.
+    store.store(std::slice::from_ref(&stale)).await.unwrap();
+    let job = Job::new("add", vec![1.into(), 2.into()], Default::default());
+    store.publish(std::slice::from_ref(&job)).await.unwrap();
+    let mut worker = w.worker(&["-c", "2", "--result-expires", "0"]);
+    let r = store.wait(&job.id, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(r.map(|r| r.state), Some(State::Success));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    worker.signal(libc::SIGTERM);
+    let (code, log) = worker.wait(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{log}");
+    assert!(store.get("stale").await.unwrap().is_some(), "kept with 0");
+
+    // 2 s: the stale record goes at startup; a new result lives about 2 s.
+    let job = Job::new("add", vec![2.into(), 3.into()], Default::default());
+    store.publish(std::slice::from_ref(&job)).await.unwrap();
+    let mut worker = w.worker(&["-c", "2", "--result-expires", "2s"]);
+    let r = store.wait(&job.id, Duration::from_secs(30)).await.unwrap();
+    let stored_at = std::time::Instant::now();
+    assert_eq!(r.map(|r| r.state), Some(State::Success));
+    assert!(
+        store.get("stale").await.unwrap().is_none(),
+        "swept at startup"
+    );
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert!(
+        store.get(&job.id).await.unwrap().is_some(),
+        "expired before its 2 s"
+    );
+    let gone = {
+        let store = store.clone();
+        let id = job.id.clone();
+        tokio::task::spawn_blocking(move || {
+            let rt = tokio::runtime::Handle::current();
+            wait_until(Duration::from_secs(10), || {
+                rt.block_on(store.get(&id)).unwrap().is_none()
+            })
+        })
+        .await
+        .unwrap()
+    };
+    let lived = stored_at.elapsed();
+    eprintln!("a result with --result-expires 2s was deleted after {lived:?}");
+    assert!(gone, "still there after {lived:?}");
+    // 2 s, plus at most one 0.5 s sweep interval, plus polling and load slack.
+    assert!(lived < Duration::from_secs(6), "deleted after {lived:?}");
+    worker.signal(libc::SIGTERM);
+    let (code, log) = worker.wait(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("expired"), "the sweep is logged: {log}");
+}

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub mod expiry;
 pub mod redis;
 pub mod sqlite;
 
@@ -267,6 +268,22 @@ pub trait ResultBackend: Send + Sync {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_millis(50));
         }
+    }
+
+    /// Deletes the records last updated more than `older_than` ago and returns how many
+    /// it deleted: Celery's `result_expires` for backends that keep records until they
+    /// are deleted (the embedded SQLite file). The worker calls it periodically (see
+    /// [`expiry`]).
+    ///
+    /// The default deletes nothing and returns 0: the Redis backend writes every record
+    /// with a TTL (`SETEX`), so the server expires them itself.
+    ///
+    /// # Errors
+    /// [`BackendError`] if the backend cannot be written; nothing is then lost, the next
+    /// sweep tries again.
+    async fn expire_results(&self, older_than: Duration) -> Result<u64, BackendError> {
+        let _ = older_than;
+        Ok(0)
     }
 
     /// Records that a chord header job reached a terminal state (`record`) and, when it

@@ -2,6 +2,7 @@
 //! `crate::commands`; `main.rs` parses, dispatches and maps errors to exit codes.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -139,6 +140,13 @@ pub struct WorkerArgs {
     /// Lease (visibility timeout) in seconds; extended while a job runs.
     #[arg(long, default_value_t = 30.0)]
     pub lease: f64,
+    /// Delete stored results this long after their last update (Celery's
+    /// `result_expires`): seconds, or a number with a unit (`90s`, `30m`, `12h`, `1d`);
+    /// `0` keeps them forever. The worker sweeps the embedded SQLite backend at startup
+    /// and then every quarter of this (at least every minute). Redis results expire by
+    /// their TTL instead: the broker URL's `result_expires` (default 1 day).
+    #[arg(long, env = "SPROUT_RESULT_EXPIRES", default_value = "1d", value_parser = parse_duration)]
+    pub result_expires: Duration,
     /// Store a STARTED state when a job begins (one extra write per job).
     #[arg(long)]
     pub track_started: bool,
@@ -309,4 +317,55 @@ pub struct ChildArgs {
     /// Report the peak resident memory after every job (for `--max-memory-per-child`).
     #[arg(long)]
     pub report_memory: bool,
+}
+
+/// Parses a duration flag: plain seconds (`86400`, `0.5`), or a number with one unit,
+/// `ms`, `s`, `m`, `h` or `d` (`250ms`, `90s`, `30m`, `12h`, `1d`).
+///
+/// # Errors
+/// Not a non-negative number, or an unknown unit; the message says what is accepted.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let scale = match unit.trim() {
+        "" | "s" => 1.0,
+        "ms" => 0.001,
+        "m" => 60.0,
+        "h" => 3_600.0,
+        "d" => 86_400.0,
+        _ => f64::NAN,
+    };
+    let value: f64 = number.parse().unwrap_or(f64::NAN);
+    let secs = value * scale;
+    if secs.is_finite() && secs >= 0.0 {
+        Duration::try_from_secs_f64(secs).map_err(|e| format!("{text:?}: {e}"))
+    } else {
+        Err(format!(
+            "{text:?} is not a duration: give seconds (86400) or a number with a unit \
+             (250ms, 90s, 30m, 12h, 1d)"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_and_without_units() {
+        assert_eq!(parse_duration("86400"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(43_200)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1_800)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1_500)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        for bad in ["", "d", "-1", "1w", "one day", "1 d x", "1e3"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
 }

@@ -103,6 +103,14 @@ pub async fn run(args: WorkerArgs, log_filter: &str) -> anyhow::Result<ExitCode>
         );
     }
 
+    // Celery's result_expires: delete old results from backends that keep them (SQLite).
+    let sweeper = (!args.result_expires.is_zero()).then(|| {
+        tokio::spawn(crate::backend::expiry::sweep(
+            connection.backend.clone(),
+            args.result_expires,
+        ))
+    });
+
     let (shutdown_tx, shutdown_rx) = watch::channel(Shutdown::Running);
     let shutdown_tx = Arc::new(shutdown_tx);
     tokio::spawn(forward_signals(shutdown_tx.clone()));
@@ -158,6 +166,9 @@ pub async fn run(args: WorkerArgs, log_filter: &str) -> anyhow::Result<ExitCode>
                 failure.get_or_insert(anyhow::anyhow!("a worker task failed: {e}"));
             }
         }
+    }
+    if let Some(sweeper) = sweeper {
+        sweeper.abort();
     }
     for (_, pool) in &pools {
         pool.shutdown().await;

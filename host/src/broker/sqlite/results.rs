@@ -1,9 +1,11 @@
 //! [`ResultBackend`] for [`SqliteStore`], and the queries behind `sprout status`.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{Failure, SqliteStore};
+use super::{Failure, SqliteStore, duration_ms, now_ms};
 use crate::backend::{BackendError, ResultBackend, ResultRecord, State};
 
 /// Upserts one record. The `WHERE` keeps a terminal state: a late or duplicate
@@ -19,6 +21,9 @@ ON CONFLICT (id) DO UPDATE SET
     updated_at = excluded.updated_at,
     record = excluded.record
 WHERE excluded.terminal OR NOT results.terminal";
+
+/// Results deleted per transaction when expiring old ones.
+const EXPIRE_BATCH: i64 = 5_000;
 
 /// A record serialised for storage (done before taking the writer lock).
 struct Row {
@@ -91,6 +96,31 @@ impl ResultBackend for SqliteStore {
 
     async fn counts(&self) -> Result<Vec<(State, u64)>, BackendError> {
         self.result_counts().await
+    }
+
+    /// Deletes in batches of [`EXPIRE_BATCH`] rows, one transaction each, taking the
+    /// writer lock per batch: a sweep of a million old results never holds up the
+    /// workers' result writes for long. Uses the `updated_at` index.
+    async fn expire_results(&self, older_than: Duration) -> Result<u64, BackendError> {
+        let cutoff = now_ms().saturating_sub(duration_ms(older_than));
+        self.run(move |inner| {
+            let mut total = 0u64;
+            loop {
+                let deleted = inner
+                    .writer()
+                    .prepare_cached(
+                        "DELETE FROM results WHERE seq IN \
+                         (SELECT seq FROM results WHERE updated_at < ?1 LIMIT ?2)",
+                    )?
+                    .execute(params![cutoff, EXPIRE_BATCH])?;
+                total += deleted as u64;
+                if (deleted as i64) < EXPIRE_BATCH {
+                    return Ok(total);
+                }
+            }
+        })
+        .await
+        .map_err(BackendError::from)
     }
 
     async fn get(&self, id: &str) -> Result<Option<ResultRecord>, BackendError> {
