@@ -684,9 +684,19 @@ async fn http_waits_and_cpu_work_do_not_delay_each_other() {
 // ---------------------------------------------------------------------------------------
 // Feed hub throughput at -c 1000 on the embedded broker.
 
-/// Sends one fetch_feed job per feed of a fresh 100 ms server and returns the wall time
-/// from the server's first request to the moment the last result was read back.
-async fn feed_run(client: &Client, feeds: usize, extra: &[Job]) -> Duration {
+/// Wall times of one feed run.
+#[derive(Debug, Clone, Copy)]
+struct FeedRun {
+    /// From the server's first request to the last result read back (the feed hub's
+    /// measure).
+    from_first_fetch: Duration,
+    /// From the moment the jobs were enqueued to the last result read back: also counts
+    /// how long the pool took to pick the first one up.
+    from_enqueue: Duration,
+}
+
+/// Sends one fetch_feed job per feed of a fresh 100 ms server and times it.
+async fn feed_run(client: &Client, feeds: usize, extra: &[Job]) -> FeedRun {
     let server = TestServer::start(Duration::from_millis(100)).await;
     if !extra.is_empty() {
         client.send_many(extra).await.unwrap();
@@ -695,6 +705,7 @@ async fn feed_run(client: &Client, feeds: usize, extra: &[Job]) -> Duration {
     let jobs: Vec<Job> = (0..feeds)
         .map(|i| job("fetch_feed", json!([server.url(&format!("/feed/{i}"))])))
         .collect();
+    let enqueued = Instant::now();
     client.send_many(&jobs).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     for j in &jobs {
@@ -711,7 +722,10 @@ async fn feed_run(client: &Client, feeds: usize, extra: &[Job]) -> Duration {
     }
     let done = Instant::now();
     assert_eq!(server.hits(), feeds);
-    done - *server.first_hit.get().expect("the server saw requests")
+    FeedRun {
+        from_first_fetch: done - *server.first_hit.get().expect("the server saw requests"),
+        from_enqueue: done - enqueued,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -735,31 +749,45 @@ async fn a_thousand_feeds_at_c1000_with_and_without_hogs() {
 
     // Best of three interleaved attempts each: other tests share the two cores, and a
     // burst of their work during one run says nothing about the pool.
-    let mut plain = Duration::MAX;
-    let mut with_hogs = Duration::MAX;
+    // Each measure is the best of its three runs, taken separately.
+    let best = |runs: &[FeedRun], of: fn(&FeedRun) -> Duration| {
+        runs.iter().map(of).min().expect("three runs")
+    };
+    let (mut plain, mut with_hogs) = (Vec::new(), Vec::new());
     for _ in 0..3 {
-        plain = plain.min(feed_run(&client, FEEDS, &[]).await);
+        plain.push(feed_run(&client, FEEDS, &[]).await);
         let hogs: Vec<Job> = (0..4).map(|_| job("hog", json!([]))).collect();
-        with_hogs = with_hogs.min(feed_run(&client, FEEDS, &hogs).await);
+        with_hogs.push(feed_run(&client, FEEDS, &hogs).await);
         tokio::time::sleep(Duration::from_millis(2500)).await; // the hogs hit their limit
     }
     worker.assert_running();
     let rate = |d: Duration| FEEDS as f64 / d.as_secs_f64();
-    eprintln!(
-        "{FEEDS} feeds, 100 ms latency, -c 1000: {plain:?} ({:.0} feeds/s); with 4 hogs: \
-         {with_hogs:?} ({:.0} feeds/s, {:.0}% of the plain rate)",
-        rate(plain),
-        rate(with_hogs),
-        100.0 * rate(with_hogs) / rate(plain)
-    );
-    assert!(
-        plain < Duration::from_secs(3),
-        "{FEEDS} feeds took {plain:?} from first fetch to last result"
-    );
-    assert!(
-        rate(with_hogs) > 0.5 * rate(plain),
-        "4 hogs cut feed throughput from {:.0}/s to {:.0}/s",
-        rate(plain),
-        rate(with_hogs)
-    );
+    for (measure, of) in [
+        (
+            "first fetch",
+            (|r: &FeedRun| r.from_first_fetch) as fn(&FeedRun) -> Duration,
+        ),
+        ("enqueue", |r: &FeedRun| r.from_enqueue),
+    ] {
+        let (plain, with_hogs) = (best(&plain, of), best(&with_hogs, of));
+        eprintln!(
+            "{FEEDS} feeds, 100 ms latency, -c 1000, from {measure} to last result: {plain:?} \
+             ({:.0} feeds/s); with 4 hogs: {with_hogs:?} ({:.0} feeds/s, {:.0}% of the plain \
+             rate)",
+            rate(plain),
+            rate(with_hogs),
+            100.0 * rate(with_hogs) / rate(plain)
+        );
+        assert!(
+            plain < Duration::from_secs(3),
+            "{FEEDS} feeds took {plain:?} from {measure} to last result"
+        );
+        // The issue's acceptance: within 20% of the rate without hogs.
+        assert!(
+            rate(with_hogs) >= 0.8 * rate(plain),
+            "4 hogs cut feed throughput (from {measure}) from {:.0}/s to {:.0}/s",
+            rate(plain),
+            rate(with_hogs)
+        );
+    }
 }
