@@ -153,6 +153,39 @@ async fn adversarial_suite_passes_on_prefork() {
     pool.close().await;
 }
 
+/// A denial inside a prefork child is logged with the task and the job id, as on the
+/// async pool: a real worker with `-P prefork`, a guest that opens a TCP socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefork_children_log_denials_with_task_and_job() {
+    let dir = Workdir::new();
+    let tasks = dir.path("tasks");
+    std::fs::create_dir_all(&tasks).unwrap();
+    std::fs::copy(adversarial::guest("escape"), tasks.join("escape.wasm")).unwrap();
+    let store = SqliteStore::open(dir.path("sprout.db")).await.unwrap();
+    let connect = job("connect", json!(["127.0.0.1:9"]));
+    store.publish(std::slice::from_ref(&connect)).await.unwrap();
+    let (mut worker, log) = worker_with_log(
+        &dir,
+        &tasks,
+        &["-P", "prefork", "-c", "1", "--max-jobs", "1"],
+    );
+    assert_eq!(
+        wait_exit(&mut worker, Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        read(&log)
+    );
+    let r = store.get(&connect.id).await.unwrap().expect("a result");
+    assert_eq!(r.state, State::Failure);
+    assert_eq!(r.error.map(|e| e.kind).as_deref(), Some("IOError"));
+    let log = read(&log);
+    let denial = log
+        .lines()
+        .find(|l| l.contains("denied") && l.contains("TCP socket") && l.contains(&connect.id))
+        .unwrap_or_else(|| panic!("no TCP denial with the job id logged:\n{log}"));
+    assert!(denial.contains("connect"), "{denial}");
+}
+
 /// 40 fib(32) on -c 2 take at most 0.6× the wall time of -c 1: both cores are used.
 ///
 /// The dev machine is shared: while other processes keep a core busy, no program gets
