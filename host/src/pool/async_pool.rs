@@ -4,9 +4,12 @@
 //! holding a thread, and CPU-heavy guests yield every fuel slice, so thousands of jobs
 //! share a couple of threads fairly.
 
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures_util::FutureExt;
 use tokio::sync::Semaphore;
 
 use super::Pool;
@@ -17,7 +20,7 @@ use crate::sandbox::{RunRequest, Sandbox};
 /// Runs up to `concurrency` jobs at once on the current tokio runtime.
 pub struct AsyncPool {
     sandbox: Sandbox,
-    slots: Arc<Semaphore>,
+    slots: Semaphore,
     concurrency: usize,
 }
 
@@ -28,7 +31,7 @@ impl AsyncPool {
         let concurrency = concurrency.max(1);
         AsyncPool {
             sandbox,
-            slots: Arc::new(Semaphore::new(concurrency)),
+            slots: Semaphore::new(concurrency),
             concurrency,
         }
     }
@@ -37,24 +40,26 @@ impl AsyncPool {
 #[async_trait]
 impl Pool for AsyncPool {
     async fn execute(&self, entry: Arc<TaskEntry>, request: RunRequest) -> Execution {
-        let permit = self
+        let _permit = self
             .slots
-            .clone()
-            .acquire_owned()
+            .acquire()
             .await
             .expect("the pool semaphore is never closed");
-        let sandbox = self.sandbox.clone();
-        // A separate task: a host bug that panics while running one job fails that job,
-        // not the worker.
-        let mut handle = AbortOnDrop(tokio::spawn(async move {
-            let execution = sandbox.run(&entry.module, request).await;
-            drop(permit);
-            execution
-        }));
-        match (&mut handle.0).await {
+        // The job runs inside the caller's task (no hand-off to another task and thread:
+        // a job's round trip is a plain poll). A host bug that panics while running one
+        // job fails that job, not the worker. Dropping this future (a cold shutdown, a
+        // caller's timeout) drops the guest: it stops at its next yield point and its
+        // slot is freed.
+        match AssertUnwindSafe(self.sandbox.run(&entry.module, request))
+            .catch_unwind()
+            .await
+        {
             Ok(execution) => execution,
-            Err(e) => Execution::not_started(Outcome::WorkerLost {
-                reason: format!("the host task running the job failed: {e}"),
+            Err(panic) => Execution::not_started(Outcome::WorkerLost {
+                reason: format!(
+                    "the host panicked while running the job: {}",
+                    panic_message(panic.as_ref())
+                ),
             }),
         }
     }
@@ -68,12 +73,11 @@ impl Pool for AsyncPool {
     }
 }
 
-/// Cancels the job's task when the caller stops waiting for it (a cold shutdown, a
-/// caller's timeout): the guest stops at its next yield point and its slot is freed.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+/// The text of a panic payload (`panic!` with a literal or a formatted message).
+fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
