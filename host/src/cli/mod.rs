@@ -124,8 +124,10 @@ pub struct WorkerArgs {
     #[arg(long, env = "SPROUT_MAX_MEMORY_PER_CHILD")]
     pub max_memory_per_child: Option<u64>,
     /// Prefork: the children's scheduling niceness, 0–19 (higher yields the CPU to
-    /// other work). Default: 10 when the worker also runs an async pool (so CPU-heavy
-    /// jobs cannot slow its short jobs down), else 0. A `--pool` spec may set its own.
+    /// other work). Default: 0; but in a worker that also runs an async pool, children
+    /// without a niceness run at idle priority (SCHED_IDLE: they get only CPU time
+    /// nothing else wants, so CPU-heavy jobs cannot slow the async pool's jobs down).
+    /// A `--pool` spec may set its own.
     #[arg(long, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub prefork_nice: Option<i32>,
     /// Jobs reserved per slot (1 = never hold more jobs than can run).
@@ -314,6 +316,9 @@ pub struct ChildArgs {
     /// Scheduling niceness for the child.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub nice: i32,
+    /// Run at idle priority (SCHED_IDLE).
+    #[arg(long)]
+    pub idle_priority: bool,
     /// Report the peak resident memory after every job (for `--max-memory-per-child`).
     #[arg(long)]
     pub report_memory: bool,

@@ -31,12 +31,6 @@ use super::{EXIT_USAGE, ExitError};
 /// Default concurrency of an async pool.
 const DEFAULT_ASYNC_CONCURRENCY: usize = 100;
 
-/// Niceness of prefork children in a worker that also runs an async pool: a child at 10
-/// gets about a tenth of a core's time slices against a thread at 0, so hogs use the
-/// CPU the async pools leave idle (measured: with two hog children at the same priority,
-/// the async pool's echo throughput fell 2.4×).
-const MIXED_PREFORK_NICE: i32 = 10;
-
 /// Runs the command. `log_filter` is passed on to prefork children.
 ///
 /// # Errors
@@ -66,15 +60,12 @@ pub async fn run(args: WorkerArgs, log_filter: &str) -> anyhow::Result<ExitCode>
         defaults.clone(),
         Default::default(),
     );
-    // In a worker that also runs async pools, prefork children yield the CPU to them.
-    let default_nice = args.prefork_nice.unwrap_or(if async_slots > 0 {
-        MIXED_PREFORK_NICE
-    } else {
-        0
-    });
+    // In a worker that also runs async pools, prefork children yield the CPU to them
+    // (idle priority, unless a niceness is given).
+    let mixed = async_slots > 0;
     let mut pools: Vec<(PoolSpec, Arc<dyn Pool>)> = Vec::new();
     for spec in specs {
-        let pool = match start_pool(&args, &spec, &sandbox, log_filter, default_nice).await {
+        let pool = match start_pool(&args, &spec, &sandbox, log_filter, mixed).await {
             Ok(pool) => pool,
             Err(e) => {
                 for (_, pool) in &pools {
@@ -95,7 +86,7 @@ pub async fn run(args: WorkerArgs, log_filter: &str) -> anyhow::Result<ExitCode>
         }
     };
     let hostname = args.hostname.clone().unwrap_or_else(default_hostname);
-    print_banner(&hostname, &args, &pools, named, default_nice, &registry);
+    print_banner(&hostname, &args, &pools, named, mixed, &registry);
     if registry.snapshot().is_empty() {
         tracing::warn!(
             "no tasks loaded from {}: every job will fail as NotRegistered",
@@ -198,6 +189,7 @@ pub fn run_child(args: ChildArgs) -> ExitCode {
         parent_pid: args.parent_pid,
         protocol: args.protocol,
         nice: args.nice,
+        idle_priority: args.idle_priority,
         report_memory: args.report_memory,
     })
 }
@@ -285,11 +277,16 @@ struct ChildSettings {
     /// In bytes.
     max_memory_per_child: Option<u64>,
     nice: i32,
+    /// SCHED_IDLE: the default in a worker that also runs an async pool, when no
+    /// niceness is given.
+    idle_priority: bool,
 }
 
 impl ChildSettings {
-    /// Merges `options` over the flags; 0 for a recycling limit means never.
-    fn resolve(args: &WorkerArgs, options: &PreforkOptions, default_nice: i32) -> Self {
+    /// Merges `options` over the flags; 0 for a recycling limit means never. `mixed`:
+    /// the worker also runs an async pool.
+    fn resolve(args: &WorkerArgs, options: &PreforkOptions, mixed: bool) -> Self {
+        let nice = options.nice.or(args.prefork_nice);
         ChildSettings {
             child_concurrency: options
                 .child_concurrency
@@ -304,7 +301,8 @@ impl ChildSettings {
                 .or(args.max_memory_per_child)
                 .filter(|n| *n > 0)
                 .map(|kib| kib.saturating_mul(1024)),
-            nice: options.nice.unwrap_or(default_nice),
+            nice: nice.unwrap_or(0),
+            idle_priority: mixed && nice.is_none(),
         }
     }
 
@@ -323,7 +321,9 @@ impl ChildSettings {
                 crate::outcome::human_bytes(bytes)
             ));
         }
-        if self.nice != 0 {
+        if self.idle_priority {
+            text.push_str(", idle priority");
+        } else if self.nice != 0 {
             text.push_str(&format!(", nice {}", self.nice));
         }
         text
@@ -335,19 +335,20 @@ async fn start_pool(
     spec: &PoolSpec,
     sandbox: &Sandbox,
     log_filter: &str,
-    default_nice: i32,
+    mixed: bool,
 ) -> anyhow::Result<Arc<dyn Pool>> {
     let concurrency = spec.concurrency.unwrap_or(1);
     Ok(match spec.kind {
         "prefork" => {
             let program = std::env::current_exe()
                 .context("cannot find the sprout executable to start prefork children")?;
-            let children = ChildSettings::resolve(args, &spec.prefork, default_nice);
+            let children = ChildSettings::resolve(args, &spec.prefork, mixed);
             let mut config = PreforkConfig::new(program, concurrency);
             config.child_concurrency = children.child_concurrency;
             config.max_tasks_per_child = children.max_tasks_per_child;
             config.max_memory_per_child = children.max_memory_per_child;
             config.nice = children.nice;
+            config.idle_priority = children.idle_priority;
             config.settings = sandbox.settings().clone();
             config.cache_dir = (!args.limits.no_cache).then(|| {
                 args.limits
@@ -431,7 +432,7 @@ fn print_banner(
     args: &WorkerArgs,
     pools: &[(PoolSpec, Arc<dyn Pool>)],
     named: bool,
-    default_nice: i32,
+    mixed: bool,
     registry: &Registry,
 ) {
     let tasks = registry.snapshot();
@@ -443,7 +444,7 @@ fn print_banner(
     );
     for (spec, pool) in pools {
         let extra = if pool.kind() == "prefork" {
-            ChildSettings::resolve(args, &spec.prefork, default_nice).describe()
+            ChildSettings::resolve(args, &spec.prefork, mixed).describe()
         } else {
             String::new()
         };

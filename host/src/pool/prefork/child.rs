@@ -41,6 +41,9 @@ pub struct ChildOptions {
     /// Scheduling niceness for the whole child (0 = the parent's; higher = yields the
     /// CPU to the parent and to other pools' work).
     pub nice: i32,
+    /// Run under `SCHED_IDLE`: only CPU time nothing else wants (see
+    /// `PreforkConfig::idle_priority`).
+    pub idle_priority: bool,
     /// Report the peak resident memory with every `Done` (the parent sets it when it
     /// recycles children by memory; reading it costs a few µs per job).
     pub report_memory: bool,
@@ -64,6 +67,17 @@ pub fn main(options: ChildOptions) -> ExitCode {
             tracing::warn!(
                 "child pid {pid}: cannot set niceness {}: {}",
                 options.nice,
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    if options.idle_priority {
+        // Also before any thread exists: the policy is per thread and inherited.
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: sched_setscheduler on this thread, with a valid parameter block.
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+            tracing::warn!(
+                "child pid {pid}: cannot switch to idle priority: {}",
                 std::io::Error::last_os_error()
             );
         }

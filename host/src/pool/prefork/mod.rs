@@ -91,10 +91,15 @@ pub struct PreforkConfig {
     pub log_filter: Option<String>,
     /// How long a child may take to become ready. Default: 30 s.
     pub start_timeout: Duration,
-    /// The children's scheduling niceness (0–19; 0 = the parent's). A mixed worker runs
-    /// its prefork children at 10, so CPU-heavy jobs take only the CPU its async pools
-    /// leave idle and their short jobs keep their throughput. Default: 0.
+    /// The children's scheduling niceness (0–19; 0 = the parent's). Default: 0.
     pub nice: i32,
+    /// Run the children under `SCHED_IDLE` (then `nice` does not matter): they get only
+    /// CPU time no other thread wants, and any waking thread of normal priority
+    /// preempts them at once. A mixed worker does this by default, so CPU-heavy jobs
+    /// take only the CPU its async pools leave idle and their short jobs keep their
+    /// throughput. The cost: while the async pools keep every core busy, these children
+    /// barely run, and their jobs' wall-clock time limits keep counting. Default: off.
+    pub idle_priority: bool,
 }
 
 impl PreforkConfig {
@@ -112,6 +117,7 @@ impl PreforkConfig {
             log_filter: None,
             start_timeout: DEFAULT_START_TIMEOUT,
             nice: 0,
+            idle_priority: false,
         }
     }
 
@@ -490,6 +496,9 @@ impl Shared {
             .arg(settings.max_wasm_stack.to_string());
         if config.nice != 0 {
             command.arg("--nice").arg(config.nice.to_string());
+        }
+        if config.idle_priority {
+            command.arg("--idle-priority");
         }
         if config.max_memory_per_child.is_some() {
             command.arg("--report-memory");
