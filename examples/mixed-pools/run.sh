@@ -3,12 +3,14 @@
 # async pool. Prints the short jobs' throughput alone and while the hogs run.
 #
 # usage: examples/mixed-pools/run.sh [SPROUT_BINARY] [TASKS_DIR] [SHORT_JOBS]
-# Extra worker flags in $WORKER_ARGS, e.g. WORKER_ARGS="--prefork-nice 0".
+# Extra worker flags in $WORKER_ARGS, e.g. WORKER_ARGS="--prefork-nice 0"; the CPU pool's
+# spec in $CPU_POOL (default cpu=prefork:2, e.g. CPU_POOL=cpu=prefork:1 on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SPROUT=${1:-target/release/sprout}
 SRC=${2:-target/tasks}
 SHORT=${3:-10000}
+CPU_POOL=${CPU_POOL:-cpu=prefork:2}
 WORK=target/mixed-pools
 rm -rf "$WORK" && mkdir -p "$WORK/tasks"
 export SPROUT_BROKER="sqlite:$WORK/sprout.db"
@@ -21,9 +23,9 @@ printf 'queue = "io"\n' >"$WORK/tasks/echo.toml"
 printf 'queue = "cpu"\n[limits]\nfuel = 20_000_000_000   # about 1 s of CPU\ntime_limit = 30.0\n' \
   >"$WORK/tasks/hog.toml"
 
-echo "== $SPROUT worker --pool io=async:200 --pool cpu=prefork:2 ${WORKER_ARGS:-}"
+echo "== $SPROUT worker --pool io=async:200 --pool $CPU_POOL ${WORKER_ARGS:-}"
 # shellcheck disable=SC2086 # WORKER_ARGS is a list of flags
-"$SPROUT" worker --pool io=async:200 --pool cpu=prefork:2 ${WORKER_ARGS:-} --log info \
+"$SPROUT" worker --pool io=async:200 --pool "$CPU_POOL" ${WORKER_ARGS:-} --log info \
   2>"$WORK/worker.log" &
 WORKER=$!
 trap 'kill $WORKER 2>/dev/null; sleep 0.2; kill $WORKER 2>/dev/null || true' EXIT
