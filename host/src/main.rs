@@ -6,6 +6,12 @@ use clap::Parser;
 use sprout::cli::{Cli, Command};
 use sprout::commands;
 
+/// mimalloc instead of glibc's allocator: per-job setup allocates and frees many small
+/// objects across the runtime's threads, where glibc's `malloc`/`free` took ~15% of a
+/// feed-fetching worker's CPU (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let Cli { log, command } = Cli::parse();
     sprout::telemetry::init(&log);

@@ -218,6 +218,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let rate = n as f64 / secs.max(1e-9);
     let limit = args.concurrency as f64 / (args.feeds.delay_ms.max(1) as f64 / 1000.0);
     let pickup = first_fetch.duration_since(sent).as_secs_f64();
+    // Where the time went: requests arriving (jobs starting and connecting) versus
+    // the last request's delay plus reading the results back.
+    let last_fetch = server.stats.last_request().unwrap_or(first_fetch);
+    let arrivals = last_fetch.duration_since(first_fetch).as_secs_f64();
+    let tail = done.duration_since(last_fetch).as_secs_f64();
     if args.json {
         println!(
             "{}",
@@ -233,6 +238,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 "limit_per_second": limit,
                 "enqueue_seconds": enqueue_secs,
                 "first_fetch_after_seconds": pickup,
+                "requests_arrived_over_seconds": arrivals,
+                "last_request_to_done_seconds": tail,
                 "server_requests": server.stats.requests(),
                 "server_connections": server.stats.connections(),
                 "first_error": first_error,
@@ -241,7 +248,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         eprintln!(
             "enqueued {n} jobs in {enqueue_secs:.3} s; first fetch {pickup:.3} s after; \
-             {} requests on {} connections",
+             {} requests on {} connections, arriving over {arrivals:.3} s; \
+             last request -> last result {tail:.3} s",
             server.stats.requests(),
             server.stats.connections()
         );

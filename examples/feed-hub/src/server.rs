@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -33,6 +33,7 @@ pub struct Stats {
     requests: AtomicU64,
     connections: AtomicU64,
     first: OnceLock<(Instant, chrono::DateTime<chrono::Utc>)>,
+    last: Mutex<Option<Instant>>,
 }
 
 impl Stats {
@@ -44,6 +45,11 @@ impl Stats {
     /// TCP connections accepted so far.
     pub fn connections(&self) -> u64 {
         self.connections.load(Ordering::Relaxed)
+    }
+
+    /// When the latest request arrived.
+    pub fn last_request(&self) -> Option<Instant> {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// When the first request arrived (monotonic and wall clock).
@@ -130,6 +136,7 @@ async fn answer(
         .first
         .get_or_init(|| (Instant::now(), chrono::Utc::now()));
     stats.requests.fetch_add(1, Ordering::Relaxed);
+    *stats.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
     let feed = req
         .uri()
         .path()
