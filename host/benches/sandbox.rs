@@ -219,11 +219,14 @@ async fn parked() {
     );
 }
 
+/// The same source as the guest's `slow_fib` (tasks/fib/src/lib.rs), compiled natively:
+/// wrapping add, never inlined; the caller passes the input through `black_box`.
+#[inline(never)]
 fn native_fib(n: u32) -> u64 {
     if n < 2 {
-        n as u64
+        u64::from(n)
     } else {
-        native_fib(std::hint::black_box(n - 1)) + native_fib(n - 2)
+        native_fib(n - 1).wrapping_add(native_fib(n - 2))
     }
 }
 
