@@ -92,8 +92,13 @@ pub struct ResultRecord {
     pub task: String,
     /// Current state.
     pub state: State,
-    /// The task's JSON result (SUCCESS only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The task's JSON result (SUCCESS only). A task that returned `null` has
+    /// `Some(Value::Null)`: it reads back as a present `null`, not as no result.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present_value"
+    )]
     pub result: Option<Value>,
     /// The failure (FAILURE, RETRY, REVOKED).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -120,6 +125,15 @@ pub struct ResultRecord {
     /// Fill it with `crate::celery::settle`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub celery: Option<CeleryResultMeta>,
+}
+
+/// Deserializes a field that is present as `Some`, even when it is `null` (a plain
+/// `Option<Value>` would turn a stored `null` result into "no result"). A missing field
+/// is `None` through `#[serde(default)]`.
+fn present_value<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(deserializer).map(Some)
 }
 
 /// The Celery workflow fields of a stored result (PROTOCOL.md §6): what a Python client
@@ -305,5 +319,26 @@ pub trait ResultBackend: Send + Sync {
     ) -> Result<(), BackendError> {
         let _ = (job, record, broker);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_null_result_reads_back_as_null_and_a_missing_one_as_none() {
+        let mut record = ResultRecord::new("id-1", "noop", State::Success);
+        record.result = Some(Value::Null);
+        let json = serde_json::to_string(&record).unwrap();
+        assert!(json.contains("\"result\":null"), "{json}");
+        let back: ResultRecord = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.result, Some(Value::Null));
+
+        record.result = None;
+        let json = serde_json::to_string(&record).unwrap();
+        assert!(!json.contains("\"result\""), "{json}");
+        let back: ResultRecord = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.result, None);
     }
 }
