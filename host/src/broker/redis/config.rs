@@ -50,7 +50,7 @@ impl Default for RedisOptions {
             max_held: 100_000,
             poll_interval: Duration::from_millis(20),
             dead_letter_cap: 10_000,
-            result_expires: Duration::from_secs(86_400),
+            result_expires: crate::backend::expiry::DEFAULT_RESULT_EXPIRES,
             response_timeout: Duration::from_secs(30),
         }
     }
