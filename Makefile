@@ -24,8 +24,11 @@ demo: build tasks
 
 ## The whole test suite: host unit + integration tests (real binary, real wasm tasks,
 ## real SQLite; Redis tests run when Redis is reachable), guest SDK and task unit tests.
+## The tests that assert on speed (`timing_*`) run last, one at a time, on a machine
+## nothing else of the suite is loading.
 test: tasks
-	$(CARGO) test --workspace --release
+	$(CARGO) test --workspace --release -- --skip timing_
+	$(CARGO) test --release -p sprout --test all timing_ -- --test-threads=1
 	CARGO_TARGET_DIR=target/wasm $(CARGO) test --manifest-path tasks/Cargo.toml
 
 lint:

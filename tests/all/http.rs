@@ -535,9 +535,6 @@ async fn successive_jobs_reuse_pooled_connections() {
 // ---------------------------------------------------------------------------------------
 // Host waits are async: HTTP waiters and CPU work do not delay each other.
 
-/// The timing tests of this module run one at a time (the box has two cores).
-static TIMED: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 fn feed_capabilities() -> Arc<Capabilities> {
     Arc::new(Capabilities {
         allowed_hosts: vec!["http://127.0.0.1:*".into()],
@@ -588,8 +585,8 @@ async fn latencies(handles: Vec<tokio::task::JoinHandle<Duration>>) -> Vec<Durat
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http_waits_and_cpu_work_do_not_delay_each_other() {
-    let _timed = TIMED.lock().await;
+async fn timing_http_waits_and_cpu_work_do_not_delay_each_other() {
+    let _timed = support::TIMED.lock().await;
     let sandbox = support::sandbox(512);
     let feed = sandbox
         .load_file(&support::task("fetch_feed"))
@@ -729,9 +726,9 @@ async fn feed_run(client: &Client, feeds: usize, extra: &[Job]) -> FeedRun {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_feeds_at_c1000_with_and_without_hogs() {
+async fn timing_a_thousand_feeds_at_c1000_with_and_without_hogs() {
     const FEEDS: usize = 1000;
-    let _timed = TIMED.lock().await;
+    let _timed = support::TIMED.lock().await;
     let tasks = TaskDir::new(&[
         (
             "fetch_feed",

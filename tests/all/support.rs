@@ -12,6 +12,12 @@ use sprout::limits::Limits;
 use sprout::registry::Registry;
 use sprout::sandbox::{EngineSettings, Sandbox};
 
+/// Held by every test that asserts on wall-clock speed (their names start with
+/// `timing_`), so no two of them measure at once on the two-core machine. `make test`
+/// also runs them in a second, single-threaded pass, after everything else, so no other
+/// test of this binary loads the machine while they measure.
+pub static TIMED: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
