@@ -8,7 +8,10 @@ use sprout::commands;
 
 /// mimalloc instead of glibc's allocator: per-job setup allocates and frees many small
 /// objects across the runtime's threads, where glibc's `malloc`/`free` took ~15% of a
-/// feed-fetching worker's CPU (BENCHMARKS.md).
+/// feed-fetching worker's CPU (BENCHMARKS.md). Built with `no_thp`: with transparent huge
+/// pages, each fresh arena region mimalloc touches is faulted in as a zero-filled 2 MiB
+/// page, another ~9% of that worker's CPU in `clear_page_erms`; 4 KiB pages zero only
+/// what is used.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

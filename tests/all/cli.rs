@@ -30,6 +30,43 @@ fn run_prints_results_and_fuel() {
     assert_eq!(stdout(&out), "42");
 }
 
+/// `SPROUT_WASM_PROFILER=perfmap` makes the guest's compiled functions visible to
+/// `perf` by name; an unknown profiler is a clear start-up error.
+#[test]
+fn wasm_profiler_writes_a_perf_map_and_rejects_unknown_names() {
+    let w = Workdir::new();
+    let fib = support::task("fib").display().to_string();
+    let child = w
+        .sprout(&["run", &fib, "fib", "[20]"])
+        .env("SPROUT_WASM_PROFILER", "perfmap")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let map_path = format!("/tmp/perf-{}.map", child.id());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "6765");
+    let map = std::fs::read_to_string(&map_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&map_path);
+    assert!(
+        map.lines().any(|line| line.contains("fib")),
+        "{map_path} names no function of the fib guest:\n{map}"
+    );
+
+    let out = w
+        .sprout(&["run", &fib, "fib", "[20]"])
+        .env("SPROUT_WASM_PROFILER", "vtune")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("SPROUT_WASM_PROFILER=\"vtune\": expected perfmap or none"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 #[test]
 fn run_exit_codes_say_what_went_wrong() {
     let fail = support::task("fail").display().to_string();

@@ -5,11 +5,22 @@
 //! tokio's timers and I/O on time even with 100 spinning guests; epoch ticks did not),
 //! and the pooling allocator (half the per-job cost of on-demand allocation).
 
-use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ProfilingStrategy,
+};
+
+/// Environment variable naming a profiler for guest code: `perfmap` writes
+/// `/tmp/perf-<pid>.map` as code is loaded, so `perf report` names the wasm functions
+/// of a running worker. Unset, empty or `none`: no profiler.
+pub const PROFILER_ENV: &str = "SPROUT_WASM_PROFILER";
 
 /// Per linear memory, how many bytes of dirtied pages a reset restores in place
-/// instead of releasing them (see [`build_engine`]).
-const MEMORY_KEEP_RESIDENT: usize = 1 << 20;
+/// instead of releasing them (see [`build_engine`]). 2 MiB, because a Rust guest's
+/// memory starts with its 1 MiB shadow stack (wasm-ld's default) and its heap begins
+/// above it: with 1 MiB kept, every job's heap pages were released and faulted in again,
+/// zero-filled, by the next job — 9–10% of a feed-fetching worker's CPU in
+/// `clear_page_erms` (BENCHMARKS.md). Only pages a job really dirtied stay resident.
+const MEMORY_KEEP_RESIDENT: usize = 2 << 20;
 /// The same for each table.
 const TABLE_KEEP_RESIDENT: usize = 64 << 10;
 
@@ -51,6 +62,7 @@ pub fn build_engine(settings: &EngineSettings) -> wasmtime::Result<Engine> {
     // The fiber stack must hold the wasm stack plus host frames.
     config.async_stack_size(settings.max_wasm_stack * 2);
     config.parallel_compilation(true);
+    config.profiler(profiler_from_env()?);
 
     let slots = settings.max_instances.max(1);
     let mut pool = PoolingAllocationConfig::new();
@@ -80,4 +92,16 @@ pub fn build_engine(settings: &EngineSettings) -> wasmtime::Result<Engine> {
         .table_keep_resident(TABLE_KEEP_RESIDENT);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     Engine::new(&config)
+}
+
+/// The profiler [`PROFILER_ENV`] asks for.
+fn profiler_from_env() -> wasmtime::Result<ProfilingStrategy> {
+    let value = std::env::var(PROFILER_ENV).unwrap_or_default();
+    match value.as_str() {
+        "" | "none" => Ok(ProfilingStrategy::None),
+        "perfmap" => Ok(ProfilingStrategy::PerfMap),
+        other => Err(wasmtime::Error::msg(format!(
+            "{PROFILER_ENV}={other:?}: expected perfmap or none"
+        ))),
+    }
 }
