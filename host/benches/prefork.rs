@@ -15,8 +15,9 @@
 //! `SPROUT_BENCH_TASKS` overrides the task dir. Children are the `sprout` binary built
 //! for this bench (`CARGO_BIN_EXE_sprout`).
 
+mod common;
+
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,43 +25,22 @@ use serde_json::json;
 use sprout::limits::Limits;
 use sprout::pool::{AsyncPool, Pool, PreforkConfig, PreforkPool};
 use sprout::registry::Registry;
-use sprout::sandbox::{EngineSettings, RunRequest, Sandbox};
+use sprout::sandbox::Sandbox;
+
+use common::pool::{cache_dir, job};
+use common::{Sections, env_usize, runtime};
 
 const JOBS: usize = 40;
 const FIB_N: u32 = 30;
 
-fn tasks_dir() -> PathBuf {
-    std::env::var_os("SPROUT_BENCH_TASKS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/tasks"))
-}
-
-fn cache_dir() -> PathBuf {
-    std::env::temp_dir().join("sprout-bench-cache")
-}
-
 fn rounds() -> usize {
-    std::env::var("SPROUT_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5)
+    env_usize("SPROUT_BENCH_ROUNDS", 5)
 }
 
 async fn setup() -> (Sandbox, Arc<Registry>) {
-    let settings = EngineSettings {
-        max_instances: 64,
-        ..EngineSettings::default()
-    };
-    let sandbox = Sandbox::new(settings, Some(&cache_dir())).expect("sandbox");
-    let registry = Arc::new(Registry::new());
-    let rejected = registry
-        .load(&sandbox, &[tasks_dir()], &Limits::default())
-        .await;
-    assert!(
-        rejected.is_empty(),
-        "{rejected:?} (run ./tasks/build.sh target/tasks first)"
-    );
-    (sandbox, registry)
+    let sandbox = common::pool::sandbox(64);
+    let registry = common::pool::registry(&sandbox, &Limits::default()).await;
+    (sandbox, Arc::new(registry))
 }
 
 async fn prefork(sandbox: &Sandbox, processes: usize) -> Arc<PreforkPool> {
@@ -69,21 +49,6 @@ async fn prefork(sandbox: &Sandbox, processes: usize) -> Arc<PreforkPool> {
     config.cache_dir = Some(cache_dir());
     config.log_filter = Some("warn".into());
     Arc::new(PreforkPool::start(config).await.expect("prefork pool"))
-}
-
-async fn job(
-    pool: &dyn Pool,
-    registry: &Registry,
-    task: &str,
-    args: serde_json::Value,
-) -> sprout::outcome::Execution {
-    let entry = registry.lookup(task).expect("task");
-    let mut request = RunRequest::new(
-        entry.export.clone(),
-        args.as_array().cloned().unwrap_or_default(),
-    );
-    request.limits = entry.limits.clone();
-    pool.execute(entry, request).await
 }
 
 #[inline(never)]
@@ -235,22 +200,13 @@ async fn dispatch(sandbox: &Sandbox, registry: &Arc<Registry>) {
 }
 
 fn main() {
-    let sections: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let wanted = |s: &str| sections.is_empty() || sections.iter().any(|x| x == s);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    let sections = Sections::from_args();
+    runtime().block_on(async {
         let (sandbox, registry) = setup().await;
-        if wanted("cpu") {
+        if sections.wanted("cpu") {
             cpu(&sandbox, &registry).await;
         }
-        if wanted("dispatch") {
+        if sections.wanted("dispatch") {
             dispatch(&sandbox, &registry).await;
         }
     });

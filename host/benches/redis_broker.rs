@@ -14,39 +14,21 @@
 //! 3. the same drain with several consumers on one connection (pipelined round trips);
 //! 4. end to end: a producer publishing 1 000 per call while the consumers drain.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use sprout::backend::ResultBackend;
 use sprout::backend::redis::RedisBackend;
-use sprout::backend::{ResultBackend, ResultRecord, State};
 use sprout::broker::Broker;
 use sprout::broker::redis::{RedisBroker, RedisOptions};
 use sprout::celery;
-use sprout::job::Job;
+use tokio::task::JoinHandle;
 
-const LEASE: Duration = Duration::from_secs(60);
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn jobs(queue: &str, n: usize) -> Vec<Job> {
-    (0..n)
-        .map(|i| {
-            let mut job = Job::new(
-                "bench.add",
-                vec![i.into(), 2.into()],
-                serde_json::Map::new(),
-            );
-            job.queue = queue.to_owned();
-            job
-        })
-        .collect()
-}
+use common::broker::{LEASE, jobs, publish_all, report, spawn_producer, success_record};
+use common::{env_usize, runtime};
 
 /// Fetches, stores a result for and acks jobs until `done` reaches `target`.
 async fn consume(
@@ -71,11 +53,7 @@ async fn consume(
         let mut records = Vec::with_capacity(got.len());
         for d in &got {
             let job = d.job.as_ref().unwrap();
-            let mut rec = ResultRecord::new(job.id.clone(), job.task.clone(), State::Success);
-            rec.result = Some(serde_json::json!(job.args.len()));
-            rec.duration_ms = Some(0.1);
-            rec.fuel_used = Some(1000);
-            records.extend(celery::settle(job, rec).store);
+            records.extend(celery::settle(job, success_record(job)).store);
         }
         let t = add_phase(1, t);
         backend.store(&records).await.unwrap();
@@ -95,12 +73,28 @@ fn add_phase(i: usize, since: Instant) -> Instant {
     Instant::now()
 }
 
-fn report(what: &str, n: usize, took: Duration) {
-    let rate = n as f64 / took.as_secs_f64();
-    println!(
-        "{what:<48} {n:>7} jobs in {:>7.1} ms = {rate:>9.0} jobs/s",
-        took.as_secs_f64() * 1e3
-    );
+/// Spawns `consumers` consumers of `queue` that together handle `target` jobs.
+fn spawn_consumers(
+    broker: &Arc<RedisBroker>,
+    backend: &Arc<RedisBackend>,
+    queue: &str,
+    batch: usize,
+    target: usize,
+    consumers: usize,
+) -> Vec<JoinHandle<()>> {
+    let done = Arc::new(AtomicUsize::new(0));
+    (0..consumers)
+        .map(|_| {
+            tokio::spawn(consume(
+                broker.clone(),
+                backend.clone(),
+                queue.to_string(),
+                batch,
+                done.clone(),
+                target,
+            ))
+        })
+        .collect()
 }
 
 async fn drain(
@@ -115,20 +109,8 @@ async fn drain(
     for p in &PHASES {
         p.store(0, Ordering::Relaxed);
     }
-    let done = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
-    let tasks: Vec<_> = (0..consumers)
-        .map(|_| {
-            tokio::spawn(consume(
-                broker.clone(),
-                backend.clone(),
-                queue.to_string(),
-                batch,
-                done.clone(),
-                n,
-            ))
-        })
-        .collect();
+    let tasks = spawn_consumers(broker, backend, queue, batch, n, consumers);
     for t in tasks {
         t.await.unwrap();
     }
@@ -169,9 +151,7 @@ async fn run(url: &str, n: usize, batch: usize, consumers: usize) {
     drop(encoded);
 
     let start = Instant::now();
-    for chunk in sent.chunks(10_000) {
-        broker.publish(chunk).await.unwrap();
-    }
+    publish_all(broker.as_ref(), &sent, 10_000).await;
     report("publish (10k per call)", n, start.elapsed());
     drain(
         "fetch+store+ack, 1 consumer",
@@ -184,35 +164,14 @@ async fn run(url: &str, n: usize, batch: usize, consumers: usize) {
     )
     .await;
 
-    for chunk in jobs("bench2", n).chunks(10_000) {
-        broker.publish(chunk).await.unwrap();
-    }
+    publish_all(broker.as_ref(), &jobs("bench2", n), 10_000).await;
     let label = format!("fetch+store+ack, {consumers} consumers");
     drain(&label, &broker, &backend, "bench2", n, batch, consumers).await;
 
     let sent = jobs("e2e", n);
     let start = Instant::now();
-    let producer = {
-        let broker = broker.clone();
-        tokio::spawn(async move {
-            for chunk in sent.chunks(1_000) {
-                broker.publish(chunk).await.unwrap();
-            }
-        })
-    };
-    let done = Arc::new(AtomicUsize::new(0));
-    let tasks: Vec<_> = (0..consumers)
-        .map(|_| {
-            tokio::spawn(consume(
-                broker.clone(),
-                backend.clone(),
-                "e2e".into(),
-                batch,
-                done.clone(),
-                n,
-            ))
-        })
-        .collect();
+    let producer = spawn_producer(broker.clone(), sent, 1_000);
+    let tasks = spawn_consumers(&broker, &backend, "e2e", batch, n, consumers);
     producer.await.unwrap();
     for t in tasks {
         t.await.unwrap();
@@ -274,10 +233,5 @@ fn main() {
     let n = env_usize("SPROUT_BENCH_JOBS", 50_000);
     let batch = env_usize("SPROUT_BENCH_BATCH", 256);
     let consumers = env_usize("SPROUT_BENCH_CONSUMERS", 2);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(run(&url, n, batch, consumers));
+    runtime().block_on(run(&url, n, batch, consumers));
 }

@@ -8,7 +8,8 @@
 //! short jobs beside 2, 10 and 100 hogs), `parked` (memory per sleeping job at 10k: PSS and RSS),
 //! `fib` (fib(30) under fuel vs native). `SPROUT_BENCH_TASKS` overrides the task dir.
 
-use std::path::PathBuf;
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,47 +17,22 @@ use serde_json::json;
 use sprout::limits::Limits;
 use sprout::pool::{AsyncPool, Pool};
 use sprout::registry::Registry;
-use sprout::sandbox::{EngineSettings, RunRequest, Sandbox};
+use sprout::sandbox::RunRequest;
 
-fn tasks_dir() -> PathBuf {
-    std::env::var_os("SPROUT_BENCH_TASKS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/tasks"))
-}
+use common::pool::job;
+use common::{Sections, runtime};
 
 async fn setup(
     instances: u32,
     concurrency: usize,
     limits: Limits,
 ) -> (Arc<dyn Pool>, Arc<Registry>) {
-    let settings = EngineSettings {
-        max_instances: instances,
-        ..EngineSettings::default()
-    };
-    let cache = std::env::temp_dir().join("sprout-bench-cache");
-    let sandbox = Sandbox::new(settings, Some(&cache)).expect("sandbox");
-    let registry = Arc::new(Registry::new());
-    let rejected = registry.load(&sandbox, &[tasks_dir()], &limits).await;
-    assert!(
-        rejected.is_empty(),
-        "{rejected:?} (run ./tasks/build.sh target/tasks first)"
-    );
-    (Arc::new(AsyncPool::new(sandbox, concurrency)), registry)
-}
-
-async fn job(
-    pool: &dyn Pool,
-    registry: &Registry,
-    task: &str,
-    args: serde_json::Value,
-) -> sprout::outcome::Execution {
-    let entry = registry.lookup(task).expect("task");
-    let mut request = RunRequest::new(
-        entry.export.clone(),
-        args.as_array().cloned().unwrap_or_default(),
-    );
-    request.limits = entry.limits.clone();
-    pool.execute(entry, request).await
+    let sandbox = common::pool::sandbox(instances);
+    let registry = common::pool::registry(&sandbox, &limits).await;
+    (
+        Arc::new(AsyncPool::new(sandbox, concurrency)),
+        Arc::new(registry),
+    )
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -268,27 +244,18 @@ async fn fib() {
 }
 
 fn main() {
-    let sections: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let want = |s: &str| sections.is_empty() || sections.iter().any(|x| x == s);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        if want("overhead") {
+    let sections = Sections::from_args();
+    runtime().block_on(async {
+        if sections.wanted("overhead") {
             overhead().await;
         }
-        if want("latency") {
+        if sections.wanted("latency") {
             latency().await;
         }
-        if want("parked") {
+        if sections.wanted("parked") {
             parked().await;
         }
-        if want("fib") {
+        if sections.wanted("fib") {
             fib().await;
         }
     });

@@ -10,37 +10,18 @@
 //! 3. end to end: a producer publishing 1 000 per call while two consumers drain
 //!    concurrently, timed from the first publish to the last ack.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use sprout::backend::{ResultBackend, ResultRecord, State};
+use sprout::backend::{ResultBackend, ResultRecord};
 use sprout::broker::Broker;
 use sprout::broker::sqlite::SqliteStore;
-use sprout::job::Job;
 
-const LEASE: Duration = Duration::from_secs(60);
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn jobs(queue: &str, n: usize) -> Vec<Job> {
-    (0..n)
-        .map(|i| {
-            let mut job = Job::new(
-                "bench.add",
-                vec![i.into(), 2.into()],
-                serde_json::Map::new(),
-            );
-            job.queue = queue.to_owned();
-            job
-        })
-        .collect()
-}
+use common::broker::{LEASE, jobs, publish_all, report, spawn_producer, success_record};
+use common::{env_usize, runtime};
 
 /// Fetches, stores a result for and acks jobs until `total` (shared) reaches `target`.
 async fn consume(
@@ -61,28 +42,13 @@ async fn consume(
         }
         let records: Vec<ResultRecord> = got
             .iter()
-            .map(|d| {
-                let job = d.job.as_ref().unwrap();
-                let mut rec = ResultRecord::new(job.id.clone(), job.task.clone(), State::Success);
-                rec.result = Some(serde_json::json!(job.args.len()));
-                rec.duration_ms = Some(0.1);
-                rec.fuel_used = Some(1000);
-                rec
-            })
+            .map(|d| success_record(d.job.as_ref().unwrap()))
             .collect();
         store.store(&records).await.unwrap();
         let tags: Vec<_> = got.iter().map(|d| d.tag.clone()).collect();
         store.ack(&tags).await.unwrap();
         done.fetch_add(got.len(), Ordering::Relaxed);
     }
-}
-
-fn report(what: &str, n: usize, took: Duration) {
-    let rate = n as f64 / took.as_secs_f64();
-    println!(
-        "{what:<44} {n:>7} jobs in {:>7.1} ms = {rate:>9.0} jobs/s",
-        took.as_secs_f64() * 1e3
-    );
 }
 
 async fn run(n: usize, batch: usize) {
@@ -96,9 +62,7 @@ async fn run(n: usize, batch: usize) {
     // 1. publish
     let sent = jobs("bench", n);
     let start = Instant::now();
-    for chunk in sent.chunks(10_000) {
-        store.publish(chunk).await.unwrap();
-    }
+    publish_all(store.as_ref(), &sent, 10_000).await;
     report("publish (10k per call)", n, start.elapsed());
 
     // 2. drain: fetch + store + ack, one consumer
@@ -116,14 +80,7 @@ async fn run(n: usize, batch: usize) {
     let sent = jobs("e2e", n);
     let done = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
-    let producer = {
-        let store = store.clone();
-        tokio::spawn(async move {
-            for chunk in sent.chunks(1_000) {
-                store.publish(chunk).await.unwrap();
-            }
-        })
-    };
+    let producer = spawn_producer(store.clone(), sent, 1_000);
     let consumers: Vec<_> = (0..2)
         .map(|_| tokio::spawn(consume(store.clone(), "e2e".into(), batch, done.clone(), n)))
         .collect();
@@ -151,10 +108,5 @@ async fn run(n: usize, batch: usize) {
 fn main() {
     let n = env_usize("SPROUT_BENCH_JOBS", 50_000);
     let batch = env_usize("SPROUT_BENCH_BATCH", 256);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(run(n, batch));
+    runtime().block_on(run(n, batch));
 }

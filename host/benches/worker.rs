@@ -9,6 +9,8 @@
 //! The enqueue rate of the CLI is measured with
 //! `sprout send echo '[1]' --count 100000 --broker sqlite:/tmp/b.db` (it prints jobs/s).
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,23 +26,13 @@ use sprout::registry::Registry;
 use sprout::sandbox::{EngineSettings, Sandbox};
 use sprout::worker::{Shutdown, Worker, WorkerConfig};
 
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use common::{env_usize, runtime};
 
 fn main() {
-    let jobs = env_or("SPROUT_BENCH_JOBS", 50_000);
-    let concurrency = env_or("SPROUT_BENCH_CONCURRENCY", 100);
+    let jobs = env_usize("SPROUT_BENCH_JOBS", 50_000);
+    let concurrency = env_usize("SPROUT_BENCH_CONCURRENCY", 100);
     let tasks = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/tasks");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async move {
+    runtime().block_on(async move {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(dir.path().join("bench.db")).await.unwrap());
         let batch: Vec<Job> = (0..jobs).map(|i| Job::new("echo", vec![json!(i)], Default::default())).collect();
