@@ -27,7 +27,9 @@ use sprout::broker::redis::{RedisBroker, RedisOptions};
 use sprout::celery;
 use tokio::task::JoinHandle;
 
-use common::broker::{LEASE, jobs, publish_all, report, spawn_producer, success_record};
+use common::broker::{
+    LEASE, assert_drained, end_to_end, jobs, publish_all, report, success_record,
+};
 use common::{env_usize, runtime};
 
 /// Fetches, stores a result for and acks jobs until `done` reaches `target`.
@@ -168,25 +170,16 @@ async fn run(url: &str, n: usize, batch: usize, consumers: usize) {
     let label = format!("fetch+store+ack, {consumers} consumers");
     drain(&label, &broker, &backend, "bench2", n, batch, consumers).await;
 
-    let sent = jobs("e2e", n);
-    let start = Instant::now();
-    let producer = spawn_producer(broker.clone(), sent, 1_000);
-    let tasks = spawn_consumers(&broker, &backend, "e2e", batch, n, consumers);
-    producer.await.unwrap();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    report(
-        &format!("end to end: publish 1k/call, {consumers} consumers, batch {batch}"),
+    end_to_end(
+        broker.clone(),
+        "e2e",
         n,
-        start.elapsed(),
-    );
+        &format!("end to end: publish 1k/call, {consumers} consumers, batch {batch}"),
+        || spawn_consumers(&broker, &backend, "e2e", batch, n, consumers),
+    )
+    .await;
 
-    let stats = broker.stats().await.unwrap();
-    assert!(
-        stats.iter().all(|s| s.ready + s.leased + s.scheduled == 0),
-        "{stats:?}"
-    );
+    assert_drained(broker.as_ref()).await;
 
     // Clean up the prefix (results included).
     let mut conn = opts

@@ -20,7 +20,9 @@ use sprout::backend::{ResultBackend, ResultRecord};
 use sprout::broker::Broker;
 use sprout::broker::sqlite::SqliteStore;
 
-use common::broker::{LEASE, jobs, publish_all, report, spawn_producer, success_record};
+use common::broker::{
+    LEASE, assert_drained, end_to_end, jobs, publish_all, report, success_record,
+};
 use common::{env_usize, runtime};
 
 /// Fetches, stores a result for and acks jobs until `total` (shared) reaches `target`.
@@ -77,28 +79,21 @@ async fn run(n: usize, batch: usize) {
     assert_eq!(done.load(Ordering::Relaxed), n);
 
     // 3. end to end: producer and two consumers at once
-    let sent = jobs("e2e", n);
     let done = Arc::new(AtomicUsize::new(0));
-    let start = Instant::now();
-    let producer = spawn_producer(store.clone(), sent, 1_000);
-    let consumers: Vec<_> = (0..2)
-        .map(|_| tokio::spawn(consume(store.clone(), "e2e".into(), batch, done.clone(), n)))
-        .collect();
-    producer.await.unwrap();
-    for consumer in consumers {
-        consumer.await.unwrap();
-    }
-    report(
-        &format!("end to end: publish 1k/call, 2 consumers, batch {batch}"),
+    end_to_end(
+        store.clone(),
+        "e2e",
         n,
-        start.elapsed(),
-    );
+        &format!("end to end: publish 1k/call, 2 consumers, batch {batch}"),
+        || {
+            (0..2)
+                .map(|_| tokio::spawn(consume(store.clone(), "e2e".into(), batch, done.clone(), n)))
+                .collect()
+        },
+    )
+    .await;
 
-    let stats = store.stats().await.unwrap();
-    assert!(
-        stats.iter().all(|s| s.ready + s.leased + s.scheduled == 0),
-        "{stats:?}"
-    );
+    assert_drained(store.as_ref()).await;
     let db = std::fs::metadata(dir.path().join("bench.db"))
         .map(|m| m.len())
         .unwrap_or(0);

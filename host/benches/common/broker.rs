@@ -2,7 +2,7 @@
 //! publish, the result a consumer stores for each, publishing, and the report line.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sprout::backend::{ResultRecord, State};
 use sprout::broker::Broker;
@@ -58,5 +58,35 @@ pub fn report(what: &str, n: usize, took: Duration) {
     println!(
         "{what:<48} {n:>7} jobs in {:>7.1} ms = {rate:>9.0} jobs/s",
         took.as_secs_f64() * 1e3
+    );
+}
+
+/// The end-to-end phase: a producer publishes `n` fresh jobs on `queue`, 1 000 per call,
+/// while the consumers that `spawn_consumers` starts drain them; timed from the first
+/// publish to the last ack and reported as `label`.
+pub async fn end_to_end<B: Broker + ?Sized + 'static>(
+    broker: Arc<B>,
+    queue: &str,
+    n: usize,
+    label: &str,
+    spawn_consumers: impl FnOnce() -> Vec<JoinHandle<()>>,
+) {
+    let sent = jobs(queue, n);
+    let start = Instant::now();
+    let producer = spawn_producer(broker, sent, 1_000);
+    let consumers = spawn_consumers();
+    producer.await.unwrap();
+    for consumer in consumers {
+        consumer.await.unwrap();
+    }
+    report(label, n, start.elapsed());
+}
+
+/// Asserts that `broker` holds no job: none ready, leased or scheduled.
+pub async fn assert_drained<B: Broker + ?Sized>(broker: &B) {
+    let stats = broker.stats().await.unwrap();
+    assert!(
+        stats.iter().all(|s| s.ready + s.leased + s.scheduled == 0),
+        "{stats:?}"
     );
 }
