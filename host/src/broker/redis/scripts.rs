@@ -7,6 +7,13 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
+/// A script compiled (hashed) on first use from its Lua source.
+macro_rules! lua {
+    ($source:literal) => {
+        LazyLock::new(|| Script::new($source))
+    };
+}
+
 /// Reserve: pop up to `max` messages from the list keys in order and record each in
 /// `unacked` (`[envelope, "", routing_key]`) and `unacked_index` (score) in the same
 /// atomic step, so a crash can never lose a popped message: it is either still in its
@@ -19,9 +26,8 @@ use redis::Script;
 /// The delivery tag is read from the envelope's end, where every Celery 5 producer
 /// (and Sprout) writes `"delivery_tag": "…"}}`; other layouts are decoded with cjson,
 /// and a message without a tag gets `sprout-<n>`.
-pub static RESERVE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+pub static RESERVE: LazyLock<Script> = lua!(
+    r#"
 local max = tonumber(ARGV[1])
 local score = ARGV[2]
 local out = {}
@@ -76,9 +82,8 @@ for i = 4, #KEYS do
 end
 flush()
 return out
-"#,
-    )
-});
+"#
+);
 
 /// Sweep, first half: take `unacked_mutex` (as kombu does, `SET NX PX 300000`) and list
 /// up to `limit` reservations older than the cutoff, with their entries.
@@ -86,9 +91,8 @@ return out
 /// KEYS: `unacked_mutex`, `unacked_index`, `unacked`. ARGV: token, cutoff score, limit.
 /// Returns nil when another worker holds the lock, else a flat array (tag, entry or "").
 /// When nothing is stale the lock is released at once.
-pub static SWEEP_SCAN: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+pub static SWEEP_SCAN: LazyLock<Script> = lua!(
+    r#"
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', 300000) then
   return false
 end
@@ -103,25 +107,22 @@ for _, tag in ipairs(tags) do
   out[#out + 1] = redis.call('HGET', KEYS[3], tag) or ''
 end
 return out
-"#,
-    )
-});
+"#
+);
 
 /// Compare-and-delete of `unacked_mutex` (kombu's own script).
 ///
 /// KEYS: `unacked_mutex`. ARGV: token.
-pub static UNLOCK: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+pub static UNLOCK: LazyLock<Script> = lua!(
+    r#"
 local token = redis.call('get', KEYS[1])
 if not token or token ~= ARGV[1] then
     return 0
 end
 redis.call('del', KEYS[1])
 return 1
-"#,
-    )
-});
+"#
+);
 
 /// Restore: put reserved messages back at the consuming end of their lists (RPUSH, so
 /// they are delivered next), each only if it is still reserved — and, for the sweep,
@@ -131,9 +132,8 @@ return 1
 /// KEYS: `unacked`, `unacked_index`, then one target list per message.
 /// ARGV: cutoff score ("" = unconditional), then (tag, envelope) per message.
 /// Returns how many were restored.
-pub static RESTORE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+pub static RESTORE: LazyLock<Script> = lua!(
+    r#"
 local n = 0
 for i = 3, #KEYS do
   local tag = ARGV[2 * (i - 2)]
@@ -150,17 +150,15 @@ for i = 3, #KEYS do
   end
 end
 return n
-"#,
-    )
-});
+"#
+);
 
 /// Drop index entries that have no message in `unacked` (still none now: a tag can be
 /// reserved again, since a restored message keeps its tag).
 ///
 /// KEYS: `unacked`, `unacked_index`. ARGV: the tags. Returns how many were dropped.
-pub static DROP_ORPHANS: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+pub static DROP_ORPHANS: LazyLock<Script> = lua!(
+    r#"
 local n = 0
 for _, tag in ipairs(ARGV) do
   if redis.call('HEXISTS', KEYS[1], tag) == 0 then
@@ -168,16 +166,14 @@ for _, tag in ipairs(ARGV) do
   end
 end
 return n
-"#,
-    )
-});
+"#
+);
 
 /// Renew the reservations that still exist, saying which ones did.
 ///
 /// KEYS: `unacked_index`. ARGV: score, then the tags. Returns 1 or 0 per tag.
-pub static TOUCH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+pub static TOUCH: LazyLock<Script> = lua!(
+    r#"
 local out = {}
 for i = 2, #ARGV do
   if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
@@ -188,27 +184,24 @@ for i = 2, #ARGV do
   end
 end
 return out
-"#,
-    )
-});
+"#
+);
 
 /// Retry: replace a reservation by a new message (LPUSH, the end of the line) in one
 /// step, only if the reservation is still ours.
 ///
 /// KEYS: `unacked`, `unacked_index`, target list. ARGV: tag, envelope.
 /// Returns 1, or 0 when the tag was not reserved.
-pub static REPLACE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+pub static REPLACE: LazyLock<Script> = lua!(
+    r#"
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then
   return 0
 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('LPUSH', KEYS[3], ARGV[2])
 return 1
-"#,
-    )
-});
+"#
+);
 
 /// Dead-letter: move a reservation to `sprout.dead` (capped) and, when a result key is
 /// given and holds nothing yet, store and publish a FAILURE there.
@@ -216,9 +209,8 @@ return 1
 /// KEYS: `unacked`, `unacked_index`, dead list, result key.
 /// ARGV: tag, dead-letter record, cap, result JSON ("" = none), result TTL seconds.
 /// Returns 1, or 0 when the tag was not reserved.
-pub static DEAD_LETTER: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+pub static DEAD_LETTER: LazyLock<Script> = lua!(
+    r#"
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then
   return 0
 end
@@ -231,22 +223,19 @@ if ARGV[4] ~= '' then
   end
 end
 return 1
-"#,
-    )
-});
+"#
+);
 
 /// Purge: length and deletion of a queue's four priority lists in one step.
 ///
 /// KEYS: the lists. Returns how many messages they held.
-pub static PURGE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+pub static PURGE: LazyLock<Script> = lua!(
+    r#"
 local n = 0
 for i = 1, #KEYS do
   n = n + redis.call('LLEN', KEYS[i])
   redis.call('DEL', KEYS[i])
 end
 return n
-"#,
-    )
-});
+"#
+);
