@@ -72,6 +72,13 @@ fn no_limits() -> LimitOverrides {
     LimitOverrides::default()
 }
 
+/// The limits a job asks for: none but what `ask` sets.
+fn asking(ask: impl FnOnce(&mut LimitOverrides)) -> LimitOverrides {
+    let mut limits = no_limits();
+    ask(&mut limits);
+    limits
+}
+
 /// Every outcome the pool must produce, with the reason it must carry.
 pub async fn outcome_suite(pool: Arc<dyn Pool>, registry: &Registry) {
     let pool = pool.as_ref();
@@ -144,17 +151,8 @@ pub async fn outcome_suite(pool: Arc<dyn Pool>, registry: &Registry) {
     assert_eq!(e.fuel_used, 2_000_000_000);
 
     // Wall clock: a sleeping guest burns no fuel but hits the time limit.
-    let e = run_job(
-        pool,
-        registry,
-        "sleep",
-        json!([5.0]),
-        LimitOverrides {
-            time_limit: Some(0.3),
-            ..no_limits()
-        },
-    )
-    .await;
+    let hard = asking(|l| l.time_limit = Some(0.3));
+    let e = run_job(pool, registry, "sleep", json!([5.0]), hard).await;
     assert_eq!(
         e.outcome,
         Outcome::TimeLimit {
@@ -163,17 +161,8 @@ pub async fn outcome_suite(pool: Arc<dyn Pool>, registry: &Registry) {
         }
     );
     assert!(e.duration < Duration::from_secs(2), "{:?}", e.duration);
-    let e = run_job(
-        pool,
-        registry,
-        "sleep",
-        json!([5.0]),
-        LimitOverrides {
-            soft_time_limit: Some(0.2),
-            ..no_limits()
-        },
-    )
-    .await;
+    let soft = asking(|l| l.soft_time_limit = Some(0.2));
+    let e = run_job(pool, registry, "sleep", json!([5.0]), soft).await;
     assert_eq!(
         e.outcome,
         Outcome::TimeLimit {
@@ -215,84 +204,52 @@ pub async fn outcome_suite(pool: Arc<dyn Pool>, registry: &Registry) {
 /// A job may lower its limits but never raise them above the task's.
 pub async fn job_limits_suite(pool: Arc<dyn Pool>, registry: &Registry) {
     let pool = pool.as_ref();
-    let lower = LimitOverrides {
-        fuel: Some(50_000_000),
-        ..no_limits()
-    };
-    let e = run_job(pool, registry, "hog", json!([]), lower).await;
-    assert_eq!(e.outcome, Outcome::OutOfFuel { budget: 50_000_000 });
-    let raise = LimitOverrides {
-        fuel: Some(1_000_000_000_000),
-        ..no_limits()
-    };
-    let e = run_job(pool, registry, "hog", json!([]), raise).await;
-    assert_eq!(
-        e.outcome,
-        Outcome::OutOfFuel {
-            budget: 2_000_000_000
-        },
-        "raising is ignored"
-    );
-
-    let e = run_job(
-        pool,
-        registry,
-        "alloc",
-        json!([8]),
-        LimitOverrides {
-            memory_bytes: Some(4 << 20),
-            ..no_limits()
-        },
-    )
-    .await;
-    assert_eq!(
-        e.outcome,
-        Outcome::MemoryLimit {
-            limit_bytes: 4 << 20
-        }
-    );
-    let e = run_job(
-        pool,
-        registry,
-        "alloc",
-        json!([100]),
-        LimitOverrides {
-            memory_bytes: Some(1 << 30),
-            ..no_limits()
-        },
-    )
-    .await;
-    assert_eq!(
-        e.outcome,
-        Outcome::MemoryLimit {
-            limit_bytes: 64 << 20
-        },
-        "raising is ignored"
-    );
-
-    let e = run_job(
-        pool,
-        registry,
-        "spew",
-        json!([200]),
-        LimitOverrides {
-            output_bytes: Some(100),
-            ..no_limits()
-        },
-    )
-    .await;
-    assert_eq!(e.outcome, Outcome::OutputTooLarge { limit_bytes: 100 });
-    let e = run_job(
-        pool,
-        registry,
-        "sleep",
-        json!([0.05]),
-        LimitOverrides {
-            time_limit: Some(1e9),
-            ..no_limits()
-        },
-    )
-    .await;
+    // Each limit asked for below the task's own (it applies), then above it (the task's
+    // own applies: raising is ignored).
+    let cases = [
+        (
+            "hog",
+            json!([]),
+            asking(|l| l.fuel = Some(50_000_000)),
+            Outcome::OutOfFuel { budget: 50_000_000 },
+        ),
+        (
+            "hog",
+            json!([]),
+            asking(|l| l.fuel = Some(1_000_000_000_000)),
+            Outcome::OutOfFuel {
+                budget: 2_000_000_000,
+            },
+        ),
+        (
+            "alloc",
+            json!([8]),
+            asking(|l| l.memory_bytes = Some(4 << 20)),
+            Outcome::MemoryLimit {
+                limit_bytes: 4 << 20,
+            },
+        ),
+        (
+            "alloc",
+            json!([100]),
+            asking(|l| l.memory_bytes = Some(1 << 30)),
+            Outcome::MemoryLimit {
+                limit_bytes: 64 << 20,
+            },
+        ),
+        (
+            "spew",
+            json!([200]),
+            asking(|l| l.output_bytes = Some(100)),
+            Outcome::OutputTooLarge { limit_bytes: 100 },
+        ),
+    ];
+    for (task, args, asked, expected) in cases {
+        let e = run_job(pool, registry, task, args, asked.clone()).await;
+        assert_eq!(e.outcome, expected, "{task} asking for {asked:?}");
+    }
+    let raise = asking(|l| l.time_limit = Some(1e9));
+    let e = run_job(pool, registry, "sleep", json!([0.05]), raise).await;
     assert!(e.outcome.is_success());
 }
 
