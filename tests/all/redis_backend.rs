@@ -13,7 +13,7 @@ use sprout::celery;
 use sprout::job::{CeleryContext, Job};
 
 use crate::broker_conformance::{fetch_now, fresh_queue, job_of};
-use crate::redis_broker::{cleanup, raw, redis_up, test_options};
+use crate::redis_broker::{cleanup, raw, redis_test};
 
 fn success(id: &str, value: Value) -> ResultRecord {
     let mut r = ResultRecord::new(id, "add", State::Success);
@@ -23,10 +23,9 @@ fn success(id: &str, value: Value) -> ResultRecord {
 
 #[tokio::test]
 async fn store_get_and_the_key_celery_reads() {
-    if !redis_up("store_get_and_the_key_celery_reads") {
+    let Some(opts) = redis_test("store_get_and_the_key_celery_reads") else {
         return;
-    }
-    let opts = test_options();
+    };
     let backend = RedisBackend::connect(opts.clone()).await.unwrap();
     let id = uuid::Uuid::new_v4().to_string();
     let mut rec = success(&id, json!({"sum": 5}));
@@ -64,10 +63,9 @@ async fn store_get_and_the_key_celery_reads() {
 
 #[tokio::test]
 async fn success_is_never_overwritten_and_final_beats_started() {
-    if !redis_up("success_is_never_overwritten_and_final_beats_started") {
+    let Some(opts) = redis_test("success_is_never_overwritten_and_final_beats_started") else {
         return;
-    }
-    let opts = test_options();
+    };
     let backend = RedisBackend::connect(opts.clone()).await.unwrap();
     let id = "guarded";
     backend
@@ -118,10 +116,9 @@ async fn success_is_never_overwritten_and_final_beats_started() {
 
 #[tokio::test]
 async fn ignore_result_stores_nothing() {
-    if !redis_up("ignore_result_stores_nothing") {
+    let Some(opts) = redis_test("ignore_result_stores_nothing") else {
         return;
-    }
-    let opts = test_options();
+    };
     let backend = RedisBackend::connect(opts.clone()).await.unwrap();
     let mut job = Job::new("add", vec![json!(1)], Default::default());
     job.celery = Some(CeleryContext {
@@ -138,10 +135,9 @@ async fn ignore_result_stores_nothing() {
 /// exactly the stored JSON, whose `task_id` the Python client needs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_is_woken_by_publish() {
-    if !redis_up("wait_is_woken_by_publish") {
+    let Some(opts) = redis_test("wait_is_woken_by_publish") else {
         return;
-    }
-    let opts = test_options();
+    };
     let backend = std::sync::Arc::new(RedisBackend::connect(opts.clone()).await.unwrap());
     let id = uuid::Uuid::new_v4().to_string();
 
@@ -187,10 +183,9 @@ async fn wait_is_woken_by_publish() {
 /// complete it once, and the body gets the results in header order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chord_completes_once_in_header_order() {
-    if !redis_up("chord_completes_once_in_header_order") {
+    let Some(opts) = redis_test("chord_completes_once_in_header_order") else {
         return;
-    }
-    let opts = test_options();
+    };
     let backend = RedisBackend::connect(opts.clone()).await.unwrap();
     let broker = RedisBroker::connect(opts.clone()).await.unwrap();
     let gid = uuid::Uuid::new_v4().to_string();
@@ -252,10 +247,9 @@ async fn chord_completes_once_in_header_order() {
 /// A failed part: the body is not sent; its id gets Celery's ChordError.
 #[tokio::test]
 async fn chord_with_a_failed_part_fails_the_body() {
-    if !redis_up("chord_with_a_failed_part_fails_the_body") {
+    let Some(opts) = redis_test("chord_with_a_failed_part_fails_the_body") else {
         return;
-    }
-    let opts = test_options();
+    };
     let backend = RedisBackend::connect(opts.clone()).await.unwrap();
     let broker = RedisBroker::connect(opts.clone()).await.unwrap();
     let (gid, body_id) = ("g-fail", "body-fail");

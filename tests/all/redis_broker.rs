@@ -33,9 +33,15 @@ pub fn redis_up(test: &str) -> bool {
 }
 
 /// Options for one test: db 9, a fresh key prefix.
-pub fn test_options() -> RedisOptions {
+fn test_options() -> RedisOptions {
     let prefix = format!("sprout-test-{}:", uuid::Uuid::new_v4().simple());
     RedisOptions::from_url(&format!("redis://{REDIS_ADDR}/9?global_keyprefix={prefix}")).unwrap()
+}
+
+/// [`test_options`] for `test` when Redis is up; `None` (after saying why `test` is
+/// skipped) when not.
+pub fn redis_test(test: &str) -> Option<RedisOptions> {
+    redis_up(test).then(test_options)
 }
 
 /// A raw connection to the test database.
@@ -60,6 +66,26 @@ pub async fn cleanup(opts: &RedisOptions) {
     }
 }
 
+/// How many messages wait in `queue`'s list and how many are reserved (`unacked`).
+async fn queued_and_reserved(
+    conn: &mut redis::aio::MultiplexedConnection,
+    opts: &RedisOptions,
+    queue: &str,
+) -> (i64, i64) {
+    redis::pipe()
+        .llen(opts.key(queue))
+        .hlen(opts.key("unacked"))
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
+/// An `unacked_index` score whose reservation expired ten seconds ago: the next sweep
+/// takes it.
+fn stale_score(opts: &RedisOptions) -> f64 {
+    Utc::now().timestamp() as f64 - opts.visibility_timeout.as_secs_f64() - 10.0
+}
+
 async fn broker(opts: &RedisOptions) -> RedisBroker {
     RedisBroker::connect(opts.clone())
         .await
@@ -70,10 +96,9 @@ macro_rules! conformance {
     ($($name:ident),* $(,)?) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
-            if !redis_up(stringify!($name)) {
+            let Some(opts) = redis_test(stringify!($name)) else {
                 return;
-            }
-            let opts = test_options();
+            };
             suite::$name(&broker(&opts).await).await;
             cleanup(&opts).await;
         }
@@ -103,10 +128,9 @@ async fn two_brokers(opts: &RedisOptions) -> (Arc<dyn Broker>, Arc<dyn Broker>) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_fetch_sees_publish() {
-    if !redis_up("waiting_fetch_sees_publish") {
+    let Some(opts) = redis_test("waiting_fetch_sees_publish") else {
         return;
-    }
-    let opts = test_options();
+    };
     let (a, b) = two_brokers(&opts).await;
     suite::waiting_fetch_sees_publish(a, b).await;
     cleanup(&opts).await;
@@ -114,10 +138,9 @@ async fn waiting_fetch_sees_publish() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_fetchers_never_share() {
-    if !redis_up("concurrent_fetchers_never_share") {
+    let Some(opts) = redis_test("concurrent_fetchers_never_share") else {
         return;
-    }
-    let opts = test_options();
+    };
     let (a, b) = two_brokers(&opts).await;
     suite::concurrent_fetchers_never_share(a, b, 3000).await;
     cleanup(&opts).await;
@@ -127,10 +150,9 @@ async fn concurrent_fetchers_never_share() {
 /// priorities share buckets 0, 3, 6, 9.
 #[tokio::test]
 async fn celery_priority_order() {
-    if !redis_up("celery_priority_order") {
+    let Some(opts) = redis_test("celery_priority_order") else {
         return;
-    }
-    let opts = test_options();
+    };
     let b = broker(&opts).await;
     let queue = fresh_queue("priority");
     let priorities = [0u8, 5, 9, 5, 0, 9, 3, 2];
@@ -174,10 +196,9 @@ async fn celery_priority_order() {
 /// `[envelope, "", queue]` and `unacked_index[tag]` expires `lease` from now.
 #[tokio::test]
 async fn reservations_use_kombu_layout() {
-    if !redis_up("reservations_use_kombu_layout") {
+    let Some(opts) = redis_test("reservations_use_kombu_layout") else {
         return;
-    }
-    let opts = test_options();
+    };
     let b = broker(&opts).await;
     let queue = fresh_queue("layout");
     let sent = job(&queue, 7);
@@ -237,10 +258,9 @@ async fn reservations_use_kombu_layout() {
 /// delivered next.
 #[tokio::test]
 async fn python_messages_and_python_reservations() {
-    if !redis_up("python_messages_and_python_reservations") {
+    let Some(opts) = redis_test("python_messages_and_python_reservations") else {
         return;
-    }
-    let opts = test_options();
+    };
     let b = broker(&opts).await;
     let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/celery/fixtures");
     let plain: Value =
@@ -275,7 +295,7 @@ async fn python_messages_and_python_reservations() {
     envelope["properties"]["delivery_info"]["routing_key"] = json!(queue);
     let tag = "left-by-python";
     let entry = json!([envelope, "", queue]).to_string();
-    let old = Utc::now().timestamp() as f64 - opts.visibility_timeout.as_secs_f64() - 10.0;
+    let old = stale_score(&opts);
     let _: () = redis::pipe()
         .hset(opts.key("unacked"), tag, entry)
         .zadd(opts.key("unacked_index"), tag, old)
@@ -295,10 +315,9 @@ async fn python_messages_and_python_reservations() {
 /// the lease, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashed_worker_reservation_comes_back_once() {
-    if !redis_up("crashed_worker_reservation_comes_back_once") {
+    let Some(opts) = redis_test("crashed_worker_reservation_comes_back_once") else {
         return;
-    }
-    let opts = test_options();
+    };
     let queue = fresh_queue("crash");
     let sent = job(&queue, 1);
     {
@@ -333,10 +352,9 @@ async fn crashed_worker_reservation_comes_back_once() {
 /// back like a Celery worker's warm shutdown.
 #[tokio::test]
 async fn held_eta_messages_go_back_on_shutdown() {
-    if !redis_up("held_eta_messages_go_back_on_shutdown") {
+    let Some(opts) = redis_test("held_eta_messages_go_back_on_shutdown") else {
         return;
-    }
-    let opts = test_options();
+    };
     let b = broker(&opts).await;
     let queue = fresh_queue("held");
     let mut later = job(&queue, 1);
@@ -345,24 +363,14 @@ async fn held_eta_messages_go_back_on_shutdown() {
     assert!(fetch_now(&b, &queue, 10).await.is_empty());
     assert_eq!(b.held(), 1);
     let mut conn = raw(&opts).await;
-    let (len, unacked): (i64, i64) = redis::pipe()
-        .llen(opts.key(&queue))
-        .hlen(opts.key("unacked"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let (len, unacked) = queued_and_reserved(&mut conn, &opts, &queue).await;
     assert_eq!((len, unacked), (0, 1));
     let stats = b.stats().await.unwrap();
     let mine = stats.iter().find(|s| s.queue == queue).unwrap();
     assert_eq!((mine.ready, mine.scheduled, mine.leased), (0, 1, 0));
 
     b.shutdown().await.unwrap();
-    let (len, unacked): (i64, i64) = redis::pipe()
-        .llen(opts.key(&queue))
-        .hlen(opts.key("unacked"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let (len, unacked) = queued_and_reserved(&mut conn, &opts, &queue).await;
     assert_eq!((len, unacked), (1, 0));
     // Another worker picks it up, still waiting for its eta.
     let other = broker(&opts).await;
@@ -375,10 +383,9 @@ async fn held_eta_messages_go_back_on_shutdown() {
 /// waiting client raises instead of waiting forever.
 #[tokio::test]
 async fn dead_letter_writes_a_failure_result() {
-    if !redis_up("dead_letter_writes_a_failure_result") {
+    let Some(opts) = redis_test("dead_letter_writes_a_failure_result") else {
         return;
-    }
-    let opts = test_options();
+    };
     let conn = sprout::broker::connect(&format!(
         "redis://{REDIS_ADDR}/9?global_keyprefix={}",
         opts.key_prefix
@@ -454,10 +461,9 @@ impl Proxy {
 /// none left reserved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn survives_dropped_connections() {
-    if !redis_up("survives_dropped_connections") {
+    let Some(opts) = redis_test("survives_dropped_connections") else {
         return;
-    }
-    let opts = test_options();
+    };
     let proxy = Proxy::start().await;
     let mut via_proxy = opts.clone();
     via_proxy.url = format!("redis://{}/9", proxy.addr);
@@ -519,12 +525,7 @@ async fn survives_dropped_connections() {
         {
             let _ = b.ack(&tags(&got)).await;
         }
-        let (len, unacked): (i64, i64) = redis::pipe()
-            .llen(opts.key(&queue))
-            .hlen(opts.key("unacked"))
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let (len, unacked) = queued_and_reserved(&mut conn, &opts, &queue).await;
         if (len, unacked) == (0, 0) {
             break;
         }
@@ -541,13 +542,12 @@ async fn survives_dropped_connections() {
 /// read, instead of finding them again every round.
 #[tokio::test]
 async fn sweep_cleans_orphans_and_unreadable_entries() {
-    if !redis_up("sweep_cleans_orphans_and_unreadable_entries") {
+    let Some(opts) = redis_test("sweep_cleans_orphans_and_unreadable_entries") else {
         return;
-    }
-    let opts = test_options();
+    };
     let b = broker(&opts).await;
     let mut conn = raw(&opts).await;
-    let old = Utc::now().timestamp() as f64 - opts.visibility_timeout.as_secs_f64() - 10.0;
+    let old = stale_score(&opts);
     let _: () = redis::pipe()
         .zadd(opts.key("unacked_index"), "orphan", old)
         .zadd(opts.key("unacked_index"), "garbled", old)
@@ -573,10 +573,9 @@ async fn sweep_cleans_orphans_and_unreadable_entries() {
 /// does not fetch: another worker's sweep never takes it, and it runs once, on time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_eta_reservations_are_renewed() {
-    if !redis_up("held_eta_reservations_are_renewed") {
+    let Some(mut opts) = redis_test("held_eta_reservations_are_renewed") else {
         return;
-    }
-    let mut opts = test_options();
+    };
     opts.visibility_timeout = Duration::from_secs(2);
     opts.sweep_interval = Duration::from_millis(100);
     let (holder, other) = (broker(&opts).await, broker(&opts).await);
