@@ -82,17 +82,29 @@ async fn until_result(
     }
 }
 
+/// [`until_result`] for the `version` guest: sends `version(0)` until it answers
+/// `version` (`"v1"` or `"v2"`); returns how long that took.
+async fn until_version(store: &SqliteStore, version: &str, bound: Duration) -> Duration {
+    until_result(store, "version", json!([0]), json!(version), bound).await
+}
+
 /// Copies the way `cp` does: in place, not through a temp file and a rename.
 fn cp(from: &Path, to: &Path) {
     std::fs::write(to, std::fs::read(from).unwrap()).unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_running_worker_picks_up_new_changed_broken_and_removed_files() {
+/// A work dir whose `tasks` dir holds `wasm` as `file`; the work dir and the tasks dir.
+fn workdir_with_task(wasm: PathBuf, file: &str) -> (Workdir, PathBuf) {
     let w = Workdir::new();
     let dir = w.path("tasks");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(support::task("echo"), dir.join("echo.wasm")).unwrap();
+    std::fs::copy(wasm, dir.join(file)).unwrap();
+    (w, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_worker_picks_up_new_changed_broken_and_removed_files() {
+    let (w, dir) = workdir_with_task(support::task("echo"), "echo.wasm");
     let store = SqliteStore::open(w.path("sprout.db")).await.unwrap();
     let _worker = start_worker(&w, &dir, &["-c", "8", "--track-started"]);
     until_result(
@@ -107,14 +119,7 @@ async fn a_running_worker_picks_up_new_changed_broken_and_removed_files() {
     // A new file: jobs for it succeed within 2 s, no restart.
     let task = dir.join("version.wasm");
     cp(&guest("version_v1"), &task);
-    let took = until_result(
-        &store,
-        "version",
-        json!([0]),
-        json!("v1"),
-        Duration::from_secs(2),
-    )
-    .await;
+    let took = until_version(&store, "v1", Duration::from_secs(2)).await;
     eprintln!("new task file serving after {took:?}");
 
     // A long job on v1, then v2 replaces the file: new jobs get v2, the long one ends on v1.
@@ -133,14 +138,7 @@ async fn a_running_worker_picks_up_new_changed_broken_and_removed_files() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     cp(&guest("version_v2"), &task);
-    let took = until_result(
-        &store,
-        "version",
-        json!([0]),
-        json!("v2"),
-        Duration::from_secs(2),
-    )
-    .await;
+    let took = until_version(&store, "v2", Duration::from_secs(2)).await;
     eprintln!("changed task file serving after {took:?}");
     let r = result(&store, &long).await;
     assert_eq!(
@@ -164,25 +162,11 @@ async fn a_running_worker_picks_up_new_changed_broken_and_removed_files() {
         .unwrap();
     assert!(line.contains("version.wasm"), "{line}");
     eprintln!("{line}");
-    until_result(
-        &store,
-        "version",
-        json!([0]),
-        json!("v2"),
-        Duration::from_secs(1),
-    )
-    .await;
+    until_version(&store, "v2", Duration::from_secs(1)).await;
 
     // A fixed file after a broken one loads again.
     cp(&guest("version_v1"), &task);
-    until_result(
-        &store,
-        "version",
-        json!([0]),
-        json!("v1"),
-        Duration::from_secs(2),
-    )
-    .await;
+    until_version(&store, "v1", Duration::from_secs(2)).await;
 
     // A removed file takes its tasks with it.
     std::fs::remove_file(&task).unwrap();
@@ -230,24 +214,23 @@ async fn polling_alone_picks_up_changes() {
     let file: PathBuf = dir.path().join("version.wasm");
     cp(&guest("version_v1"), &file);
     let started = Instant::now();
-    while registry.lookup("version").is_none() {
-        assert!(
-            started.elapsed() < Duration::from_secs(3),
-            "not picked up by polling"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        wait_until_async(Duration::from_secs(3), || registry
+            .lookup("version")
+            .is_some())
+        .await,
+        "not picked up by polling"
+    );
     let v1 = registry.lookup("version").unwrap();
     eprintln!("polling picked up a new file after {:?}", started.elapsed());
     cp(&guest("version_v2"), &file);
-    let started = Instant::now();
-    while registry.lookup("version").unwrap().module.hash == v1.module.hash {
-        assert!(
-            started.elapsed() < Duration::from_secs(3),
-            "change not picked up by polling"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        wait_until_async(Duration::from_secs(3), || {
+            registry.lookup("version").unwrap().module.hash != v1.module.hash
+        })
+        .await,
+        "change not picked up by polling"
+    );
     // The old entry is still whole for whoever holds it.
     assert_eq!(v1.module.tasks, ["version"]);
     std::fs::remove_file(&file).unwrap();
@@ -260,6 +243,8 @@ async fn polling_alone_picks_up_changes() {
     );
 }
 
+/// [`wait_until`] without blocking the runtime: polls `check` every 20 ms until it holds
+/// or `timeout` passes; whether it held.
 async fn wait_until_async(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
@@ -273,10 +258,7 @@ async fn wait_until_async(timeout: Duration, mut check: impl FnMut() -> bool) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manifest_rate_limit_spaces_jobs_in_the_worker() {
-    let w = Workdir::new();
-    let dir = w.path("tasks");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(guest("version_v1"), dir.join("version.wasm")).unwrap();
+    let (w, dir) = workdir_with_task(guest("version_v1"), "version.wasm");
     std::fs::write(dir.join("version.toml"), "rate_limit = \"5/s\"\n").unwrap();
     let store = SqliteStore::open(w.path("sprout.db")).await.unwrap();
     let jobs: Vec<Job> = (0..6)
@@ -305,10 +287,7 @@ async fn manifest_rate_limit_spaces_jobs_in_the_worker() {
 /// manifest does not grant reads as `None` (`null`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_values_reach_the_guest_through_the_sdk() {
-    let w = Workdir::new();
-    let dir = w.path("tasks");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(support::task("greet"), dir.join("greet.wasm")).unwrap();
+    let (w, dir) = workdir_with_task(support::task("greet"), "greet.wasm");
     std::fs::write(
         dir.join("greet.toml"),
         "[capabilities]\nconfig = { greeting = \"hi\", \"region.name\" = \"eu-west\" }\n\
@@ -355,10 +334,7 @@ async fn config_values_reach_the_guest_through_the_sdk() {
 
 #[test]
 fn sprout_tasks_shows_versions_limits_and_grants() {
-    let w = Workdir::new();
-    let dir = w.path("tasks");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(guest("version_v1"), dir.join("version.wasm")).unwrap();
+    let (w, dir) = workdir_with_task(guest("version_v1"), "version.wasm");
     std::fs::write(
         dir.join("version.toml"),
         "queue = \"slow\"\nrate_limit = \"10/m\"\naliases = { \"proj.version\" = \"version\" }\n\
