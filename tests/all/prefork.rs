@@ -110,6 +110,13 @@ fn wait_exit(child: &mut std::process::Child, timeout: Duration) -> Option<i32> 
     }
 }
 
+/// Waits for the worker to exit (see [`wait_exit`]) and asserts it exited with 0,
+/// showing its log when not; the log.
+fn exits_cleanly(worker: &mut std::process::Child, log: &Path, timeout: Duration) -> String {
+    assert_eq!(wait_exit(worker, timeout), Some(0), "{}", read(log));
+    read(log)
+}
+
 fn job(task: &str, args: serde_json::Value) -> Job {
     Job::new(
         task,
@@ -171,12 +178,7 @@ async fn prefork_children_log_denials_with_task_and_job() {
         &tasks,
         &["-P", "prefork", "-c", "1", "--max-jobs", "1"],
     );
-    assert_eq!(
-        wait_exit(&mut worker, Duration::from_secs(60)),
-        Some(0),
-        "{}",
-        read(&log)
-    );
+    exits_cleanly(&mut worker, &log, Duration::from_secs(60));
     let r = store.get(&connect.id).await.unwrap().expect("a result");
     assert_eq!(r.state, State::Failure);
     assert_eq!(r.error.map(|e| e.kind).as_deref(), Some("IOError"));
@@ -429,13 +431,7 @@ async fn max_tasks_per_child_recycles_children() {
             "50",
         ],
     );
-    assert_eq!(
-        wait_exit(&mut worker, Duration::from_secs(60)),
-        Some(0),
-        "{}",
-        read(&log)
-    );
-    let log = read(&log);
+    let log = exits_cleanly(&mut worker, &log, Duration::from_secs(60));
     for (i, j) in jobs.iter().enumerate() {
         let r = store.get(&j.id).await.unwrap().expect("a result");
         assert_eq!((r.state, r.result), (State::Success, Some(json!(i))));
@@ -499,13 +495,7 @@ async fn pool_specs_carry_their_own_prefork_settings() {
     }
     // SAFETY: kill(2) on the worker this test started.
     unsafe { libc::kill(worker.id() as i32, libc::SIGTERM) };
-    assert_eq!(
-        wait_exit(&mut worker, Duration::from_secs(20)),
-        Some(0),
-        "{}",
-        read(&log)
-    );
-    let log = read(&log);
+    let log = exits_cleanly(&mut worker, &log, Duration::from_secs(20));
     let banner = |pool: &str| {
         log.lines()
             .find(|l| l.contains(&format!(".> pool {pool}: prefork")))
@@ -569,13 +559,7 @@ async fn max_memory_per_child_recycles_after_alloc() {
             "5",
         ],
     );
-    assert_eq!(
-        wait_exit(&mut worker, Duration::from_secs(60)),
-        Some(0),
-        "{}",
-        read(&log)
-    );
-    let log = read(&log);
+    let log = exits_cleanly(&mut worker, &log, Duration::from_secs(60));
     for j in &jobs {
         let r = store.get(&j.id).await.unwrap().expect("a result");
         assert_eq!(r.state, State::Success, "{r:?}");
@@ -643,12 +627,7 @@ async fn children_die_with_the_parent_and_stop_on_shutdown() {
     // does: the children ignore it, the worker shuts down warm and then stops them.
     // SAFETY: kill(2) on the process group of the worker this test started.
     unsafe { libc::kill(-(worker.id() as i32), libc::SIGTERM) };
-    assert_eq!(
-        wait_exit(&mut worker, Duration::from_secs(20)),
-        Some(0),
-        "{}",
-        read(&log)
-    );
+    exits_cleanly(&mut worker, &log, Duration::from_secs(20));
     let r = store.get(&running.id).await.unwrap().unwrap();
     assert_eq!(r.state, State::Success, "{r:?}");
     for pid in pids {
