@@ -81,6 +81,17 @@ pub struct LimitArgs {
     pub max_task_file_size: u64,
 }
 
+/// A task call's arguments, shared by `send` and `run`.
+#[derive(Debug, Args, Clone)]
+pub struct CallArgs {
+    /// Positional arguments as a JSON array (a single non-array value is one argument).
+    #[arg(default_value = "[]")]
+    pub args: String,
+    /// Keyword arguments as a JSON object.
+    #[arg(long, default_value = "{}")]
+    pub kwargs: String,
+}
+
 /// `sprout worker`.
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
@@ -168,12 +179,9 @@ pub struct WorkerArgs {
 pub struct SendArgs {
     /// Task name.
     pub task: String,
-    /// Positional arguments as a JSON array (a single non-array value is one argument).
-    #[arg(default_value = "[]")]
-    pub args: String,
-    /// Keyword arguments as a JSON object.
-    #[arg(long, default_value = "{}")]
-    pub kwargs: String,
+    /// The call's arguments.
+    #[command(flatten)]
+    pub call: CallArgs,
     /// Queue (default: the `queue` in the task's manifest under `--tasks`, else
     /// `celery`).
     #[arg(short, long)]
@@ -260,12 +268,9 @@ pub struct RunArgs {
     pub file: PathBuf,
     /// The task name in the file.
     pub task: String,
-    /// Positional arguments as a JSON array (a single non-array value is one argument).
-    #[arg(default_value = "[]")]
-    pub args: String,
-    /// Keyword arguments as a JSON object.
-    #[arg(long, default_value = "{}")]
-    pub kwargs: String,
+    /// The call's arguments.
+    #[command(flatten)]
+    pub call: CallArgs,
     /// Print the whole execution record as JSON.
     #[arg(long)]
     pub json: bool,

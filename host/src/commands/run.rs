@@ -16,8 +16,8 @@ use super::{EXIT_INVALID_TASK, EXIT_TASK_FAILED, ExitError};
 /// Bad arguments ([`super::EXIT_USAGE`]) or an unloadable file / unknown task
 /// ([`EXIT_INVALID_TASK`]).
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let call_args = super::parse_args(&args.args)?;
-    let kwargs = super::parse_kwargs(&args.kwargs)?;
+    let call_args = super::parse_args(&args.call.args)?;
+    let kwargs = super::parse_kwargs(&args.call.kwargs)?;
     let sandbox = super::build_sandbox(&args.limits, 1)?;
     let defaults = super::default_limits(&args.limits);
     let entries = registry::load_file(&sandbox, &args.file, &defaults)

@@ -115,8 +115,8 @@ pub async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
 fn build_job(args: &SendArgs) -> anyhow::Result<Job> {
     let mut job = Job::new(
         args.task.clone(),
-        super::parse_args(&args.args)?,
-        super::parse_kwargs(&args.kwargs)?,
+        super::parse_args(&args.call.args)?,
+        super::parse_kwargs(&args.call.kwargs)?,
     );
     if let Some(queue) = args
         .queue
