@@ -39,6 +39,16 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// Prints the rate of `n` jobs run since `started`, and the time per job.
+fn print_rate(label: &str, n: usize, started: Instant) {
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{label:<22}{:>8.0} jobs/s  ({:.1} µs/job)",
+        n as f64 / secs,
+        secs * 1e6 / n as f64
+    );
+}
+
 async fn overhead() {
     let (pool, registry) = setup(1100, 1000, Limits::default()).await;
     for _ in 0..200 {
@@ -50,12 +60,7 @@ async fn overhead() {
         let e = job(pool.as_ref(), &registry, "echo", json!([i])).await;
         assert!(e.outcome.is_success());
     }
-    let secs = started.elapsed().as_secs_f64();
-    println!(
-        "echo sequential:      {:>8.0} jobs/s  ({:.1} µs/job)",
-        n as f64 / secs,
-        secs * 1e6 / n as f64
-    );
+    print_rate("echo sequential:", n, started);
 
     let n = 100_000;
     let started = Instant::now();
@@ -73,12 +78,7 @@ async fn overhead() {
     for h in handles {
         assert!(h.await.unwrap());
     }
-    let secs = started.elapsed().as_secs_f64();
-    println!(
-        "echo at -c 1000:      {:>8.0} jobs/s  ({:.1} µs/job)",
-        n as f64 / secs,
-        secs * 1e6 / n as f64
-    );
+    print_rate("echo at -c 1000:", n, started);
 }
 
 async fn latency() {
