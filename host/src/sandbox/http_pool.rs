@@ -24,9 +24,13 @@
 //! already closed by the server before anything was written is retried on another one;
 //! once written it is never re-sent (it may not be idempotent).
 //!
-//! Bounds: at most [`MAX_IDLE_PER_HOST`] idle connections per `host:port` and
-//! [`MAX_IDLE`] in all; an idle connection older than [`IDLE_TIMEOUT`] is closed instead of
-//! reused (servers commonly close idle connections after 5–75 s).
+//! Bounds ([`PoolLimits`]): at most [`MAX_IDLE_PER_HOST`] idle connections per `host:port`
+//! and [`MAX_IDLE`] in all; an idle connection older than [`IDLE_TIMEOUT`] is closed instead
+//! of reused (servers commonly close idle connections after 5–75 s). When a returned
+//! connection finds its host's list (or the whole pool) full, the expired and closed
+//! connections there are dropped first; if it is still full, the returned connection is
+//! closed and the idle ones stay (no eviction: they are as good, and younger ones are
+//! taken first anyway, most recently used first).
 //!
 //! `https://` is not pooled: those requests still go to wasmtime's default sender (a new
 //! TCP + TLS connection each).
@@ -44,15 +48,37 @@ use tokio::net::TcpStream;
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::{Error as HttpError, WasiBody};
 
-/// An idle connection older than this is closed rather than reused.
+/// Default of [`PoolLimits::idle_timeout`].
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Idle connections kept per `host:port` (enough for `-c 1000` against one site).
+/// Default of [`PoolLimits::max_idle_per_host`] (enough for `-c 1000` against one site).
 pub const MAX_IDLE_PER_HOST: usize = 1024;
-/// Idle connections kept in all.
+/// Default of [`PoolLimits::max_idle`].
 pub const MAX_IDLE: usize = 2048;
 /// How long a finished response's connection may take to become ready for the next
 /// request before it is given up (normally it already is when the body ends).
 const READY_GRACE: Duration = Duration::from_secs(1);
+
+/// The bounds of the idle-connection pool (see the module docs for the policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolLimits {
+    /// An idle connection older than this is closed rather than reused. Default:
+    /// [`IDLE_TIMEOUT`] (30 s).
+    pub idle_timeout: Duration,
+    /// Idle connections kept per `host:port`. Default: [`MAX_IDLE_PER_HOST`] (1024).
+    pub max_idle_per_host: usize,
+    /// Idle connections kept in all. Default: [`MAX_IDLE`] (2048).
+    pub max_idle: usize,
+}
+
+impl Default for PoolLimits {
+    fn default() -> Self {
+        PoolLimits {
+            idle_timeout: IDLE_TIMEOUT,
+            max_idle_per_host: MAX_IDLE_PER_HOST,
+            max_idle: MAX_IDLE,
+        }
+    }
+}
 
 /// The per-phase timeouts of one request (already capped by the job's policy).
 #[derive(Debug, Clone, Copy)]
@@ -72,87 +98,109 @@ struct Idle {
 }
 
 impl Idle {
-    fn usable(&self, now: Instant) -> bool {
-        now.duration_since(self.since) < IDLE_TIMEOUT
+    fn usable(&self, now: Instant, limits: &PoolLimits) -> bool {
+        now.saturating_duration_since(self.since) < limits.idle_timeout
             && !self.sender.is_closed()
             && self.sender.is_ready()
     }
 }
 
-#[derive(Default)]
+/// The idle connections, by `host:port`, within [`PoolLimits`]. Time is passed in, so
+/// the bounds can be tested without waiting.
 struct Hosts {
-    /// Per `host:port`, most recently used last.
+    limits: PoolLimits,
+    /// Per `host:port`, most recently used last; no empty vectors.
     idle: HashMap<String, Vec<Idle>>,
-    /// Sum of the vectors' lengths.
-    total: usize,
 }
 
 impl Hosts {
+    fn new(limits: PoolLimits) -> Self {
+        Hosts {
+            limits,
+            idle: HashMap::new(),
+        }
+    }
+
+    /// Idle connections in all. Computed, not kept: one addition per host, next to
+    /// a request's own cost, and it cannot drift from the vectors.
+    fn total(&self) -> usize {
+        self.idle.values().map(Vec::len).sum()
+    }
+
     /// Drops every idle connection that is closed or too old.
     fn prune(&mut self, now: Instant) {
+        let limits = self.limits;
         self.idle.retain(|_, conns| {
-            conns.retain(|c| c.usable(now));
+            conns.retain(|c| c.usable(now, &limits));
             !conns.is_empty()
         });
-        self.total = self.idle.values().map(Vec::len).sum();
     }
-}
 
-/// The process-wide pool (see the module docs).
-static POOL: LazyLock<Mutex<Hosts>> = LazyLock::new(Mutex::default);
-
-/// Takes a usable idle connection to `key`, if there is one.
-fn checkout(key: &str) -> Option<SendRequest<WasiBody>> {
-    let now = Instant::now();
-    let mut stale = Vec::new();
-    let found = {
-        let mut hosts = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    /// Takes the most recently used usable connection to `key`. Also returns the
+    /// unusable ones it met (taken out), for the caller to drop outside its lock.
+    fn take(&mut self, key: &str, now: Instant) -> (Option<SendRequest<WasiBody>>, Vec<Idle>) {
+        let mut stale = Vec::new();
         let mut found = None;
-        if let Some(conns) = hosts.idle.get_mut(key) {
+        if let Some(conns) = self.idle.get_mut(key) {
             while let Some(idle) = conns.pop() {
-                if idle.usable(now) {
+                if idle.usable(now, &self.limits) {
                     found = Some(idle.sender);
                     break;
                 }
                 stale.push(idle);
             }
-            let taken = stale.len() + usize::from(found.is_some());
-            hosts.total -= taken;
+            if conns.is_empty() {
+                self.idle.remove(key);
+            }
         }
-        found
-    };
+        (found, stale)
+    }
+
+    /// Keeps `sender` as idle since `now` if it is usable and there is room (see the
+    /// module docs); returns whether it was kept.
+    fn put(&mut self, key: String, sender: SendRequest<WasiBody>, now: Instant) -> bool {
+        let limits = self.limits;
+        let idle = Idle { sender, since: now };
+        if limits.max_idle_per_host == 0 || !idle.usable(now, &limits) {
+            return false;
+        }
+        if self.total() >= limits.max_idle {
+            self.prune(now);
+            if self.total() >= limits.max_idle {
+                return false;
+            }
+        }
+        let conns = self.idle.entry(key).or_default();
+        // The oldest sit at the front: drop them when they have expired.
+        if conns.first().is_some_and(|c| !c.usable(now, &limits)) {
+            conns.retain(|c| c.usable(now, &limits));
+        }
+        let kept = conns.len() < limits.max_idle_per_host;
+        if kept {
+            conns.push(idle);
+        }
+        kept
+    }
+}
+
+/// The process-wide pool (see the module docs).
+static POOL: LazyLock<Mutex<Hosts>> =
+    LazyLock::new(|| Mutex::new(Hosts::new(PoolLimits::default())));
+
+fn pool() -> std::sync::MutexGuard<'static, Hosts> {
+    POOL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Takes a usable idle connection to `key`, if there is one.
+fn checkout(key: &str) -> Option<SendRequest<WasiBody>> {
+    let (found, stale) = pool().take(key, Instant::now());
     drop(stale); // closes them, outside the lock
     found
 }
 
 /// Puts a connection whose last response ended back, if it is ready and there is room.
 fn put(key: String, sender: SendRequest<WasiBody>) {
-    let now = Instant::now();
-    let idle = Idle { sender, since: now };
-    if !idle.usable(now) {
-        return;
-    }
-    let mut hosts = POOL.lock().unwrap_or_else(|e| e.into_inner());
-    if hosts.total >= MAX_IDLE {
-        hosts.prune(now);
-        if hosts.total >= MAX_IDLE {
-            return;
-        }
-    }
-    let conns = hosts.idle.entry(key).or_default();
-    // The oldest sit at the front: drop them when they have expired.
-    let before = conns.len();
-    if conns.first().is_some_and(|c| !c.usable(now)) {
-        conns.retain(|c| c.usable(now));
-    }
-    let removed = before - conns.len();
-    let added = if conns.len() < MAX_IDLE_PER_HOST {
-        conns.push(idle);
-        1
-    } else {
-        0
-    };
-    hosts.total = hosts.total - removed + added;
+    pool().put(key, sender, Instant::now());
 }
 
 /// Hands a connection that served a complete response back to the pool. If hyper has
@@ -316,5 +364,151 @@ impl Drop for PooledBody {
         {
             checkin(key, sender);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ready client connection over an in-memory stream; the server end is returned
+    /// to be kept alive (the connection closes when it is dropped).
+    async fn connection() -> (SendRequest<WasiBody>, tokio::io::DuplexStream) {
+        let (client, server) = tokio::io::duplex(1024);
+        let (mut sender, connection) = http1::Builder::new()
+            .handshake::<_, WasiBody>(TokioIo::new(client))
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        sender.ready().await.unwrap();
+        (sender, server)
+    }
+
+    fn limits(idle_timeout_secs: u64, max_idle_per_host: usize, max_idle: usize) -> PoolLimits {
+        PoolLimits {
+            idle_timeout: Duration::from_secs(idle_timeout_secs),
+            max_idle_per_host,
+            max_idle,
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_documented_constants() {
+        assert_eq!(limits(30, 1024, 2048), PoolLimits::default());
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_past_the_timeout_is_not_reused() {
+        let mut hosts = Hosts::new(limits(5, 8, 8));
+        let t0 = Instant::now();
+        let (a, _server_a) = connection().await;
+        let (b, _server_b) = connection().await;
+        assert!(hosts.put("h:80".into(), a, t0));
+        // At the timeout: not reused, and taken out of the pool.
+        let (found, stale) = hosts.take("h:80", t0 + Duration::from_secs(5));
+        assert!(found.is_none());
+        assert_eq!(stale.len(), 1);
+        assert_eq!(hosts.total(), 0);
+        // Just before it: reused.
+        assert!(hosts.put("h:80".into(), b, t0));
+        let just_before = t0 + Duration::from_secs(5) - Duration::from_millis(1);
+        let (found, stale) = hosts.take("h:80", just_before);
+        assert!(found.is_some());
+        assert!(stale.is_empty());
+        assert_eq!(hosts.total(), 0);
+    }
+
+    #[tokio::test]
+    async fn each_host_keeps_at_most_its_cap() {
+        let mut hosts = Hosts::new(limits(5, 2, 100));
+        let t0 = Instant::now();
+        let mut servers = Vec::new();
+        let mut kept = Vec::new();
+        for _ in 0..3 {
+            let (sender, server) = connection().await;
+            servers.push(server);
+            kept.push(hosts.put("a:80".into(), sender, t0));
+        }
+        // The third is refused; the first two stay.
+        assert_eq!(kept, [true, true, false]);
+        // Another host has its own cap.
+        let (sender, server) = connection().await;
+        servers.push(server);
+        assert!(hosts.put("b:80".into(), sender, t0));
+        assert_eq!(hosts.total(), 3);
+        // An expired connection at the front of a full host makes room.
+        let later = t0 + Duration::from_secs(5);
+        let (sender, server) = connection().await;
+        servers.push(server);
+        assert!(hosts.put("a:80".into(), sender, later));
+        assert_eq!(
+            hosts.idle["a:80"].len(),
+            1,
+            "both expired ones were dropped"
+        );
+        let (found, stale) = hosts.take("a:80", later);
+        assert!(found.is_some() && stale.is_empty());
+        assert!(hosts.take("a:80", later).0.is_none());
+    }
+
+    #[tokio::test]
+    async fn the_pool_keeps_at_most_its_global_cap() {
+        let mut hosts = Hosts::new(limits(5, 100, 2));
+        let t0 = Instant::now();
+        let mut servers = Vec::new();
+        let mut kept = Vec::new();
+        for host in ["a:80", "b:80", "c:80"] {
+            let (sender, server) = connection().await;
+            servers.push(server);
+            kept.push(hosts.put(host.into(), sender, t0));
+        }
+        // The pool is full: the returned connection is closed, the idle ones stay.
+        assert_eq!(kept, [true, true, false]);
+        assert_eq!(hosts.total(), 2);
+        assert!(hosts.take("c:80", t0).0.is_none());
+        assert!(hosts.take("a:80", t0).0.is_some());
+        assert_eq!(hosts.total(), 1);
+        // Expired connections are pruned to make room.
+        let later = t0 + Duration::from_secs(5);
+        let (sender, server) = connection().await;
+        servers.push(server);
+        let (again, server) = connection().await;
+        servers.push(server);
+        assert!(hosts.put("c:80".into(), sender, t0));
+        assert_eq!(hosts.total(), 2);
+        assert!(hosts.put("d:80".into(), again, later));
+        assert_eq!(hosts.total(), 1, "b and c expired and were pruned");
+        assert!(hosts.take("d:80", later).0.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_closed_connection_is_not_kept_or_reused() {
+        let mut hosts = Hosts::new(limits(5, 8, 8));
+        let t0 = Instant::now();
+        let (a, server_a) = connection().await;
+        let (b, server_b) = connection().await;
+        assert!(hosts.put("h:80".into(), a, t0));
+        // The server goes away while the connection is idle.
+        drop(server_a);
+        let closed = &hosts.idle["h:80"][0].sender;
+        wait_closed(closed).await;
+        assert!(hosts.take("h:80", t0).0.is_none());
+        drop(server_b);
+        wait_closed(&b).await;
+        assert!(!hosts.put("h:80".into(), b, t0));
+        assert_eq!(hosts.total(), 0);
+    }
+
+    /// Waits (polling) until hyper has seen the connection close.
+    async fn wait_closed(sender: &SendRequest<WasiBody>) {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !sender.is_closed() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the connection closes when its server end is dropped");
     }
 }
