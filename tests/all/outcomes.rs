@@ -261,3 +261,88 @@ async fn async_pool_outcomes() {
     outcome_suite(pool.clone(), &registry).await;
     job_limits_suite(pool, &registry).await;
 }
+
+/// The log line the sleep task's `log` import produces for `sleep(0.25)`.
+const PANICKING_LINE: &str = "guest INFO: sleeping 0.25 s";
+/// What [`PanickingSink`] panics with.
+const SINK_PANIC: &str = "the log sink failed";
+
+/// A log sink that panics on one line (once), as `eprintln!` does on a broken stderr:
+/// a host bug reached from inside a running job (the guest's `log` import logs through
+/// it). Once: the fmt layer's buffer still holds the line after the panic.
+#[derive(Clone, Default)]
+struct PanickingSink {
+    fired: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl std::io::Write for PanickingSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if String::from_utf8_lossy(buf).contains(PANICKING_LINE)
+            && !self.fired.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            panic!("{SINK_PANIC}");
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for PanickingSink {
+    type Writer = PanickingSink;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// A host panic while a job runs (here inside a host import, on the guest's fiber) fails
+/// that job as `WorkerLost`; the job running beside it finishes, and the pool's slots and
+/// instances are all free again afterwards.
+#[tokio::test(flavor = "current_thread")]
+async fn a_host_panic_fails_only_its_job_and_the_pool_keeps_serving() {
+    // One thread, so the sink sees the pool's logs.
+    let sink = PanickingSink::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(sink.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::DEBUG)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    // Exactly two instances for two slots: a slot or an instance the panic leaked would
+    // make one of the last two jobs wait forever or fail.
+    let sandbox = support::sandbox(2);
+    let registry = support::registry(&sandbox).await;
+    let pool: Arc<dyn Pool> = Arc::new(AsyncPool::new(sandbox, 2));
+
+    let beside = spawn_many(pool.clone(), &registry, "sleep", json!([0.5]), 1).remove(0);
+    let e = run_job(
+        pool.as_ref(),
+        &registry,
+        "sleep",
+        json!([0.25]),
+        no_limits(),
+    )
+    .await;
+    match &e.outcome {
+        Outcome::WorkerLost { reason } => {
+            assert!(reason.contains("the host panicked"), "{reason}");
+            assert!(reason.contains(SINK_PANIC), "{reason}");
+        }
+        other => panic!("expected WorkerLost, got {other:?}"),
+    }
+    assert!(sink.fired.load(std::sync::atomic::Ordering::SeqCst));
+    assert!(!beside.is_finished(), "the other job was running meanwhile");
+    let beside = beside.await.expect("the other job's task");
+    assert!(beside.outcome.is_success(), "{:?}", beside.outcome);
+
+    let after = tokio::time::timeout(
+        Duration::from_secs(10),
+        run_many(pool, &registry, "sleep", json!([0.1]), 2),
+    )
+    .await
+    .expect("both slots are free again");
+    for e in after {
+        assert!(e.outcome.is_success(), "{:?}", e.outcome);
+    }
+}

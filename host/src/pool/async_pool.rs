@@ -3,6 +3,10 @@
 //! Guests written in blocking style park in async host imports (sleep, HTTP) without
 //! holding a thread, and CPU-heavy guests yield every fuel slice, so thousands of jobs
 //! share a couple of threads fairly.
+//!
+//! A panic in host code while a job runs (a host import, the sandbox, a log sink) ends
+//! that job as [`Outcome::WorkerLost`] with the panic's message; the other jobs and the
+//! pool carry on (tested in `tests/all/outcomes.rs`).
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
