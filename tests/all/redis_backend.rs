@@ -8,12 +8,13 @@ use serde_json::{Value, json};
 use sprout::backend::redis::RedisBackend;
 use sprout::backend::{ErrorInfo, ResultBackend, ResultRecord, State};
 use sprout::broker::Broker;
-use sprout::broker::redis::RedisBroker;
+use sprout::broker::redis::{RedisBroker, RedisOptions};
 use sprout::celery;
 use sprout::job::{CeleryContext, Job};
 
 use crate::broker_conformance::{fetch_now, fresh_queue, job_of};
 use crate::redis_broker::{cleanup, raw, redis_test};
+use crate::support::Workdir;
 
 fn success(id: &str, value: Value) -> ResultRecord {
     let mut r = ResultRecord::new(id, "add", State::Success);
@@ -295,6 +296,66 @@ async fn chord_with_a_failed_part_fails_the_body() {
     assert!(
         fetch_now(&broker, "celery", 10).await.is_empty(),
         "no body sent"
+    );
+    cleanup(&opts).await;
+}
+
+/// Runs one `add(2, 3)` job through a real `sprout worker --broker URL ARGS --max-jobs 1`
+/// and returns the result key's TTL (`-1`: none).
+async fn ttl_after_one_job(opts: &RedisOptions, url: &str, args: &[&str]) -> i64 {
+    let broker = RedisBroker::connect(opts.clone()).await.unwrap();
+    let queue = fresh_queue("result-expires");
+    let mut job = Job::new("add", vec![json!(2), json!(3)], Default::default());
+    job.queue = queue.clone();
+    broker.publish(std::slice::from_ref(&job)).await.unwrap();
+    let w = Workdir::new();
+    let mut all = vec!["--broker", url, "-Q", &queue, "-c", "1", "--max-jobs", "1"];
+    all.extend_from_slice(args);
+    let (code, log) = w.worker(&all).wait(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "worker log:\n{log}");
+    let backend = RedisBackend::connect(opts.clone()).await.unwrap();
+    let stored = backend
+        .get(&job.id)
+        .await
+        .unwrap()
+        .expect("a stored result");
+    assert_eq!(stored.result, Some(json!(5)));
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(backend.result_key(&job.id))
+        .query_async(&mut raw(opts).await)
+        .await
+        .unwrap();
+    ttl
+}
+
+/// `sprout worker --result-expires` is the TTL of the results it stores on Redis (`0`:
+/// none); the URL's `result_expires` key may say the same, not something else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_result_expires_is_the_redis_result_ttl() {
+    let Some(opts) = redis_test("worker_result_expires_is_the_redis_result_ttl") else {
+        return;
+    };
+    let url = format!("{}?global_keyprefix={}", opts.url, opts.key_prefix);
+
+    let ttl = ttl_after_one_job(&opts, &url, &["--result-expires", "10m"]).await;
+    assert!((590..=600).contains(&ttl), "ttl {ttl}, want about 600");
+    let ttl = ttl_after_one_job(&opts, &url, &["--result-expires", "0"]).await;
+    assert_eq!(ttl, -1, "--result-expires 0 keeps results forever");
+    // The URL's key alone, and the two agreeing.
+    let with_key = format!("{url}&result_expires=300");
+    let ttl = ttl_after_one_job(&opts, &with_key, &[]).await;
+    assert!((290..=300).contains(&ttl), "ttl {ttl}, want about 300");
+    let ttl = ttl_after_one_job(&opts, &with_key, &["--result-expires", "5m"]).await;
+    assert!((290..=300).contains(&ttl), "ttl {ttl}, want about 300");
+    // Disagreeing: the worker refuses to start.
+    let w = Workdir::new();
+    let (code, log) = w
+        .worker(&["--broker", &with_key, "--result-expires", "10m"])
+        .wait(Duration::from_secs(60));
+    assert_ne!(code, Some(0), "{log}");
+    assert!(
+        log.contains("result_expires=300 s") && log.contains("--result-expires"),
+        "{log}"
     );
     cleanup(&opts).await;
 }

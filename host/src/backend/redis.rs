@@ -39,7 +39,8 @@ const CHORD_CLAIM_SECS: u64 = 60;
 /// How long `.c` says `done` after a chord completed (Celery: 300 s).
 const CHORD_DONE_SECS: u64 = 300;
 
-/// Store a batch: KEYS = result keys; ARGV = ttl, then (json, final "1"/"0") per key.
+/// Store a batch: KEYS = result keys; ARGV = ttl (seconds, 0 = none), then
+/// (json, final "1"/"0") per key.
 static STORE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -57,7 +58,11 @@ for i, key in ipairs(KEYS) do
   end
   local keep = st == 'SUCCESS' or (not final and (st == 'FAILURE' or st == 'REVOKED'))
   if not keep then
-    redis.call('SET', key, val, 'EX', ttl)
+    if ttl > 0 then
+      redis.call('SET', key, val, 'EX', ttl)
+    else
+      redis.call('SET', key, val)
+    end
     redis.call('PUBLISH', key, val)
     status[key] = string.match(val, '"status": ?"([^"]*)"') or ''
     n = n + 1
@@ -69,7 +74,8 @@ return n
 });
 
 /// Count one chord part. KEYS: .j .t .s .d <taskset> .c;
-/// ARGV: member id, entry, group index, expires, claim seconds, claim token.
+/// ARGV: member id, entry, group index, expires (seconds, 0 = none), claim seconds,
+/// claim token.
 /// Returns {-1} (chord already done), {0} (not complete or claimed elsewhere) or
 /// {1, entries in header order} (complete, and this caller holds the claim).
 static CHORD_PART: LazyLock<Script> = LazyLock::new(|| {
@@ -84,8 +90,10 @@ if redis.call('SISMEMBER', KEYS[4], member) == 0 then
   redis.call('SADD', KEYS[4], member)
 end
 local ready = redis.call('ZCOUNT', KEYS[1], '-inf', '+inf')
-for i = 1, 5 do
-  redis.call('EXPIRE', KEYS[i], tonumber(ARGV[4]))
+if tonumber(ARGV[4]) > 0 then
+  for i = 1, 5 do
+    redis.call('EXPIRE', KEYS[i], tonumber(ARGV[4]))
+  end
 end
 local size = tonumber(redis.call('GET', KEYS[3]) or '')
 if not size then
@@ -147,7 +155,8 @@ impl std::fmt::Debug for RedisBackend {
 }
 
 impl RedisBackend {
-    /// Connects to the server in `opts`; results expire after `opts.result_expires`.
+    /// Connects to the server in `opts`; results expire after `opts.result_expires`
+    /// (never when it is zero).
     ///
     /// # Errors
     /// [`BackendError::Connection`] when Redis cannot be reached.
@@ -172,7 +181,7 @@ impl RedisBackend {
 
     /// Writes records (the store script), without chord handling.
     async fn write(&self, records: &[ResultRecord]) -> Result<(), BackendError> {
-        let ttl = self.opts.result_expires.as_secs().max(1);
+        let ttl = self.opts.result_ttl_secs();
         let wanted: Vec<&ResultRecord> = records
             .iter()
             .filter(|r| !r.celery.as_ref().is_some_and(|c| c.ignore_result))
@@ -351,7 +360,7 @@ impl RedisBackend {
         let base = self.opts.key(&keys::taskset_key(&part.group_id));
         let key = |suffix: &str| format!("{base}{suffix}");
         let token = uuid::Uuid::new_v4().simple().to_string();
-        let expires = self.opts.result_expires.as_secs().max(1);
+        let expires = self.opts.result_ttl_secs();
         let reply: Vec<redis::Value> = CHORD_PART
             .key(key(".j"))
             .key(key(".t"))

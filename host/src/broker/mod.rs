@@ -85,6 +85,9 @@ pub enum BrokerError {
     /// The URL does not name a supported broker.
     #[error("unsupported broker URL {0:?}: expected sqlite:PATH, redis://… or amqp://…")]
     UnsupportedUrl(String),
+    /// The settings given with the URL contradict each other or it.
+    #[error("invalid broker settings: {0}")]
+    InvalidSettings(String),
     /// Any other broker failure.
     #[error("broker error: {0}")]
     Other(String),
@@ -210,12 +213,33 @@ pub const DEFAULT_BROKER_URL: &str = "sqlite:sprout.db";
 /// A Redis URL gives the Celery-compatible [`RedisBroker`](self::redis::RedisBroker) and
 /// [`RedisBackend`](crate::backend::redis::RedisBackend) on the same server and database
 /// (Celery's usual layout). Query keys: `visibility_timeout` and `sweep_interval`
-/// (seconds), `global_keyprefix` (kombu's key prefix), `result_expires` (seconds); the
+/// (seconds), `global_keyprefix` (kombu's key prefix), `result_expires` (seconds, 0 = no TTL); the
 /// rest go to the Redis client (e.g. `protocol=resp3`). See [`RedisOptions`](self::redis::RedisOptions).
 ///
 /// # Errors
 /// [`BrokerError::UnsupportedUrl`] for an unknown scheme, or the broker's own error.
 pub async fn connect(url: &str) -> Result<Connection, BrokerError> {
+    connect_with(url, &ConnectOptions::default()).await
+}
+
+/// Settings a command gives beside the broker URL.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    /// How long results are kept after their last update (Celery's `result_expires`;
+    /// zero = forever), when the command was given it (`sprout worker
+    /// --result-expires`). On Redis it is the results' TTL, and the URL's own
+    /// `result_expires` key, if given too, must say the same. The embedded SQLite
+    /// backend keeps records until a sweep deletes them
+    /// ([`expiry::sweep`](crate::backend::expiry::sweep)), so it is not used here.
+    /// Default: none (the URL's key, else one day).
+    pub result_expires: Option<Duration>,
+}
+
+/// [`connect`], with settings given beside the URL.
+///
+/// # Errors
+/// As [`connect`]; [`BrokerError::InvalidSettings`] when `options` contradict the URL.
+pub async fn connect_with(url: &str, options: &ConnectOptions) -> Result<Connection, BrokerError> {
     if let Some(path) = url.strip_prefix("sqlite:") {
         let path = path.strip_prefix("//").unwrap_or(path);
         let store = Arc::new(sqlite::SqliteStore::open(path).await?);
@@ -226,7 +250,8 @@ pub async fn connect(url: &str) -> Result<Connection, BrokerError> {
     }
     if url.starts_with("redis") || url.starts_with("unix://") {
         // Celery's default layout: broker and result backend on the same server and db.
-        let opts = self::redis::RedisOptions::from_url(url)?;
+        let opts =
+            self::redis::RedisOptions::from_url_with_result_expires(url, options.result_expires)?;
         let broker = Arc::new(self::redis::RedisBroker::connect(opts.clone()).await?);
         let backend = Arc::new(
             crate::backend::redis::RedisBackend::connect(opts)

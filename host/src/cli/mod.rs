@@ -155,11 +155,13 @@ pub struct WorkerArgs {
     pub lease: f64,
     /// Delete stored results this long after their last update (Celery's
     /// `result_expires`): seconds, or a number with a unit (`90s`, `30m`, `12h`, `1d`);
-    /// `0` keeps them forever. The worker sweeps the embedded SQLite backend at startup
-    /// and then every quarter of this (at least every minute). Redis results expire by
-    /// their TTL instead: the broker URL's `result_expires` (default 1 day).
-    #[arg(long, env = "SPROUT_RESULT_EXPIRES", default_value = "1d", value_parser = parse_duration)]
-    pub result_expires: Duration,
+    /// `0` keeps them forever. Default: 1d. The worker sweeps the embedded SQLite
+    /// backend at startup and then every quarter of this (at least every minute). On
+    /// Redis it is each result's TTL (rounded up to whole seconds); the broker URL's
+    /// `result_expires` key does the same, and giving both with different values is an
+    /// error.
+    #[arg(long, env = "SPROUT_RESULT_EXPIRES", value_parser = parse_duration)]
+    pub result_expires: Option<Duration>,
     /// Store a STARTED state when a job begins (one extra write per job).
     #[arg(long)]
     pub track_started: bool,

@@ -76,7 +76,10 @@ pub async fn run(args: WorkerArgs, log_filter: &str) -> anyhow::Result<ExitCode>
         };
         pools.push((spec, pool));
     }
-    let connection = match broker::connect(&args.broker.broker).await {
+    let connect = broker::ConnectOptions {
+        result_expires: args.result_expires,
+    };
+    let connection = match broker::connect_with(&args.broker.broker, &connect).await {
         Ok(connection) => connection,
         Err(e) => {
             for (_, pool) in &pools {
@@ -94,11 +97,15 @@ pub async fn run(args: WorkerArgs, log_filter: &str) -> anyhow::Result<ExitCode>
         );
     }
 
-    // Celery's result_expires: delete old results from backends that keep them (SQLite).
-    let sweeper = (!args.result_expires.is_zero()).then(|| {
+    // Celery's result_expires: delete old results from backends that keep them (SQLite);
+    // Redis results carry it as their TTL (set by `connect_with` above).
+    let result_expires = args
+        .result_expires
+        .unwrap_or(crate::backend::expiry::DEFAULT_RESULT_EXPIRES);
+    let sweeper = (!result_expires.is_zero()).then(|| {
         tokio::spawn(crate::backend::expiry::sweep(
             connection.backend.clone(),
-            args.result_expires,
+            result_expires,
         ))
     });
 

@@ -33,8 +33,11 @@ pub struct RedisOptions {
     pub poll_interval: Duration,
     /// How many dead letters `sprout.dead` keeps (oldest dropped). Default: 10 000.
     pub dead_letter_cap: usize,
-    /// TTL of stored results (Celery's `result_expires`). Query key `result_expires`
-    /// (seconds). Default: 86 400 s.
+    /// TTL of stored results (Celery's `result_expires`), rounded up to whole seconds;
+    /// zero stores them without a TTL (kept forever, as in Celery). Query key
+    /// `result_expires` (seconds), or given beside the URL (`sprout worker
+    /// --result-expires`, see [`RedisOptions::from_url_with_result_expires`]).
+    /// Default: 86 400 s.
     pub result_expires: Duration,
     /// How long one Redis command may take before it fails. Default: 30 s.
     pub response_timeout: Duration,
@@ -73,6 +76,47 @@ impl RedisOptions {
     /// # Errors
     /// [`BrokerError::UnsupportedUrl`] for another scheme or a bad value.
     pub fn from_url(url: &str) -> Result<RedisOptions, BrokerError> {
+        Self::parse(url).map(|(opts, _)| opts)
+    }
+
+    /// [`RedisOptions::from_url`], with the results' expiry given beside the URL (the
+    /// worker's `--result-expires`) when `result_expires` is `Some`: it sets
+    /// [`RedisOptions::result_expires`]. The URL's `result_expires` key may be given
+    /// too, but only with the same value: two different expiries are an error rather
+    /// than one silently winning.
+    ///
+    /// # Errors
+    /// As [`RedisOptions::from_url`]; [`BrokerError::InvalidSettings`] when the URL's
+    /// `result_expires` differs from `result_expires`.
+    pub fn from_url_with_result_expires(
+        url: &str,
+        result_expires: Option<Duration>,
+    ) -> Result<RedisOptions, BrokerError> {
+        let (mut opts, in_url) = Self::parse(url)?;
+        match (in_url, result_expires) {
+            (Some(a), Some(b)) if a != b => Err(BrokerError::InvalidSettings(format!(
+                "result_expires={} s in the Redis URL differs from the result expiry given \
+                 beside it ({} s, `--result-expires`); give one of them, or the same value",
+                a.as_secs_f64(),
+                b.as_secs_f64()
+            ))),
+            (_, Some(expires)) => {
+                opts.result_expires = expires;
+                Ok(opts)
+            }
+            (_, None) => Ok(opts),
+        }
+    }
+
+    /// [`RedisOptions::result_expires`] as a Redis TTL: whole seconds, rounded up; 0
+    /// means no TTL (results are kept forever).
+    pub fn result_ttl_secs(&self) -> u64 {
+        let expires = self.result_expires;
+        expires.as_secs() + u64::from(expires.subsec_nanos() > 0)
+    }
+
+    /// The options from `url`, and the `result_expires` it gave, if it gave one.
+    fn parse(url: &str) -> Result<(RedisOptions, Option<Duration>), BrokerError> {
         let scheme_ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
             .iter()
             .any(|s| url.starts_with(s));
@@ -85,12 +129,13 @@ impl RedisOptions {
             None => (url, ""),
         };
         let mut kept = Vec::new();
+        let mut result_expires = None;
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             match key {
                 "visibility_timeout" => opts.visibility_timeout = seconds(key, value)?,
                 "sweep_interval" => opts.sweep_interval = seconds(key, value)?,
-                "result_expires" => opts.result_expires = seconds(key, value)?,
+                "result_expires" => result_expires = Some(seconds(key, value)?),
                 "global_keyprefix" => opts.key_prefix = value.to_string(),
                 _ => kept.push(pair),
             }
@@ -100,7 +145,10 @@ impl RedisOptions {
         } else {
             format!("{base}?{}", kept.join("&"))
         };
-        Ok(opts)
+        if let Some(expires) = result_expires {
+            opts.result_expires = expires;
+        }
+        Ok((opts, result_expires))
     }
 
     /// `key` with the key prefix.
@@ -165,5 +213,29 @@ mod tests {
         assert_eq!(o.key("unacked"), "t1:unacked");
         assert!(RedisOptions::from_url("amqp://x").is_err());
         assert!(RedisOptions::from_url("redis://x/0?visibility_timeout=soon").is_err());
+    }
+
+    #[test]
+    fn result_expires_from_the_url_or_beside_it() {
+        let url = "redis://127.0.0.1:6379/9";
+        let ttl = |o: RedisOptions| (o.result_expires, o.result_ttl_secs());
+        let day = Duration::from_secs(86_400);
+        let opts = |url: &str, given| RedisOptions::from_url_with_result_expires(url, given);
+        assert_eq!(ttl(opts(url, None).unwrap()), (day, 86_400));
+        let minute = Some(Duration::from_secs(60));
+        assert_eq!(ttl(opts(url, minute).unwrap()).1, 60);
+        let with_key = format!("{url}?result_expires=60");
+        assert_eq!(ttl(opts(&with_key, None).unwrap()).1, 60);
+        assert_eq!(ttl(opts(&with_key, minute).unwrap()).1, 60);
+        let e = opts(&with_key, Some(Duration::from_secs(120))).unwrap_err();
+        assert!(matches!(e, BrokerError::InvalidSettings(_)), "{e}");
+        assert!(e.to_string().contains("--result-expires"), "{e}");
+        // Zero is no TTL, and a fraction rounds up (never down to "no TTL").
+        assert_eq!(ttl(opts(url, Some(Duration::ZERO)).unwrap()).1, 0);
+        assert_eq!(
+            ttl(opts(url, Some(Duration::from_millis(1500))).unwrap()).1,
+            2
+        );
+        assert_eq!(ttl(opts(url, Some(Duration::from_millis(1))).unwrap()).1, 1);
     }
 }

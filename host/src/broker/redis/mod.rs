@@ -471,7 +471,7 @@ impl RedisBroker {
             .arg(pyjson::to_string(&record))
             .arg(self.opts.dead_letter_cap.max(1))
             .arg(meta)
-            .arg(self.opts.result_expires.as_secs().max(1))
+            .arg(self.opts.result_ttl_secs())
             .invoke_async(&mut self.conn())
             .await
             .map_err(broker_error)?;

@@ -207,7 +207,8 @@ return 1
 /// given and holds nothing yet, store and publish a FAILURE there.
 ///
 /// KEYS: `unacked`, `unacked_index`, dead list, result key.
-/// ARGV: tag, dead-letter record, cap, result JSON ("" = none), result TTL seconds.
+/// ARGV: tag, dead-letter record, cap, result JSON ("" = none), result TTL seconds
+/// (0 = none).
 /// Returns 1, or 0 when the tag was not reserved.
 pub static DEAD_LETTER: LazyLock<Script> = lua!(
     r#"
@@ -218,7 +219,13 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('LPUSH', KEYS[3], ARGV[2])
 redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[3]) - 1)
 if ARGV[4] ~= '' then
-  if redis.call('SET', KEYS[4], ARGV[4], 'NX', 'EX', tonumber(ARGV[5])) then
+  local stored
+  if tonumber(ARGV[5]) > 0 then
+    stored = redis.call('SET', KEYS[4], ARGV[4], 'NX', 'EX', tonumber(ARGV[5]))
+  else
+    stored = redis.call('SET', KEYS[4], ARGV[4], 'NX')
+  end
+  if stored then
     redis.call('PUBLISH', KEYS[4], ARGV[4])
   end
 end
