@@ -1,10 +1,10 @@
-//! `sprout run` and `sprout tasks`, through the real binary; and every printing command
-//! with its stdout closed early.
+//! `sprout run` and `sprout tasks`, through the real binary; every printing command
+//! with its stdout closed early; and the worker's log off a terminal.
 
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use crate::support::{self, Workdir, stderr, stdout};
+use crate::support::{self, Workdir, WorkerProcess, stderr, stdout};
 
 fn run(args: &[&str]) -> std::process::Output {
     Workdir::new().run(args)
@@ -290,4 +290,37 @@ fn commands_stop_printing_quietly_when_stdout_closes() {
     worker.signal(libc::SIGTERM);
     let (exit, log) = worker.wait(Duration::from_secs(30));
     assert_eq!(exit, Some(0), "{log}");
+}
+
+/// Queues `add(2, 3)` and runs `sprout worker --max-jobs 1`, logging at `info` to
+/// `log_to`; returns the worker's exit code once it stopped, and the job's stored result.
+fn one_job_through_a_worker(w: &Workdir, log_to: impl Into<Stdio>) -> (Option<i32>, String) {
+    let sent = w.run(&["send", "add", "[2, 3]"]);
+    assert!(sent.status.success(), "{}", stderr(&sent));
+    let id = stdout(&sent);
+    let tasks = support::tasks_dir().display().to_string();
+    let child = w
+        .sprout(&["worker", "--tasks", &tasks, "-c", "1", "--max-jobs", "1"])
+        .env("SPROUT_LOG", "info")
+        .env_remove("NO_COLOR")
+        .stdout(Stdio::null())
+        .stderr(log_to)
+        .spawn()
+        .expect("spawn worker");
+    let (code, _) = WorkerProcess { child: Some(child) }.wait(Duration::from_secs(60));
+    let result = w.run(&["result", &id]);
+    (code, stdout(&result))
+}
+
+/// A log that goes to a file (or anything but a terminal) is plain text.
+#[test]
+fn a_log_to_a_file_has_no_colour_codes() {
+    let w = Workdir::new();
+    let file = std::fs::File::create(w.path("worker.log")).unwrap();
+    let (code, result) = one_job_through_a_worker(&w, file);
+    assert_eq!(code, Some(0));
+    assert!(result.contains(r#""result": 5"#), "{result}");
+    let log = std::fs::read_to_string(w.path("worker.log")).unwrap();
+    assert!(log.contains(" INFO "), "the worker logged at info:\n{log}");
+    assert!(!log.contains("\x1b["), "escape codes in the log:\n{log:?}");
 }
