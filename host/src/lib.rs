@@ -16,6 +16,9 @@
 //! - [`worker`] — the consume loop: reserve capacity, fetch, run, store, ack; shutdown.
 //! - [`client`] — the producer side for programs; [`cli`] and [`commands`] — the
 //!   `sprout` command line.
+// `eprintln!` panics on a broken stderr: print through `errln!` (commands::output).
+#![warn(clippy::print_stderr)]
+
 pub mod backend;
 pub mod broker;
 pub mod celery;

@@ -1,5 +1,8 @@
 //! The `sprout` binary: parse flags, run the command, map errors to exit codes.
 
+// `eprintln!` panics on a broken stderr: print through `sprout::errln!`.
+#![warn(clippy::print_stderr)]
+
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -29,7 +32,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            sprout::errln!("error: cannot start the async runtime: {e}");
             return ExitCode::from(1);
         }
     };

@@ -295,18 +295,28 @@ fn commands_stop_printing_quietly_when_stdout_closes() {
 /// Queues `add(2, 3)` and runs `sprout worker --max-jobs 1`, logging at `info` to
 /// `log_to`; returns the worker's exit code once it stopped, and the job's stored result.
 fn one_job_through_a_worker(w: &Workdir, log_to: impl Into<Stdio>) -> (Option<i32>, String) {
+    let log_to = log_to.into();
+    one_job_through_a_worker_with(w, |worker| {
+        worker.stderr(log_to);
+    })
+}
+
+/// [`one_job_through_a_worker`], with the worker's command set up by `setup`.
+fn one_job_through_a_worker_with(
+    w: &Workdir,
+    setup: impl FnOnce(&mut std::process::Command),
+) -> (Option<i32>, String) {
     let sent = w.run(&["send", "add", "[2, 3]"]);
     assert!(sent.status.success(), "{}", stderr(&sent));
     let id = stdout(&sent);
     let tasks = support::tasks_dir().display().to_string();
-    let child = w
-        .sprout(&["worker", "--tasks", &tasks, "-c", "1", "--max-jobs", "1"])
+    let mut worker = w.sprout(&["worker", "--tasks", &tasks, "-c", "1", "--max-jobs", "1"]);
+    worker
         .env("SPROUT_LOG", "info")
         .env_remove("NO_COLOR")
-        .stdout(Stdio::null())
-        .stderr(log_to)
-        .spawn()
-        .expect("spawn worker");
+        .stdout(Stdio::null());
+    setup(&mut worker);
+    let child = worker.spawn().expect("spawn worker");
     let (code, _) = WorkerProcess { child: Some(child) }.wait(Duration::from_secs(60));
     let result = w.run(&["result", &id]);
     (code, stdout(&result))
@@ -323,4 +333,34 @@ fn a_log_to_a_file_has_no_colour_codes() {
     let log = std::fs::read_to_string(w.path("worker.log")).unwrap();
     assert!(log.contains(" INFO "), "the worker logged at info:\n{log}");
     assert!(!log.contains("\x1b["), "escape codes in the log:\n{log:?}");
+}
+
+/// A worker whose stderr is a pipe nobody reads any more (`sprout worker 2>&1 | head`
+/// after `head` exited), or closed (`2>&-`), drops its banner and log lines and still
+/// does its work.
+#[test]
+fn a_worker_with_a_broken_or_closed_stderr_still_runs_its_jobs() {
+    let w = Workdir::new();
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let (code, result) = one_job_through_a_worker(&w, writer);
+    assert_eq!(
+        code,
+        Some(0),
+        "the worker exits as usual, it does not panic (101)"
+    );
+    assert!(result.contains(r#""result": 5"#), "{result}");
+
+    let (code, result) = one_job_through_a_worker_with(&w, |worker| {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: close(2) only, between fork and exec; async-signal-safe.
+        unsafe {
+            worker.pre_exec(|| {
+                libc::close(2);
+                Ok(())
+            });
+        }
+    });
+    assert_eq!(code, Some(0), "with stderr closed");
+    assert!(result.contains(r#""result": 5"#), "{result}");
 }

@@ -121,7 +121,7 @@ pub fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             let code = error.downcast_ref::<ExitError>().map_or(1, |e| e.code);
-            eprintln!("error: {error:#}");
+            crate::errln!("error: {error:#}");
             ExitCode::from(code)
         }
     }

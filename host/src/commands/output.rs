@@ -8,6 +8,12 @@
 //! the second line) and exits with its usual code. Any other write error (a full disk
 //! behind `> file`) is reported once on stderr, the rest of the output is dropped, and
 //! the command exits 1 instead of 0 (see [`super::exit_code`]).
+//!
+//! stderr has the same trap: `eprintln!` panics when stderr is a pipe whose reader went
+//! away (`sprout worker 2>&1 | head`, a log collector that died). Messages go through
+//! [`errln!`] and [`errprint!`], which drop what cannot be written; the log has its own
+//! lossy writer ([`crate::telemetry`]). A closed stderr fd (`2>&-`) is not a problem of
+//! its own: Rust opens `/dev/null` in its place at startup.
 
 use std::fmt;
 use std::io::{self, Write};
@@ -39,9 +45,38 @@ pub fn line(args: fmt::Arguments<'_>) {
         if e.kind() == io::ErrorKind::BrokenPipe {
             STDOUT.store(READER_GONE, Ordering::Relaxed);
         } else if STDOUT.swap(FAILED, Ordering::Relaxed) == OPEN {
-            eprintln!("error: cannot write to stdout ({e}); the rest of the output is dropped");
+            crate::errln!("error: cannot write to stdout ({e}); the rest of the output is dropped");
         }
     }
+}
+
+/// Prints a line to stderr like `eprintln!`, but never panics: a line that cannot be
+/// written is dropped (see the [module docs](self)).
+#[macro_export]
+macro_rules! errln {
+    () => {
+        $crate::commands::output::err(::std::format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::commands::output::err(::std::format_args!(
+            "{}\n",
+            ::std::format_args!($($arg)*)
+        ))
+    };
+}
+
+/// Prints to stderr like `eprint!`, but never panics (see [`errln!`](crate::errln)).
+#[macro_export]
+macro_rules! errprint {
+    ($($arg:tt)*) => {
+        $crate::commands::output::err(::std::format_args!($($arg)*))
+    };
+}
+
+/// Writes `args` to stderr, dropping them if that fails. Use [`errln!`](crate::errln)
+/// or [`errprint!`](crate::errprint).
+pub fn err(args: fmt::Arguments<'_>) {
+    let _ = io::stderr().lock().write_fmt(args);
 }
 
 /// Whether writing to stdout failed for a reason other than its reader going away.

@@ -65,15 +65,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         crate::outln!("{}", serde_json::to_string_pretty(&execution)?);
     } else {
         if !execution.logs.is_empty() {
-            eprint!("{}", execution.logs);
+            crate::errprint!("{}", execution.logs);
             if !execution.logs.ends_with('\n') {
-                eprintln!();
+                crate::errln!();
             }
         }
         match &execution.outcome {
             Outcome::Success { value } => crate::outln!("{value}"),
             failure => {
-                eprintln!(
+                crate::errln!(
                     "{}: {}",
                     failure.error_kind().unwrap_or("Error"),
                     failure.error_message().unwrap_or_default()
@@ -83,11 +83,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                     ..
                 } = failure
                 {
-                    eprintln!("{bt}");
+                    crate::errln!("{bt}");
                 }
             }
         }
-        eprintln!(
+        crate::errln!(
             "fuel used: {}  duration: {:.3} ms",
             execution.fuel_used,
             execution.duration.as_secs_f64() * 1e3

@@ -62,7 +62,7 @@ pub async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     if let Some(bar) = progress {
         bar.finish_and_clear();
         let secs = started.elapsed().as_secs_f64();
-        eprintln!(
+        crate::errln!(
             "sent {count} jobs in {secs:.3} s ({:.0} jobs/s)",
             count as f64 / secs.max(1e-9)
         );
@@ -91,11 +91,11 @@ pub async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
                     .error
                     .map(|e| format!("{}: {}", e.kind, e.message))
                     .unwrap_or_default();
-                eprintln!("{id} {}: {err}", r.state);
+                crate::errln!("{id} {}: {err}", r.state);
             }
             None => {
                 failed += 1;
-                eprintln!(
+                crate::errln!(
                     "{id} PENDING: no result within {:.1} s",
                     timeout.as_secs_f64()
                 );
@@ -103,7 +103,7 @@ pub async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if count > 1 {
-        eprintln!("{} succeeded, {failed} failed", ids.len() - failed);
+        crate::errln!("{} succeeded, {failed} failed", ids.len() - failed);
     }
     Ok(if failed == 0 {
         ExitCode::SUCCESS

@@ -51,7 +51,7 @@ pub async fn run(args: TasksArgs) -> anyhow::Result<ExitCode> {
         crate::outln!("    grants: {}", grants_line(&entry.capabilities));
     }
     for r in &rejected {
-        eprintln!("rejected {}: {}", r.file.display(), r.reason);
+        crate::errln!("rejected {}: {}", r.file.display(), r.reason);
     }
     Ok(if rejected.is_empty() {
         ExitCode::SUCCESS

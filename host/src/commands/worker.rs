@@ -490,5 +490,5 @@ fn print_banner(
             &entry.module.hash[..12]
         ));
     }
-    eprintln!("{banner}");
+    crate::errln!("{banner}");
 }
