@@ -45,6 +45,9 @@ bench: build tasks
 	$(CARGO) bench -p sprout --bench worker
 	$(CARGO) bench -p sprout --bench sqlite_broker
 	$(CARGO) bench -p sprout --bench prefork
+	$(CARGO) build --release -p feed-hub
+	target/release/feed-hub run -n 1000 --spawn-worker $(SPROUT) -c 1000 --tasks $(TASKS_DIR)
+	target/release/feed-hub run -n 10000 --spawn-worker $(SPROUT) -c 1000 --tasks $(TASKS_DIR)
 	@if redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then \
 		$(CARGO) bench -p sprout --bench redis_broker && \
 		./host/benches/redis_drain.sh && \

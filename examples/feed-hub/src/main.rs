@@ -97,9 +97,12 @@ struct RunArgs {
     #[arg(long, default_value = "fetch_feed")]
     task: String,
     /// Feeds fetched (from a separate server, untimed) before the measured run, so worker
-    /// start-up and cold instance slots are not in the figure. 0 = measure from cold.
-    #[arg(long, default_value_t = 200)]
-    warmup: u64,
+    /// start-up and cold instance slots are not in the figure. Default: the concurrency,
+    /// one full wave, so every instance slot the run uses has run a job before (as in a
+    /// worker that has been up a while: a slot's first job also pays its page faults,
+    /// ~60 µs per slot here). 0 = measure from cold.
+    #[arg(long)]
+    warmup: Option<u64>,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 300.0)]
     timeout: f64,
@@ -189,9 +192,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot start {}", bin.display()))?;
         spawned.child = Some(child);
     }
-    if args.warmup > 0 {
+    let warmup = args.warmup.unwrap_or(args.concurrency as u64);
+    if warmup > 0 {
         let warm = server::start("127.0.0.1:0".parse()?, args.feeds.options()).await?;
-        let batch = Batch::send(&client, &warm, args.warmup, &args.task).await?;
+        let batch = Batch::send(&client, &warm, warmup, &args.task).await?;
         batch.wait(&client, &mut spawned, &args, &broker).await?;
     }
     let server = server::start("127.0.0.1:0".parse()?, args.feeds.options()).await?;
