@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use sprout::backend::State;
+use sprout::backend::{ResultRecord, State};
 use sprout::client::Client;
 use sprout::job::Job;
 
@@ -212,12 +212,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ok,
         failed,
         first_error,
+        last_stored,
     } = batch.wait(&client, &mut spawned, &args, &broker).await?;
     let done = Instant::now();
-    let (first_fetch, _) = server
+    let (first_fetch, first_fetch_wall) = server
         .stats
         .first_request()
         .context("the feed server saw no request")?;
+    // The same span, ending when the last result was stored rather than read back.
+    let stored_secs = last_stored
+        .and_then(|at| (at - first_fetch_wall).to_std().ok())
+        .map(|d| d.as_secs_f64());
     let secs = done.duration_since(first_fetch).as_secs_f64();
     let rate = n as f64 / secs.max(1e-9);
     let limit = args.concurrency as f64 / (args.feeds.delay_ms.max(1) as f64 / 1000.0);
@@ -244,6 +249,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 "first_fetch_after_seconds": pickup,
                 "requests_arrived_over_seconds": arrivals,
                 "last_request_to_done_seconds": tail,
+                "first_fetch_to_last_stored_seconds": stored_secs,
                 "server_requests": server.stats.requests(),
                 "server_connections": server.stats.connections(),
                 "first_error": first_error,
@@ -278,11 +284,79 @@ struct Batch {
 }
 
 /// How a batch ended.
+#[derive(Default)]
 struct Outcomes {
     ok: u64,
     failed: u64,
     first_error: Option<String>,
+    /// When the newest result was stored (the worker's own timestamp).
+    last_stored: Option<chrono::DateTime<chrono::Utc>>,
 }
+
+impl Outcomes {
+    /// Counts one finished job.
+    fn add(&mut self, record: ResultRecord) {
+        self.last_stored = self.last_stored.max(Some(record.updated_at));
+        if record.state == State::Success {
+            self.ok += 1;
+        } else {
+            self.failed += 1;
+            self.first_error.get_or_insert_with(|| {
+                record
+                    .error
+                    .map(|e| format!("{}: {}", e.kind, e.message))
+                    .unwrap_or_default()
+            });
+        }
+    }
+
+    /// Adds another reader's counts.
+    fn merge(&mut self, other: Outcomes) {
+        self.ok += other.ok;
+        self.failed += other.failed;
+        self.last_stored = self.last_stored.max(other.last_stored);
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+}
+
+/// Readers reading results back at once. Each read is a round trip to a SQLite
+/// connection's thread; one reader alone lags a burst of results by tens of ms.
+const READERS: usize = 16;
+
+/// Reads the results of `ids` back, in order, polling a pending one every 2 ms, until
+/// all are terminal or `deadline` passes (then `Err` with how many were).
+async fn read_all(client: Client, ids: Vec<String>, deadline: Instant) -> anyhow::Result<Outcomes> {
+    let mut out = Outcomes::default();
+    for id in &ids {
+        loop {
+            match client.result(id).await? {
+                Some(record) if record.state.is_terminal() => {
+                    out.add(record);
+                    break;
+                }
+                _ if Instant::now() > deadline => {
+                    return Err(TimedOut(out.ok + out.failed).into());
+                }
+                _ => tokio::time::sleep(Duration::from_millis(2)).await,
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A reader gave up at the deadline, with this many results read.
+#[derive(Debug)]
+struct TimedOut(u64);
+
+impl std::fmt::Display for TimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "timed out with {} results read", self.0)
+    }
+}
+
+impl std::error::Error for TimedOut {}
 
 impl Batch {
     async fn send(
@@ -300,7 +374,8 @@ impl Batch {
         Ok(Batch { jobs })
     }
 
-    /// Reads every result back, in order (polling each pending one every 2 ms).
+    /// Reads every result back ([`READERS`] readers, each polling its share in order),
+    /// watching that the spawned worker stays up.
     async fn wait(
         &self,
         client: &Client,
@@ -309,42 +384,44 @@ impl Batch {
         broker: &str,
     ) -> anyhow::Result<Outcomes> {
         let deadline = Instant::now() + Duration::from_secs_f64(args.timeout.max(1.0));
-        let mut out = Outcomes {
-            ok: 0,
-            failed: 0,
-            first_error: None,
-        };
-        for job in &self.jobs {
-            loop {
-                if let Some(child) = spawned.child.as_mut()
-                    && let Some(status) = child.try_wait()?
-                {
-                    bail!("the worker exited early: {status}");
-                }
-                match client.result(&job.id).await? {
-                    Some(record) if record.state.is_terminal() => {
-                        if record.state == State::Success {
-                            out.ok += 1;
-                        } else {
-                            out.failed += 1;
-                            out.first_error.get_or_insert_with(|| {
-                                record
-                                    .error
-                                    .map(|e| format!("{}: {}", e.kind, e.message))
-                                    .unwrap_or_default()
-                            });
-                        }
-                        break;
+        let mut readers = tokio::task::JoinSet::new();
+        for first in 0..READERS.min(self.jobs.len()) {
+            let ids = self.jobs[first..]
+                .iter()
+                .step_by(READERS)
+                .map(|job| job.id.clone())
+                .collect();
+            readers.spawn(read_all(client.clone(), ids, deadline));
+        }
+        let mut out = Outcomes::default();
+        // Results read by readers that then gave up at the deadline.
+        let mut timed_out: Option<u64> = None;
+        loop {
+            tokio::select! {
+                joined = readers.join_next() => match joined {
+                    None => break,
+                    Some(read) => match read?.map_err(|e| e.downcast::<TimedOut>()) {
+                        Ok(part) => out.merge(part),
+                        Err(Ok(TimedOut(read))) => *timed_out.get_or_insert(0) += read,
+                        Err(Err(e)) => return Err(e),
+                    },
+                },
+                () = tokio::time::sleep(Duration::from_millis(50)) => {
+                    if let Some(child) = spawned.child.as_mut()
+                        && let Some(status) = child.try_wait()?
+                    {
+                        bail!("the worker exited early: {status}");
                     }
-                    _ if Instant::now() > deadline => bail!(
-                        "timed out after {:.0} s with {} of {} results (is a worker consuming {broker}?)",
-                        args.timeout,
-                        out.ok + out.failed,
-                        self.jobs.len()
-                    ),
-                    _ => tokio::time::sleep(Duration::from_millis(2)).await,
                 }
             }
+        }
+        if let Some(read) = timed_out {
+            bail!(
+                "timed out after {:.0} s with {} of {} results (is a worker consuming {broker}?)",
+                args.timeout,
+                out.ok + out.failed + read,
+                self.jobs.len()
+            );
         }
         Ok(out)
     }

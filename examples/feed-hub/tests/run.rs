@@ -36,12 +36,24 @@ fn a_small_run_fetches_every_feed_and_reports_the_rate() {
         sprout.display()
     );
     let out = Command::new(feed_hub)
-        .args(["run", "-n", "200", "-c", "100", "--delay-ms", "20", "--json"])
+        .args([
+            "run",
+            "-n",
+            "200",
+            "-c",
+            "100",
+            "--delay-ms",
+            "20",
+            "--json",
+        ])
         .arg("--spawn-worker")
         .arg(&sprout)
         .arg("--tasks")
         .arg(tasks_dir())
-        .env("SPROUT_CACHE_DIR", repo_root().join("target").join("test-cache"))
+        .env(
+            "SPROUT_CACHE_DIR",
+            repo_root().join("target").join("test-cache"),
+        )
         .output()
         .expect("run feed-hub");
     let stderr = String::from_utf8_lossy(&out.stderr);
