@@ -53,8 +53,14 @@ impl Default for EngineSettings {
 /// Builds the engine.
 ///
 /// # Errors
-/// The settings are inconsistent (wasmtime validates them here, once).
+/// The settings are inconsistent (wasmtime validates them here, once), or `fuel_slice` is
+/// zero (wasmtime would refuse it only later, in every job's store).
 pub fn build_engine(settings: &EngineSettings) -> wasmtime::Result<Engine> {
+    if settings.fuel_slice == 0 {
+        return Err(wasmtime::Error::msg(
+            "fuel_slice must be at least 1 (fuel consumed between two yields)",
+        ));
+    }
     let mut config = Config::new();
     config.consume_fuel(true);
     config.wasm_backtrace_max_frames(std::num::NonZeroUsize::new(32));
@@ -103,5 +109,30 @@ fn profiler_from_env() -> wasmtime::Result<ProfilingStrategy> {
         other => Err(wasmtime::Error::msg(format!(
             "{PROFILER_ENV}={other:?}: expected perfmap or none"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_zero_fuel_slice_is_refused_up_front() {
+        let settings = EngineSettings {
+            fuel_slice: 0,
+            max_instances: 2,
+            ..EngineSettings::default()
+        };
+        let e = build_engine(&settings).unwrap_err();
+        assert!(
+            e.to_string().contains("fuel_slice must be at least 1"),
+            "{e}"
+        );
+        let settings = EngineSettings {
+            fuel_slice: 1,
+            max_instances: 2,
+            ..EngineSettings::default()
+        };
+        assert!(build_engine(&settings).is_ok());
     }
 }
