@@ -28,7 +28,7 @@ demo: build tasks
 ## nothing else of the suite is loading.
 test: tasks
 	$(CARGO) test --workspace --release -- --skip timing_
-	$(CARGO) test --release -p sprout --test all timing_ -- --test-threads=1
+	$(CARGO) test --workspace --release timing_ -- --test-threads=1
 	CARGO_TARGET_DIR=target/wasm $(CARGO) test --manifest-path tasks/Cargo.toml
 
 lint:
