@@ -25,7 +25,7 @@ use common::broker::{
 };
 use common::{env_usize, runtime};
 
-/// Fetches, stores a result for and acks jobs until `total` (shared) reaches `target`.
+/// Fetches, stores a result for and acks jobs until `done` (shared) reaches `target`.
 async fn consume(
     store: Arc<SqliteStore>,
     queue: String,

@@ -6,12 +6,12 @@
 //! ./tasks/build.sh target/tasks && cargo bench -p sprout --bench worker
 //! SPROUT_BENCH_JOBS=50000 SPROUT_BENCH_CONCURRENCY=100 cargo bench -p sprout --bench worker
 //! ```
+//! `SPROUT_BENCH_TASKS` overrides the task dir.
 //! The enqueue rate of the CLI is measured with
 //! `sprout send echo '[1]' --count 100000 --broker sqlite:/tmp/b.db` (it prints jobs/s).
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,7 +31,7 @@ use common::{env_usize, runtime};
 fn main() {
     let jobs = env_usize("SPROUT_BENCH_JOBS", 50_000);
     let concurrency = env_usize("SPROUT_BENCH_CONCURRENCY", 100);
-    let tasks = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/tasks");
+    let tasks = common::pool::tasks_dir();
     runtime().block_on(async move {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(dir.path().join("bench.db")).await.unwrap());

@@ -2,18 +2,18 @@
 //!
 //! `println!` panics when stdout is a pipe whose reader went away (`sprout status | head
 //! -3` closes it after three lines; Rust ignores SIGPIPE, so the write fails with
-//! `BrokenPipe` instead of killing the process). Commands print through [`outln!`]
-//! instead: once the reader is gone, output is dropped quietly and the command still
-//! finishes its work (a `purge` of three queues purges all three even if nobody reads
-//! the second line) and exits with its usual code. Any other write error (a full disk
-//! behind `> file`) is reported once on stderr, the rest of the output is dropped, and
-//! the command exits 1 instead of 0 (see [`super::exit_code`]).
+//! `BrokenPipe` instead of killing the process). Commands print through
+//! [`outln!`](crate::outln) instead: once the reader is gone, output is dropped quietly
+//! and the command still finishes its work (a `purge` of three queues purges all three
+//! even if nobody reads the second line) and exits with its usual code. Any other write
+//! error (a full disk behind `> file`) is reported once on stderr, the rest of the
+//! output is dropped, and the command exits 1 instead of 0 (see [`super::exit_code`]).
 //!
 //! stderr has the same trap: `eprintln!` panics when stderr is a pipe whose reader went
 //! away (`sprout worker 2>&1 | head`, a log collector that died). Messages go through
-//! [`errln!`] and [`errprint!`], which drop what cannot be written; the log has its own
-//! lossy writer ([`crate::telemetry`]). A closed stderr fd (`2>&-`) is not a problem of
-//! its own: Rust opens `/dev/null` in its place at startup.
+//! [`errln!`](crate::errln) and [`errprint!`](crate::errprint), which drop what cannot be
+//! written; the log has its own lossy writer ([`crate::telemetry`]). A closed stderr fd
+//! (`2>&-`) is not a problem of its own: Rust opens `/dev/null` in its place at startup.
 
 use std::fmt;
 use std::io::{self, Write};

@@ -6,7 +6,7 @@
 //! `allowed_hosts` ([`AllowList`]); a request that matches no pattern fails with
 //! `error-code.HTTP-request-denied` and a warning in the worker's log naming the job,
 //! the task and the host. Allowed `http://` requests go out on the process's keep-alive
-//! connection pool ([`http_pool`](super::http_pool)), `https://` ones on wasmtime's
+//! connection pool ([`super::http_pool`]), `https://` ones on wasmtime's
 //! default sender (a new connection each), both with Sprout's limits applied:
 //!
 //! - **timeouts** — connect, first byte and between bytes, each at most

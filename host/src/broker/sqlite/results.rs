@@ -98,7 +98,7 @@ impl ResultBackend for SqliteStore {
         self.result_counts().await
     }
 
-    /// Deletes in batches of [`EXPIRE_BATCH`] rows, one transaction each, taking the
+    /// Deletes in batches of `EXPIRE_BATCH` rows, one transaction each, taking the
     /// writer lock per batch: a sweep of a million old results never holds up the
     /// workers' result writes for long. Uses the `updated_at` index.
     async fn expire_results(&self, older_than: Duration) -> Result<u64, BackendError> {
