@@ -1,9 +1,11 @@
-//! Every captured Celery 5.7 fixture (`shared/celery/fixtures/*.json`, PROTOCOL.md §12)
-//! against `sprout::celery`: messages decode to the right [`Job`]; what we encode has
-//! the captured shape; results we write have the captured keys and values (timestamps
-//! aside); the follow-ups we publish match what a real Celery worker published.
+//! Every captured Celery 5.7 fixture (`tests/celery/fixtures/*.json`, vendored from
+//! `shared/celery`; PROTOCOL.md §12) against `sprout::celery`: messages decode to the
+//! right [`Job`]; what we encode has the captured shape; results we write have the
+//! captured keys and values (timestamps aside); the follow-ups we publish match what a
+//! real Celery worker published.
 
-use std::path::PathBuf;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 
 use chrono::{TimeZone, Utc};
 use serde_json::{Map, Value, json};
@@ -11,12 +13,9 @@ use sprout::backend::{ErrorInfo, ResultRecord, State};
 use sprout::celery::{self, keys, message, result, workflow};
 use sprout::job::{CeleryContext, Job};
 
-/// `shared/celery/fixtures` beside the repository (CI copies `shared/` next to its clone).
+/// The captured fixtures (vendored from `shared/celery/fixtures`).
 fn fixtures_dir() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/celery/fixtures"
-    ))
+    crate::support::celery_dir().join("fixtures")
 }
 
 fn load(name: &str) -> Value {
@@ -283,16 +282,52 @@ const RESULT_FIXTURES: &[&str] = &[
 ];
 const OTHER_FIXTURES: &[&str] = &["unacked_entry", "group_saved_taskset_meta"];
 
+/// The vendored copy (tests/celery) is the team's `shared/celery`, file for file, wherever
+/// that directory is beside the repository (on the team's machines and CI).
+#[test]
+fn vendored_celery_files_match_shared() {
+    let shared = crate::support::repo_root().join("../shared/celery");
+    if !shared.is_dir() {
+        eprintln!(
+            "no {} here: the vendored copy cannot be compared",
+            shared.display()
+        );
+        return;
+    }
+    let vendored = crate::support::celery_dir();
+    let names = |dir: &Path| -> BTreeSet<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect()
+    };
+    let fixtures = |root: &Path| root.join("fixtures");
+    assert_eq!(
+        names(&fixtures(&vendored)),
+        names(&fixtures(&shared)),
+        "tests/celery/fixtures has other files than shared/celery/fixtures"
+    );
+    let mut files: Vec<PathBuf> = names(&fixtures(&shared))
+        .into_iter()
+        .map(|n| PathBuf::from("fixtures").join(n))
+        .collect();
+    files.push(PathBuf::from("client_check.py"));
+    for file in files {
+        assert_eq!(
+            std::fs::read(vendored.join(&file)).unwrap(),
+            std::fs::read(shared.join(&file)).unwrap(),
+            "tests/celery/{} differs from shared/celery (see tests/celery/README.md)",
+            file.display()
+        );
+    }
+}
+
 #[test]
 fn every_fixture_is_tested() {
     let dir = fixtures_dir();
     let mut untested = Vec::new();
-    let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| {
-        panic!(
-            "{} unreadable ({e}): is shared/ beside the repo?",
-            dir.display()
-        )
-    });
+    let entries =
+        std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{} unreadable ({e})", dir.display()));
     for entry in entries {
         let name = entry.unwrap().file_name().into_string().unwrap();
         let Some(stem) = name.strip_suffix(".json") else {

@@ -1,8 +1,8 @@
 //! Interop with real Python Celery over Redis (PROTOCOL.md), both directions:
 //!
-//! - a real Celery client (`shared/celery/client_check.py`) sends tasks, chains and
-//!   failing tasks to the real `sprout worker`, and checks what `AsyncResult.get()`
-//!   returns or raises;
+//! - a real Celery client (`tests/celery/client_check.py`, the team's `shared/celery`
+//!   one) sends tasks, chains and failing tasks to the real `sprout worker`, and checks
+//!   what `AsyncResult.get()` returns or raises;
 //! - jobs published by `sprout send --broker redis://…` are run by a real Celery worker
 //!   (solo pool, `tests/python/celery_tasks.py`), and `sprout send --wait` reads the
 //!   results that worker stored.
@@ -38,9 +38,9 @@ fn venv() -> &'static PathBuf {
     })
 }
 
-/// `shared/celery/client_check.py`, beside the repository.
+/// `client_check.py` (vendored from `shared/celery`).
 fn client_check() -> PathBuf {
-    repo_root().join("../shared/celery/client_check.py")
+    crate::support::celery_dir().join("client_check.py")
 }
 
 fn queue(what: &str) -> String {

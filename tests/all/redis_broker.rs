@@ -262,9 +262,9 @@ async fn python_messages_and_python_reservations() {
         return;
     };
     let b = broker(&opts).await;
-    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/celery/fixtures");
+    let fixtures = crate::support::celery_dir().join("fixtures");
     let plain: Value =
-        serde_json::from_str(&std::fs::read_to_string(format!("{fixtures}/plain.json")).unwrap())
+        serde_json::from_str(&std::fs::read_to_string(fixtures.join("plain.json")).unwrap())
             .unwrap();
     let raw_msg = plain["raw"].as_str().unwrap();
     let queue = fresh_queue("py");
@@ -288,7 +288,7 @@ async fn python_messages_and_python_reservations() {
 
     // A reservation a crashed Celery worker left behind, an hour and more ago.
     let restored: Value = serde_json::from_str(
-        &std::fs::read_to_string(format!("{fixtures}/unacked_entry.json")).unwrap(),
+        &std::fs::read_to_string(fixtures.join("unacked_entry.json")).unwrap(),
     )
     .unwrap();
     let mut envelope = restored["value"][0].clone();

@@ -18,6 +18,12 @@ use sprout::sandbox::{EngineSettings, Sandbox};
 /// test of this binary loads the machine while they measure.
 pub static TIMED: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// The Celery reference files (`client_check.py`, `fixtures/`), vendored from the team's
+/// `shared/celery` so a clone runs its tests on its own (tests/celery/README.md).
+pub fn celery_dir() -> PathBuf {
+    repo_root().join("tests").join("celery")
+}
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
