@@ -33,7 +33,7 @@ use crate::support;
 /// for a minute), `/trickle` (headers and a few bytes, then a minute of silence),
 /// `/big/<kib>` (a body of that size with `content-length`), `/chunked/<kib>` (the
 /// same, chunked, with no length announced, then the connection is closed).
-struct TestServer {
+pub(crate) struct TestServer {
     addr: SocketAddr,
     hits: Arc<AtomicUsize>,
     connections: Arc<AtomicUsize>,
@@ -51,7 +51,7 @@ struct ServerOptions {
 }
 
 impl TestServer {
-    async fn start(delay: Duration) -> TestServer {
+    pub(crate) async fn start(delay: Duration) -> TestServer {
         TestServer::with(ServerOptions {
             delay,
             idle_close: None,
@@ -91,7 +91,12 @@ impl TestServer {
         }
     }
 
-    fn url(&self, path: &str) -> String {
+    /// When the first request arrived, if one did.
+    pub(crate) fn first_hit(&self) -> Option<Instant> {
+        self.first_hit.get().copied()
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
@@ -720,7 +725,7 @@ async fn feed_run(client: &Client, feeds: usize, extra: &[Job]) -> FeedRun {
     let done = Instant::now();
     assert_eq!(server.hits(), feeds);
     FeedRun {
-        from_first_fetch: done - *server.first_hit.get().expect("the server saw requests"),
+        from_first_fetch: done - server.first_hit().expect("the server saw requests"),
         from_enqueue: done - enqueued,
     }
 }

@@ -7,7 +7,6 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -24,6 +23,7 @@ use sprout::worker::{Shutdown, Worker, WorkerConfig};
 use tokio::sync::watch;
 
 use crate::adversarial::{self, Fixture, adversarial_suite, check_rejections};
+use crate::http::TestServer;
 use crate::outcomes::{job_limits_suite, outcome_suite, run_many};
 use crate::support::{self, Workdir};
 
@@ -639,85 +639,32 @@ async fn children_die_with_the_parent_and_stop_on_shutdown() {
     }
 }
 
-/// A loopback feed server on its own thread and runtime (the test's own thread blocks
-/// while it polls for results): every request gets a small RSS document after `delay`.
-struct FeedServer {
-    url: String,
-    /// Wall-clock milliseconds of the first request since the last [`FeedServer::reset`].
-    first_hit_ms: Arc<AtomicI64>,
+/// A thread of its own that runs loopback servers: the test's own thread blocks while it
+/// polls for results, so the servers must not depend on it.
+struct ServerThread {
+    handle: tokio::runtime::Handle,
 }
 
-impl FeedServer {
-    fn start(delay: Duration) -> FeedServer {
-        let first_hit_ms = Arc::new(AtomicI64::new(0));
+impl ServerThread {
+    fn start() -> ServerThread {
         let (tx, rx) = std::sync::mpsc::channel();
-        let first = first_hit_ms.clone();
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
-            runtime.block_on(async move {
-                let url = serve_feeds(delay, first);
-                tx.send(url).unwrap();
-                std::future::pending::<()>().await
-            });
+            tx.send(runtime.handle().clone()).unwrap();
+            runtime.block_on(std::future::pending::<()>());
         });
-        FeedServer {
-            url: rx.recv().unwrap(),
-            first_hit_ms,
+        ServerThread {
+            handle: rx.recv().unwrap(),
         }
     }
 
-    /// Forgets the first request, so the next one is recorded.
-    fn reset(&self) {
-        self.first_hit_ms.store(0, Ordering::SeqCst);
+    /// A new feed server ([`TestServer`]: a small RSS document after `delay`) on this thread.
+    fn feed_server(&self, delay: Duration) -> TestServer {
+        futures_block(self.handle.spawn(TestServer::start(delay))).unwrap()
     }
-
-    /// When the first request since the last reset arrived.
-    fn first_hit(&self) -> DateTime<Utc> {
-        let ms = self.first_hit_ms.load(Ordering::SeqCst);
-        assert!(ms > 0, "the feed server saw no request");
-        DateTime::from_timestamp_millis(ms).unwrap()
-    }
-}
-
-fn serve_feeds(delay: Duration, first_hit_ms: Arc<AtomicI64>) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    // A large backlog: a thousand guests connect at once.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let listener = socket.listen(4096).unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let first_hit_ms = first_hit_ms.clone();
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let now = Utc::now().timestamp_millis();
-                let _ = first_hit_ms.compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst);
-                tokio::time::sleep(delay).await;
-                let body = "<?xml version=\"1.0\"?><rss version=\"2.0\"><channel><title>Feed</title>\
-                            <item><title>first</title></item><item><title>second</title></item>\
-                            </channel></rss>";
-                let response = format!(
-                    "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-type: application/rss+xml\r\n\
-                     content-length: {}\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = stream.write_all(response.as_bytes()).await;
-                let _ = stream.shutdown().await;
-            });
-        }
-    });
-    format!("http://{addr}")
 }
 
 /// One worker, two pools: hogs on a prefork pool, fetch_feed jobs on an async pool, each
@@ -750,7 +697,7 @@ async fn timing_mixed_pools_keep_feed_throughput_while_hogs_run() {
         "queue = \"cpu\"\n[limits]\nfuel = 20_000_000_000\ntime_limit = 30.0\n",
     )
     .unwrap();
-    let server = FeedServer::start(Duration::from_millis(100));
+    let servers = ServerThread::start();
     let store = SqliteStore::open(dir.path("sprout.db")).await.unwrap();
     let (mut worker, log) = worker_with_log(
         &dir,
@@ -769,7 +716,6 @@ async fn timing_mixed_pools_keep_feed_throughput_while_hogs_run() {
         let out = dir.run(&["send", task, args, "--count", &count, "--tasks", &tasks_arg]);
         assert!(out.status.success(), "{}", support::stderr(&out));
     };
-    let feed = format!("[\"{}/feed/1\"]", server.url);
     let queue_depth = |queue: &str| -> u64 {
         futures_block(store.stats())
             .unwrap()
@@ -797,20 +743,28 @@ async fn timing_mixed_pools_keep_feed_throughput_while_hogs_run() {
             .max()
             .expect("feed results")
     };
-    // One run: FEEDS feeds, timed as the issue defines it, from the first request the
-    // server sees to the last result stored (the results' own timestamps, so the time
-    // does not depend on how often this test polls, nor on `sprout send` starting up).
+    // One run: FEEDS feeds from a fresh feed server, timed as the issue defines it, from
+    // the first request the server sees to the last result stored (the results' own
+    // timestamps, so the time does not depend on how often this test polls, nor on
+    // `sprout send` starting up).
     let mut done = 0;
     let mut run = || {
-        server.reset();
-        send("fetch_feed", &feed, FEEDS);
+        let server = servers.feed_server(Duration::from_millis(100));
+        let (clock, wall) = (Instant::now(), Utc::now());
+        send(
+            "fetch_feed",
+            &format!("[\"{}\"]", server.url("/feed/1")),
+            FEEDS,
+        );
         done += FEEDS;
         assert!(
             support::wait_until(Duration::from_secs(60), || succeeded() >= done),
             "{}",
             read(&log)
         );
-        (last_feed_result() - server.first_hit())
+        let first_hit = server.first_hit().expect("the feed server saw requests");
+        let first_hit = wall + chrono::TimeDelta::from_std(first_hit - clock).unwrap();
+        (last_feed_result() - first_hit)
             .to_std()
             .expect("the last result comes after the first request")
     };
