@@ -213,6 +213,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         failed,
         first_error,
         last_stored,
+        ..
     } = batch.wait(&client, &mut spawned, &args, &broker).await?;
     let done = Instant::now();
     let (first_fetch, first_fetch_wall) = server
@@ -291,6 +292,8 @@ struct Outcomes {
     first_error: Option<String>,
     /// When the newest result was stored (the worker's own timestamp).
     last_stored: Option<chrono::DateTime<chrono::Utc>>,
+    /// A reader gave up at the deadline with results still pending.
+    timed_out: bool,
 }
 
 impl Outcomes {
@@ -315,6 +318,7 @@ impl Outcomes {
         self.ok += other.ok;
         self.failed += other.failed;
         self.last_stored = self.last_stored.max(other.last_stored);
+        self.timed_out |= other.timed_out;
         if self.first_error.is_none() {
             self.first_error = other.first_error;
         }
@@ -326,7 +330,7 @@ impl Outcomes {
 const READERS: usize = 16;
 
 /// Reads the results of `ids` back, in order, polling a pending one every 2 ms, until
-/// all are terminal or `deadline` passes (then `Err` with how many were).
+/// all are terminal or `deadline` passes (then with `timed_out` set).
 async fn read_all(client: Client, ids: Vec<String>, deadline: Instant) -> anyhow::Result<Outcomes> {
     let mut out = Outcomes::default();
     for id in &ids {
@@ -337,7 +341,8 @@ async fn read_all(client: Client, ids: Vec<String>, deadline: Instant) -> anyhow
                     break;
                 }
                 _ if Instant::now() > deadline => {
-                    return Err(TimedOut(out.ok + out.failed).into());
+                    out.timed_out = true;
+                    return Ok(out);
                 }
                 _ => tokio::time::sleep(Duration::from_millis(2)).await,
             }
@@ -345,18 +350,6 @@ async fn read_all(client: Client, ids: Vec<String>, deadline: Instant) -> anyhow
     }
     Ok(out)
 }
-
-/// A reader gave up at the deadline, with this many results read.
-#[derive(Debug)]
-struct TimedOut(u64);
-
-impl std::fmt::Display for TimedOut {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "timed out with {} results read", self.0)
-    }
-}
-
-impl std::error::Error for TimedOut {}
 
 impl Batch {
     async fn send(
@@ -394,17 +387,11 @@ impl Batch {
             readers.spawn(read_all(client.clone(), ids, deadline));
         }
         let mut out = Outcomes::default();
-        // Results read by readers that then gave up at the deadline.
-        let mut timed_out: Option<u64> = None;
         loop {
             tokio::select! {
                 joined = readers.join_next() => match joined {
                     None => break,
-                    Some(read) => match read?.map_err(|e| e.downcast::<TimedOut>()) {
-                        Ok(part) => out.merge(part),
-                        Err(Ok(TimedOut(read))) => *timed_out.get_or_insert(0) += read,
-                        Err(Err(e)) => return Err(e),
-                    },
+                    Some(read) => out.merge(read??),
                 },
                 () = tokio::time::sleep(Duration::from_millis(50)) => {
                     if let Some(child) = spawned.child.as_mut()
@@ -415,11 +402,11 @@ impl Batch {
                 }
             }
         }
-        if let Some(read) = timed_out {
+        if out.timed_out {
             bail!(
                 "timed out after {:.0} s with {} of {} results (is a worker consuming {broker}?)",
                 args.timeout,
-                out.ok + out.failed + read,
+                out.ok + out.failed,
                 self.jobs.len()
             );
         }
