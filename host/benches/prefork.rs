@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sprout::limits::Limits;
+use sprout::model::Limits;
 use sprout::pool::{AsyncPool, Pool, PreforkConfig, PreforkPool};
 use sprout::registry::Registry;
 use sprout::sandbox::Sandbox;
@@ -92,7 +92,7 @@ async fn pooled(pool: Arc<dyn Pool>, registry: &Arc<Registry>) -> Duration {
         let e = j.await.unwrap();
         assert_eq!(
             e.outcome,
-            sprout::outcome::Outcome::Success {
+            sprout::model::Outcome::Success {
                 value: json!(832_040)
             }
         );

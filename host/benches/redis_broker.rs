@@ -23,8 +23,9 @@ use std::time::{Duration, Instant};
 use sprout::backend::ResultBackend;
 use sprout::backend::redis::RedisBackend;
 use sprout::broker::Broker;
-use sprout::broker::redis::{RedisBroker, RedisOptions};
+use sprout::broker::redis::RedisBroker;
 use sprout::celery;
+use sprout::storage::redis::RedisOptions;
 use tokio::task::JoinHandle;
 
 use common::broker::{

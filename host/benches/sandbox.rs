@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sprout::limits::Limits;
+use sprout::model::Limits;
 use sprout::pool::{AsyncPool, Pool};
 use sprout::registry::Registry;
 use sprout::sandbox::RunRequest;
@@ -216,7 +216,7 @@ async fn fib() {
         let e = job(pool.as_ref(), &registry, "fib", json!([30])).await;
         assert_eq!(
             e.outcome,
-            sprout::outcome::Outcome::Success {
+            sprout::model::Outcome::Success {
                 value: json!(832040)
             }
         );

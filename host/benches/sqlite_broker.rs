@@ -16,9 +16,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use sprout::backend::{ResultBackend, ResultRecord};
-use sprout::broker::Broker;
-use sprout::broker::sqlite::SqliteStore;
+use sprout::connect::{self, Connection};
+use sprout::model::ResultRecord;
 
 use common::broker::{
     LEASE, assert_drained, end_to_end, jobs, publish_all, report, success_record,
@@ -27,7 +26,7 @@ use common::{env_usize, runtime};
 
 /// Fetches, stores a result for and acks jobs until `done` (shared) reaches `target`.
 async fn consume(
-    store: Arc<SqliteStore>,
+    store: Arc<Connection>,
     queue: String,
     batch: usize,
     done: Arc<AtomicUsize>,
@@ -36,6 +35,7 @@ async fn consume(
     let queues = [queue];
     while done.load(Ordering::Relaxed) < target {
         let got = store
+            .broker
             .fetch(&queues, batch, LEASE, Duration::from_millis(50))
             .await
             .unwrap();
@@ -46,25 +46,22 @@ async fn consume(
             .iter()
             .map(|d| success_record(d.job.as_ref().unwrap()))
             .collect();
-        store.store(&records).await.unwrap();
+        store.backend.store(&records).await.unwrap();
         let tags: Vec<_> = got.iter().map(|d| d.tag.clone()).collect();
-        store.ack(&tags).await.unwrap();
+        store.broker.ack(&tags).await.unwrap();
         done.fetch_add(got.len(), Ordering::Relaxed);
     }
 }
 
 async fn run(n: usize, batch: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        SqliteStore::open(dir.path().join("bench.db"))
-            .await
-            .unwrap(),
-    );
+    let url = format!("sqlite:{}", dir.path().join("bench.db").display());
+    let store = Arc::new(connect::connect(&url).await.unwrap());
 
     // 1. publish
     let sent = jobs("bench", n);
     let start = Instant::now();
-    publish_all(store.as_ref(), &sent, 10_000).await;
+    publish_all(store.broker.as_ref(), &sent, 10_000).await;
     report("publish (10k per call)", n, start.elapsed());
 
     // 2. drain: fetch + store + ack, one consumer
@@ -81,7 +78,7 @@ async fn run(n: usize, batch: usize) {
     // 3. end to end: producer and two consumers at once
     let done = Arc::new(AtomicUsize::new(0));
     end_to_end(
-        store.clone(),
+        store.broker.clone(),
         "e2e",
         n,
         &format!("end to end: publish 1k/call, 2 consumers, batch {batch}"),
@@ -93,7 +90,7 @@ async fn run(n: usize, batch: usize) {
     )
     .await;
 
-    assert_drained(store.as_ref()).await;
+    assert_drained(store.broker.as_ref()).await;
     let db = std::fs::metadata(dir.path().join("bench.db"))
         .map(|m| m.len())
         .unwrap_or(0);

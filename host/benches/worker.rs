@@ -16,11 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sprout::backend::ResultBackend;
-use sprout::broker::Broker;
-use sprout::broker::sqlite::SqliteStore;
-use sprout::job::Job;
-use sprout::limits::Limits;
+use sprout::connect;
+use sprout::model::Job;
+use sprout::model::Limits;
 use sprout::pool::{AsyncPool, Pool};
 use sprout::registry::Registry;
 use sprout::sandbox::{EngineSettings, Sandbox};
@@ -34,11 +32,12 @@ fn main() {
     let tasks = common::pool::tasks_dir();
     runtime().block_on(async move {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SqliteStore::open(dir.path().join("bench.db")).await.unwrap());
+        let url = format!("sqlite:{}", dir.path().join("bench.db").display());
+        let store = connect::connect(&url).await.unwrap();
         let batch: Vec<Job> = (0..jobs).map(|i| Job::new("echo", vec![json!(i)], Default::default())).collect();
         let t = Instant::now();
         for chunk in batch.chunks(10_000) {
-            store.publish(chunk).await.unwrap();
+            store.broker.publish(chunk).await.unwrap();
         }
         let publish = t.elapsed().as_secs_f64();
         println!("publish {jobs} jobs: {:.0} jobs/s", jobs as f64 / publish);
@@ -58,12 +57,12 @@ fn main() {
             max_jobs: Some(jobs as u64),
         };
         let (_tx, rx) = tokio::sync::watch::channel(Shutdown::Running);
-        let worker = Worker::new(store.clone(), store.clone(), registry, pool, config);
+        let worker = Worker::new(store.broker.clone(), store.backend.clone(), registry, pool, config);
         let t = Instant::now();
         let report = worker.run(rx).await.unwrap();
         let secs = t.elapsed().as_secs_f64();
         assert_eq!(report.succeeded, jobs as u64, "{report:?}");
-        let last = store.get(&batch[jobs - 1].id).await.unwrap().expect("stored");
+        let last = store.backend.get(&batch[jobs - 1].id).await.unwrap().expect("stored");
         assert_eq!(last.result, Some(json!(jobs - 1)));
         println!(
             "end to end (fetch → run → store → ack), echo, -c {concurrency}: {jobs} jobs in {secs:.2} s = {:.0} jobs/s",

@@ -3,7 +3,7 @@
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
 //! use sprout::client::Client;
-//! use sprout::job::Job;
+//! use sprout::model::Job;
 //! let client = Client::connect("sqlite:sprout.db").await?;
 //! let id = client.send(Job::new("add", vec![2.into(), 3.into()], Default::default())).await?;
 //! let record = client.wait(&id, std::time::Duration::from_secs(10)).await?;
@@ -14,9 +14,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backend::{BackendError, ResultBackend, ResultRecord};
-use crate::broker::{self, Broker, BrokerError};
-use crate::job::Job;
+use crate::backend::{BackendError, ResultBackend};
+use crate::broker::{Broker, BrokerError};
+use crate::connect::{self, ConnectError, ConnectOptions};
+use crate::model::Job;
+use crate::model::ResultRecord;
 
 /// A connection to a broker and its result backend.
 #[derive(Clone)]
@@ -26,12 +28,28 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to the broker at `url` (see [`broker::connect`]).
+    /// Connects to the broker at `url` and its own result store (see
+    /// [`connect::connect`]).
     ///
     /// # Errors
-    /// [`BrokerError`] when the URL is unsupported or unreachable.
-    pub async fn connect(url: &str) -> Result<Client, BrokerError> {
-        let connection = broker::connect(url).await?;
+    /// [`ConnectError`] when the URL is unsupported or unreachable.
+    pub async fn connect(url: &str) -> Result<Client, ConnectError> {
+        let connection = connect::connect(url).await?;
+        Ok(Client {
+            broker: connection.broker,
+            backend: connection.backend,
+        })
+    }
+
+    /// Connects to the broker at `broker_url` and the result backend `options` name.
+    ///
+    /// # Errors
+    /// [`ConnectError`] when a URL is unsupported or unreachable.
+    pub async fn connect_with(
+        broker_url: &str,
+        options: &ConnectOptions,
+    ) -> Result<Client, ConnectError> {
+        let connection = connect::connect_with(broker_url, options).await?;
         Ok(Client {
             broker: connection.broker,
             backend: connection.backend,

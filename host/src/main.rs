@@ -1,14 +1,18 @@
 //! The `sprout` binary: parse flags, run the command, map errors to exit codes.
+//!
+//! The command line ([`cli`]) lives here, not in the library: an embedder of the
+//! `sprout` library links no clap.
 
-// `eprintln!` panics on a broken stderr: print through `sprout::errln!`.
+// `eprintln!` panics on a broken stderr: print through `errln!` (cli/output.rs).
 #![warn(clippy::print_stderr)]
+
+mod cli;
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use sprout::cli::{Cli, Command};
-use sprout::commands;
-
+use cli::args::{Cli, Command};
+use cli::commands;
 /// mimalloc instead of glibc's allocator: per-job setup allocates and frees many small
 /// objects across the runtime's threads, where glibc's `malloc`/`free` took ~15% of a
 /// feed-fetching worker's CPU (BENCHMARKS.md). Built with `no_thp`: with transparent huge
@@ -20,7 +24,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let Cli { log, command } = Cli::parse();
-    sprout::telemetry::init(&log);
+    cli::telemetry::init(&log);
     // A prefork child builds its own single-threaded runtime.
     let command = match command {
         Command::Child(args) => return commands::worker::run_child(args),
@@ -32,7 +36,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            sprout::errln!("error: cannot start the async runtime: {e}");
+            errln!("error: cannot start the async runtime: {e}");
             return ExitCode::from(1);
         }
     };

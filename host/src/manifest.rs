@@ -12,12 +12,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::limits::Limits;
+use crate::model::{Capabilities, Limits};
 use crate::rate_limit::RateLimit;
-
-/// Prefix of the environment variables that carry `[capabilities] config` values to the
-/// guest: `config = { api_url = "…" }` is `SPROUT_CONFIG_api_url`.
-pub const CONFIG_ENV_PREFIX: &str = "SPROUT_CONFIG_";
 
 /// The whole manifest file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -44,118 +40,6 @@ pub struct Manifest {
     /// What the sandbox grants beyond computing (deny by default).
     #[serde(default)]
     pub capabilities: Capabilities,
-}
-
-/// `[capabilities]`: the only ways a task may touch the outside world. Everything is
-/// denied unless listed here.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Capabilities {
-    /// Outgoing HTTP destinations (`wasi:http`), as `scheme://host[:port]` patterns.
-    /// Nothing is allowed when empty. Every request, and every hop of a redirect, must
-    /// match one; the check happens before any DNS lookup or connection.
-    ///
-    /// ```text
-    /// pattern = scheme "://" host [ ":" port ]      (case-insensitive)
-    /// scheme  = "http" | "https"
-    /// host    = "*"                  any host
-    ///         | "*." domain          any name ending in "." domain (not domain itself);
-    ///                                domain has at least two labels
-    ///         | name                 that DNS name exactly (a trailing "." is ignored)
-    ///         | ipv4 | "[" ipv6 "]"  that IP literal exactly (names are not resolved
-    ///                                to compare: list the form the task uses)
-    /// port    = "*" | 1..65535       omitted = the scheme's default, 80 or 443
-    /// ```
-    ///
-    /// No user info, path, query or fragment. Examples: `"https://api.example.com"`
-    /// (port 443 only), `"https://*.example.com:*"`, `"http://127.0.0.1:*"`.
-    #[serde(default)]
-    pub allowed_hosts: Vec<String>,
-    /// Longest wait, in seconds, for each phase of an outgoing HTTP request: connecting,
-    /// the first response byte, and each later read of the body. A guest may ask for
-    /// less, never more. Default: 30.
-    #[serde(default)]
-    pub http_timeout: Option<f64>,
-    /// Largest HTTP response body a task may receive, in KiB; a larger one fails with a
-    /// clear error (at once when `content-length` announces it). Default: 10240 (10 MiB).
-    #[serde(default)]
-    pub http_max_response_kib: Option<u64>,
-    /// Host directories mounted read-only: guest path → host path
-    /// (`"/data" = "/srv/feeds"`). Relative host paths are relative to the manifest.
-    #[serde(default)]
-    pub dirs: BTreeMap<String, String>,
-    /// Environment variables the guest sees (name → value). Nothing is inherited.
-    #[serde(default, deserialize_with = "env_map")]
-    pub env: BTreeMap<String, String>,
-    /// Configuration values for the task (key → value). The guest reads them as
-    /// environment variables named [`CONFIG_ENV_PREFIX`] + key (`SPROUT_CONFIG_api_url`);
-    /// keys are letters, digits, `_`, `.` and `-`.
-    #[serde(default, deserialize_with = "config_map")]
-    pub config: BTreeMap<String, String>,
-}
-
-/// `[capabilities] env`: names must not be empty, contain `=` or NUL, or use the
-/// prefix reserved for `config` values.
-fn env_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
-    let map = BTreeMap::<String, String>::deserialize(d)?;
-    for name in map.keys() {
-        if name.is_empty() || name.contains(['=', '\0']) {
-            return Err(serde::de::Error::custom(format!(
-                "env name {name:?} is not a valid environment variable name"
-            )));
-        }
-        if name.starts_with(CONFIG_ENV_PREFIX) {
-            return Err(serde::de::Error::custom(format!(
-                "env name {name:?} uses the prefix {CONFIG_ENV_PREFIX} reserved for `config` \
-                 values: put it in `config` instead"
-            )));
-        }
-    }
-    Ok(map)
-}
-
-/// `[capabilities] config`: keys are letters, digits, `_`, `.` and `-`.
-fn config_map<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<BTreeMap<String, String>, D::Error> {
-    let map = BTreeMap::<String, String>::deserialize(d)?;
-    for key in map.keys() {
-        let valid = !key.is_empty()
-            && key
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-        if !valid {
-            return Err(serde::de::Error::custom(format!(
-                "config key {key:?} must be letters, digits, '_', '.' or '-'"
-            )));
-        }
-    }
-    Ok(map)
-}
-
-impl Capabilities {
-    /// True when nothing is granted.
-    pub fn is_empty(&self) -> bool {
-        *self == Capabilities::default()
-    }
-
-    /// Checks the values serde cannot: `allowed_hosts` patterns and HTTP limits.
-    ///
-    /// # Errors
-    /// A message naming the key and what is wrong.
-    pub fn validate(&self) -> Result<(), String> {
-        crate::sandbox::http::AllowList::parse(&self.allowed_hosts)
-            .map_err(|e| format!("[capabilities] {e}"))?;
-        if let Some(secs) = self.http_timeout.filter(|s| !(s.is_finite() && *s > 0.0)) {
-            return Err(format!(
-                "[capabilities] http_timeout must be a positive number of seconds, not {secs}"
-            ));
-        }
-        if self.http_max_response_kib == Some(0) {
-            return Err("[capabilities] http_max_response_kib must be at least 1".into());
-        }
-        Ok(())
-    }
 }
 
 /// `[limits]`: raise or lower the defaults for this file's tasks.

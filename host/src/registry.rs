@@ -17,8 +17,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use crate::limits::Limits;
-use crate::manifest::{Capabilities, Manifest};
+use crate::manifest::Manifest;
+use crate::model::Capabilities;
+use crate::model::Limits;
 use crate::rate_limit::RateLimiter;
 use crate::sandbox::{LoadError, Sandbox, TaskModule};
 

@@ -15,9 +15,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sprout::job::LimitOverrides;
-use sprout::limits::Limits;
-use sprout::outcome::{Execution, Outcome};
+use sprout::model::LimitOverrides;
+use sprout::model::Limits;
+use sprout::model::{Execution, Outcome};
 use sprout::pool::{AsyncPool, Pool};
 use sprout::registry::{Registry, Rejected};
 use sprout::sandbox::Sandbox;

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use sprout::broker::{Broker, Delivery, DeliveryTag};
-use sprout::job::Job;
+use sprout::model::Job;
 
 /// A lease long enough that it never expires during a test.
 pub const LONG_LEASE: Duration = Duration::from_secs(60);
@@ -486,8 +486,8 @@ mod sqlite {
     use std::sync::Arc;
     use std::time::Duration;
 
+    use crate::support::SqliteStore;
     use chrono::Utc;
-    use sprout::broker::sqlite::SqliteStore;
     use sprout::broker::{Broker, BrokerError};
 
     use super::*;
@@ -596,7 +596,7 @@ mod sqlite {
     async fn connect_url() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite:{}", dir.path().join("url.db").display());
-        let conn = sprout::broker::connect(&url).await.unwrap();
+        let conn = sprout::connect::connect(&url).await.unwrap();
         let queue = fresh_queue("url");
         conn.broker.publish(&[job(&queue, 1)]).await.unwrap();
         assert_eq!(fetch_now(&*conn.broker, &queue, 1).await.len(), 1);

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 
 use chrono::{TimeZone, Utc};
 use serde_json::{Map, Value, json};
-use sprout::backend::{ErrorInfo, ResultRecord, State};
 use sprout::celery::{self, keys, message, result, workflow};
-use sprout::job::{CeleryContext, Job};
+use sprout::model::{CeleryContext, Job};
+use sprout::model::{ErrorInfo, ResultRecord, State};
 
 /// The captured fixtures (vendored from `shared/celery/fixtures`).
 fn fixtures_dir() -> PathBuf {

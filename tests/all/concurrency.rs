@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sprout::limits::Limits;
-use sprout::outcome::{Outcome, TimeLimitKind};
+use sprout::model::Limits;
+use sprout::model::{Outcome, TimeLimitKind};
 use sprout::pool::{AsyncPool, Pool};
 use sprout::registry::Registry;
 

@@ -13,11 +13,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sprout::backend::{ResultRecord, State};
 use sprout::client::Client;
-use sprout::job::Job;
-use sprout::manifest::Capabilities;
-use sprout::outcome::Outcome;
+use sprout::model::Capabilities;
+use sprout::model::Job;
+use sprout::model::Outcome;
+use sprout::model::{ResultRecord, State};
 use sprout::sandbox::{RunRequest, Sandbox, TaskModule};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};

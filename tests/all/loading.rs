@@ -94,7 +94,7 @@ async fn compiled_artifacts_are_cached_on_disk_and_a_bad_one_is_recompiled() {
         .await;
     assert_eq!(
         e.outcome,
-        sprout::outcome::Outcome::Success { value: 4.into() }
+        sprout::model::Outcome::Success { value: 4.into() }
     );
 
     // A damaged artifact is not trusted: the module is compiled again and still runs.
@@ -106,6 +106,6 @@ async fn compiled_artifacts_are_cached_on_disk_and_a_bad_one_is_recompiled() {
         .await;
     assert_eq!(
         e.outcome,
-        sprout::outcome::Outcome::Success { value: 9.into() }
+        sprout::model::Outcome::Success { value: 9.into() }
     );
 }

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sprout::job::LimitOverrides;
-use sprout::outcome::{Execution, Outcome, TimeLimitKind};
+use sprout::model::LimitOverrides;
+use sprout::model::{Execution, Outcome, TimeLimitKind};
 use sprout::pool::{AsyncPool, Pool};
 use sprout::registry::Registry;
 use sprout::sandbox::RunRequest;

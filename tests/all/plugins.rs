@@ -8,12 +8,13 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::SqliteStore;
 use serde_json::{Value, json};
-use sprout::backend::{ResultBackend, ResultRecord, State};
+use sprout::backend::ResultBackend;
 use sprout::broker::Broker;
-use sprout::broker::sqlite::SqliteStore;
-use sprout::job::Job;
-use sprout::limits::Limits;
+use sprout::model::Job;
+use sprout::model::Limits;
+use sprout::model::{ResultRecord, State};
 use sprout::registry::Registry;
 use sprout::registry::watch::{self, WatchOptions};
 

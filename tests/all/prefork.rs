@@ -9,13 +9,14 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::SqliteStore;
 use chrono::{DateTime, Utc};
 use serde_json::json;
-use sprout::backend::{ResultBackend, State};
+use sprout::backend::ResultBackend;
 use sprout::broker::Broker;
-use sprout::broker::sqlite::SqliteStore;
-use sprout::job::Job;
-use sprout::outcome::Outcome;
+use sprout::model::Job;
+use sprout::model::Outcome;
+use sprout::model::State;
 use sprout::pool::{Pool, PreforkConfig, PreforkPool};
 use sprout::registry::Registry;
 use sprout::sandbox::Sandbox;

@@ -2,15 +2,19 @@
 //! PUBLISH with `task_id`), the SUCCESS guard, `ignore_result`, waiting over pub/sub,
 //! and chord completion with Celery 5.7's bookkeeping keys.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use sprout::backend::ResultBackend;
 use sprout::backend::redis::RedisBackend;
-use sprout::backend::{ErrorInfo, ResultBackend, ResultRecord, State};
 use sprout::broker::Broker;
-use sprout::broker::redis::{RedisBroker, RedisOptions};
+use sprout::broker::redis::RedisBroker;
 use sprout::celery;
-use sprout::job::{CeleryContext, Job};
+use sprout::model::{CeleryContext, Job};
+use sprout::model::{ErrorInfo, ResultRecord, State};
+use sprout::storage::redis::RedisOptions;
+use sprout::worker::BrokerPublisher;
 
 use crate::broker_conformance::{fetch_now, fresh_queue, job_of};
 use crate::redis_broker::{cleanup, raw, redis_test};
@@ -180,6 +184,16 @@ async fn wait_is_woken_by_publish() {
     cleanup(&opts).await;
 }
 
+/// `record` of chord header job `job` as the worker stores it: marked with its chord.
+fn as_stored(job: &Job, record: &ResultRecord) -> ResultRecord {
+    sprout::celery::settle(job, record.clone()).store.remove(0)
+}
+
+/// Chord bodies published on `broker`, as the worker hands the backend its broker.
+fn publisher(broker: &Arc<RedisBroker>) -> BrokerPublisher {
+    BrokerPublisher::new(broker.clone())
+}
+
 /// The chord of PROTOCOL.md §8.5: the client sets `.s`; parts finishing in any order
 /// complete it once, and the body gets the results in header order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,7 +202,7 @@ async fn chord_completes_once_in_header_order() {
         return;
     };
     let backend = RedisBackend::connect(opts.clone()).await.unwrap();
-    let broker = RedisBroker::connect(opts.clone()).await.unwrap();
+    let broker = Arc::new(RedisBroker::connect(opts.clone()).await.unwrap());
     let gid = uuid::Uuid::new_v4().to_string();
     let body_id = uuid::Uuid::new_v4().to_string();
     let queue = fresh_queue("chord");
@@ -217,16 +231,16 @@ async fn chord_completes_once_in_header_order() {
         let rec = success(&parts[i].id, json!(i * 10));
         backend.store(std::slice::from_ref(&rec)).await.unwrap();
         backend
-            .on_chord_part_return(&parts[i], &rec, &broker)
+            .on_chord_part_return(&as_stored(&parts[i], &rec), &publisher(&broker))
             .await
             .unwrap();
         // A redelivered duplicate of a part counts once.
         backend
-            .on_chord_part_return(&parts[i], &rec, &broker)
+            .on_chord_part_return(&as_stored(&parts[i], &rec), &publisher(&broker))
             .await
             .unwrap();
     }
-    let got = fetch_now(&broker, &queue, 10).await;
+    let got = fetch_now(&*broker, &queue, 10).await;
     assert_eq!(got.len(), 1, "the body, once");
     let body_job = job_of(&got[0]);
     assert_eq!(body_job.id, body_id);
@@ -237,10 +251,13 @@ async fn chord_completes_once_in_header_order() {
     );
     // Late parts after completion do nothing.
     backend
-        .on_chord_part_return(&parts[0], &success(&parts[0].id, json!(0)), &broker)
+        .on_chord_part_return(
+            &as_stored(&parts[0], &success(&parts[0].id, json!(0))),
+            &publisher(&broker),
+        )
         .await
         .unwrap();
-    assert!(fetch_now(&broker, &queue, 10).await.is_empty());
+    assert!(fetch_now(&*broker, &queue, 10).await.is_empty());
     broker.ack(&[got[0].tag.clone()]).await.unwrap();
     cleanup(&opts).await;
 }
@@ -252,7 +269,7 @@ async fn chord_with_a_failed_part_fails_the_body() {
         return;
     };
     let backend = RedisBackend::connect(opts.clone()).await.unwrap();
-    let broker = RedisBroker::connect(opts.clone()).await.unwrap();
+    let broker = Arc::new(RedisBroker::connect(opts.clone()).await.unwrap());
     let (gid, body_id) = ("g-fail", "body-fail");
     let mut conn = raw(&opts).await;
     let _: () = redis::cmd("SET")
@@ -275,7 +292,10 @@ async fn chord_with_a_failed_part_fails_the_body() {
         parts.push(job);
     }
     backend
-        .on_chord_part_return(&parts[0], &success("part-0", json!(2)), &broker)
+        .on_chord_part_return(
+            &as_stored(&parts[0], &success("part-0", json!(2))),
+            &publisher(&broker),
+        )
         .await
         .unwrap();
     let mut failed = ResultRecord::new("part-1", "fail", State::Failure);
@@ -285,7 +305,7 @@ async fn chord_with_a_failed_part_fails_the_body() {
         traceback: None,
     });
     backend
-        .on_chord_part_return(&parts[1], &failed, &broker)
+        .on_chord_part_return(&as_stored(&parts[1], &failed), &publisher(&broker))
         .await
         .unwrap();
     let rec = backend.get(body_id).await.unwrap().expect("body result");
@@ -294,7 +314,7 @@ async fn chord_with_a_failed_part_fails_the_body() {
     assert_eq!(err.kind, "ChordError");
     assert_eq!(err.message, "Dependency part-1 raised ValueError('hdr')");
     assert!(
-        fetch_now(&broker, "celery", 10).await.is_empty(),
+        fetch_now(&*broker, "celery", 10).await.is_empty(),
         "no body sent"
     );
     cleanup(&opts).await;

@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::{Value, json};
-use sprout::broker::redis::{RedisBroker, RedisOptions};
+use sprout::broker::redis::RedisBroker;
 use sprout::broker::{Broker, DeliveryTag};
 use sprout::celery::keys;
+use sprout::storage::redis::RedisOptions;
 
 use crate::broker_conformance::{
     LONG_LEASE, fetch_now, fetch_wait, fresh_queue, ids, job, job_of, job_with_priority, suite,
@@ -386,7 +387,7 @@ async fn dead_letter_writes_a_failure_result() {
     let Some(opts) = redis_test("dead_letter_writes_a_failure_result") else {
         return;
     };
-    let conn = sprout::broker::connect(&format!(
+    let conn = sprout::connect::connect(&format!(
         "redis://{REDIS_ADDR}/9?global_keyprefix={}",
         opts.key_prefix
     ))
@@ -404,7 +405,7 @@ async fn dead_letter_writes_a_failure_result() {
         .await
         .unwrap();
     let record = conn.backend.get(&sent.id).await.unwrap().expect("a result");
-    assert_eq!(record.state, sprout::backend::State::Failure);
+    assert_eq!(record.state, sprout::model::State::Failure);
     let err = record.error.unwrap();
     assert_eq!(
         (err.kind.as_str(), err.message.as_str()),

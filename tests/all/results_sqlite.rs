@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
+use crate::support::SqliteStore;
 use chrono::Utc;
-use sprout::backend::{ErrorInfo, ResultBackend, ResultRecord, State};
-use sprout::broker::sqlite::SqliteStore;
+use sprout::backend::ResultBackend;
+use sprout::model::{ErrorInfo, ResultRecord, State};
 
 async fn store() -> (tempfile::TempDir, SqliteStore) {
     let dir = tempfile::tempdir().unwrap();
@@ -218,7 +219,7 @@ async fn expire_results_deletes_only_old_records() {
 async fn worker_expires_results_on_a_real_sqlite_file() {
     use crate::support::{Workdir, wait_until};
     use sprout::broker::Broker;
-    use sprout::job::Job;
+    use sprout::model::Job;
 
     let w = Workdir::new();
     let store = SqliteStore::open(w.path("sprout.db")).await.unwrap();

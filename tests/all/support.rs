@@ -8,9 +8,14 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use sprout::limits::Limits;
+use sprout::backend::sqlite::SqliteBackend;
+use sprout::backend::{BackendError, ResultBackend};
+use sprout::broker::sqlite::SqliteBroker;
+use sprout::broker::{Broker, BrokerError, DeadLetter, Delivery, DeliveryTag, QueueStats};
+use sprout::model::{Job, Limits, ResultRecord, State};
 use sprout::registry::Registry;
 use sprout::sandbox::{EngineSettings, Sandbox};
+use sprout::storage::sqlite::Database;
 
 /// Held by every test that asserts on wall-clock speed (their names start with
 /// `timing_`), so no two of them measure at once on the two-core machine. `make test`
@@ -207,4 +212,107 @@ pub fn stdout(output: &Output) -> String {
 /// stderr as a string.
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The embedded broker and result backend on one SQLite file, as one handle: tests
+/// publish and read results through the same value, the way `sqlite:PATH` is one place
+/// for a user. (The library keeps them apart: [`SqliteBroker`] and [`SqliteBackend`].)
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    /// The broker face.
+    pub broker: SqliteBroker,
+    /// The result-backend face.
+    pub backend: SqliteBackend,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the file at `path`.
+    pub async fn open(path: impl AsRef<Path>) -> Result<SqliteStore, BrokerError> {
+        let db = Database::open(path).await.map_err(BrokerError::from)?;
+        Ok(SqliteStore {
+            broker: SqliteBroker::new(db.clone()),
+            backend: SqliteBackend::new(db),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        self.broker.database().path()
+    }
+
+    /// See [`SqliteBackend::recent_results`].
+    pub async fn recent_results(&self, limit: usize) -> Result<Vec<ResultRecord>, BackendError> {
+        self.backend.recent_results(limit).await
+    }
+
+    /// See [`SqliteBackend::result_counts`].
+    pub async fn result_counts(&self) -> Result<Vec<(State, u64)>, BackendError> {
+        self.backend.result_counts().await
+    }
+}
+
+#[async_trait::async_trait]
+impl Broker for SqliteStore {
+    async fn publish(&self, jobs: &[Job]) -> Result<(), BrokerError> {
+        self.broker.publish(jobs).await
+    }
+    async fn fetch(
+        &self,
+        queues: &[String],
+        max: usize,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, BrokerError> {
+        self.broker.fetch(queues, max, lease, wait).await
+    }
+    async fn extend(&self, tags: &[DeliveryTag], lease: Duration) -> Result<(), BrokerError> {
+        self.broker.extend(tags, lease).await
+    }
+    async fn ack(&self, tags: &[DeliveryTag]) -> Result<(), BrokerError> {
+        self.broker.ack(tags).await
+    }
+    async fn release(&self, tags: &[DeliveryTag]) -> Result<(), BrokerError> {
+        self.broker.release(tags).await
+    }
+    async fn retry(&self, tag: &DeliveryTag, job: &Job) -> Result<(), BrokerError> {
+        self.broker.retry(tag, job).await
+    }
+    async fn dead_letter(&self, tag: &DeliveryTag, reason: &str) -> Result<(), BrokerError> {
+        self.broker.dead_letter(tag, reason).await
+    }
+    async fn purge(&self, queue: &str) -> Result<u64, BrokerError> {
+        self.broker.purge(queue).await
+    }
+    async fn stats(&self) -> Result<Vec<QueueStats>, BrokerError> {
+        self.broker.stats().await
+    }
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, BrokerError> {
+        self.broker.dead_letters(limit).await
+    }
+}
+
+#[async_trait::async_trait]
+impl ResultBackend for SqliteStore {
+    async fn store(&self, records: &[ResultRecord]) -> Result<(), BackendError> {
+        self.backend.store(records).await
+    }
+    async fn get(&self, id: &str) -> Result<Option<ResultRecord>, BackendError> {
+        self.backend.get(id).await
+    }
+    async fn recent(&self, limit: usize) -> Result<Vec<ResultRecord>, BackendError> {
+        self.backend.recent(limit).await
+    }
+    async fn counts(&self) -> Result<Vec<(State, u64)>, BackendError> {
+        self.backend.counts().await
+    }
+    async fn wait(
+        &self,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<Option<ResultRecord>, BackendError> {
+        self.backend.wait(id, timeout).await
+    }
+    async fn expire_results(&self, older_than: Duration) -> Result<u64, BackendError> {
+        self.backend.expire_results(older_than).await
+    }
 }

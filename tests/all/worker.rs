@@ -3,12 +3,13 @@
 
 use std::time::{Duration, Instant};
 
+use crate::support::SqliteStore;
 use chrono::Utc;
 use serde_json::json;
-use sprout::backend::{ResultBackend, State};
+use sprout::backend::ResultBackend;
 use sprout::broker::Broker;
-use sprout::broker::sqlite::SqliteStore;
-use sprout::job::Job;
+use sprout::model::Job;
+use sprout::model::State;
 
 use crate::support::{Workdir, stdout, wait_until};
 

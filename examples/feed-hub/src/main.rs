@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use sprout::backend::{ResultRecord, State};
 use sprout::client::Client;
-use sprout::job::Job;
+use sprout::model::Job;
+use sprout::model::{ResultRecord, State};
 
 mod server;
 
@@ -169,7 +169,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             spawned.temp_db = Some(db.clone());
             format!("sqlite:{}", db.display())
         }
-        (None, None) => sprout::broker::DEFAULT_BROKER_URL.to_string(),
+        (None, None) => sprout::connect::DEFAULT_BROKER_URL.to_string(),
     };
     let client = Client::connect(&broker)
         .await

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sprout::backend::{ResultRecord, State};
 use sprout::broker::Broker;
-use sprout::job::Job;
+use sprout::model::Job;
+use sprout::model::{ResultRecord, State};
 use tokio::task::JoinHandle;
 
 /// The lease a bench consumer takes on what it fetches.

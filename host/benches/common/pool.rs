@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use sprout::limits::Limits;
-use sprout::outcome::Execution;
+use sprout::model::Execution;
+use sprout::model::Limits;
 use sprout::pool::Pool;
 use sprout::registry::Registry;
 use sprout::sandbox::{EngineSettings, RunRequest, Sandbox};

@@ -14,9 +14,6 @@ use std::time::Duration;
 
 use super::ResultBackend;
 
-/// How long results are kept by default: one day, like Celery.
-pub const DEFAULT_RESULT_EXPIRES: Duration = Duration::from_secs(86_400);
-
 /// How often a worker sweeps when results expire after `expires`: a quarter of it, at
 /// least every 60 s and at most every 100 ms. A result therefore lives between
 /// `expires` and `expires` plus one interval.
@@ -56,6 +53,7 @@ fn humanise(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::DEFAULT_RESULT_EXPIRES;
 
     #[test]
     fn intervals_follow_the_expiry_within_bounds() {

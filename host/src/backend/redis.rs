@@ -9,8 +9,9 @@
 //! - **get** reads and decodes one key; **wait** subscribes to the channel first (RESP3
 //!   push on a dedicated connection) and then reads, so no state change can slip
 //!   between; if subscribing fails it polls.
-//! - **chords**: when it stores the final record of a chord header job (one that
-//!   `celery::settle` marked with its chord), or on [`ResultBackend::on_chord_part_return`],
+//! - **chords**: on [`ResultBackend::on_chord_part_return`] with the final record of a
+//!   chord header job (one that `celery::settle` marked with its chord), which the
+//!   worker calls after storing it,
 //!   the backend keeps Celery 5.7's bookkeeping under
 //!   `celery-taskset-meta-<gid>.{j,t,s,d,c}` in one script (count the part once per
 //!   `task_id:group_index`, compare with `.s` + `.t`, claim `.c` with `SET NX`); the
@@ -19,7 +20,6 @@
 //!   claimer dies before that, the claim lapses after 60 s and the redelivered part
 //!   claims again. Python workers may share the chord.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -28,11 +28,10 @@ use redis::{ProtocolVersion, PushKind, Script};
 use serde_json::Value;
 use std::sync::LazyLock;
 
-use super::{BackendError, ResultBackend, ResultRecord, State};
-use crate::broker::Broker;
-use crate::broker::redis::{RedisOptions, is_connection};
+use super::{BackendError, Publisher, ResultBackend};
 use crate::celery::{keys, result, workflow};
-use crate::job::Job;
+use crate::model::{ResultRecord, State};
+use crate::storage::redis::{OptionsError, RedisOptions, is_connection};
 
 /// How long a chord claimer may take to publish the body before another may claim.
 const CHORD_CLAIM_SECS: u64 = 60;
@@ -142,8 +141,15 @@ fn backend_error(e: redis::RedisError) -> BackendError {
 pub struct RedisBackend {
     conn: ConnectionManager,
     opts: RedisOptions,
-    /// Where chord bodies go when `store` completes a chord.
-    broker: Option<Arc<dyn Broker>>,
+}
+
+impl From<OptionsError> for BackendError {
+    fn from(e: OptionsError) -> Self {
+        match e {
+            OptionsError::Connection(m) => BackendError::Connection(m),
+            other => BackendError::Other(other.to_string()),
+        }
+    }
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -161,25 +167,11 @@ impl RedisBackend {
     /// # Errors
     /// [`BackendError::Connection`] when Redis cannot be reached.
     pub async fn connect(opts: RedisOptions) -> Result<RedisBackend, BackendError> {
-        let conn = opts
-            .connect()
-            .await
-            .map_err(|e| BackendError::Connection(e.to_string()))?;
-        Ok(RedisBackend {
-            conn,
-            opts,
-            broker: None,
-        })
+        let conn = opts.connect().await?;
+        Ok(RedisBackend { conn, opts })
     }
 
-    /// Lets `store` complete chords: chord bodies are published through `broker`
-    /// (`broker::connect` attaches the broker of the same URL).
-    pub fn with_broker(mut self, broker: Arc<dyn Broker>) -> Self {
-        self.broker = Some(broker);
-        self
-    }
-
-    /// Writes records (the store script), without chord handling.
+    /// Writes records (the store script).
     async fn write(&self, records: &[ResultRecord]) -> Result<(), BackendError> {
         let ttl = self.opts.result_ttl_secs();
         let wanted: Vec<&ResultRecord> = records
@@ -289,16 +281,7 @@ impl RedisBackend {
 #[async_trait]
 impl ResultBackend for RedisBackend {
     async fn store(&self, records: &[ResultRecord]) -> Result<(), BackendError> {
-        self.write(records).await?;
-        if let Some(broker) = &self.broker {
-            for record in records.iter().filter(|r| r.state.is_terminal()) {
-                if let Some((part, root)) = workflow::chord_part_of(record) {
-                    self.chord_step(&part, root, record, broker.as_ref())
-                        .await?;
-                }
-            }
-        }
-        Ok(())
+        self.write(records).await
     }
 
     async fn get(&self, id: &str) -> Result<Option<ResultRecord>, BackendError> {
@@ -327,35 +310,33 @@ impl ResultBackend for RedisBackend {
 
     async fn on_chord_part_return(
         &self,
-        job: &Job,
         record: &ResultRecord,
-        broker: &dyn Broker,
+        publisher: &dyn Publisher,
     ) -> Result<(), BackendError> {
-        let Some(part) = workflow::chord_part(job) else {
-            return Ok(());
-        };
         if !record.state.is_terminal() {
             return Ok(());
         }
-        let root = job
-            .celery
-            .as_ref()
-            .and_then(|c| c.root_id.clone())
-            .unwrap_or_else(|| job.id.clone());
-        self.chord_step(&part, &root, record, broker).await
+        match workflow::chord_part_of(record) {
+            Some((part, root)) => self.chord_step(&part, root, record, publisher).await,
+            None => Ok(()),
+        }
+    }
+
+    fn supports_chords(&self) -> bool {
+        true
     }
 }
 
 impl RedisBackend {
     /// Counts `record` (a final state of a header job of chord `part`, whose root is
     /// `root`) and, if it was the last part and this caller wins the claim, publishes the
-    /// body through `broker` or stores its `ChordError`.
+    /// body through `publisher` or stores its `ChordError`.
     async fn chord_step(
         &self,
         part: &workflow::ChordPart,
         root: &str,
         record: &ResultRecord,
-        broker: &dyn Broker,
+        publisher: &dyn Publisher,
     ) -> Result<(), BackendError> {
         let base = self.opts.key(&keys::taskset_key(&part.group_id));
         let key = |suffix: &str| format!("{base}{suffix}");
@@ -421,10 +402,7 @@ impl RedisBackend {
             None => {
                 let body = workflow::chord_body(&record.id, root, part, results)
                     .map_err(|e| BackendError::Other(format!("chord body: {e}")))?;
-                broker
-                    .publish(std::slice::from_ref(&body))
-                    .await
-                    .map_err(|e| BackendError::Other(format!("publishing the chord body: {e}")))?;
+                publisher.publish(std::slice::from_ref(&body)).await?;
             }
             Some((tid, exc)) => {
                 let cause = result::error_info(&exc, None);
@@ -433,10 +411,7 @@ impl RedisBackend {
                 self.write(std::slice::from_ref(&failure)).await?;
                 // The body's own errbacks hear of it, as with Celery.
                 let errbacks = workflow::chord_errbacks(part, &failure, &record.id, root);
-                broker
-                    .publish(&errbacks)
-                    .await
-                    .map_err(|e| BackendError::Other(format!("publishing errbacks: {e}")))?;
+                publisher.publish(&errbacks).await?;
             }
         }
         CHORD_DONE

@@ -1,18 +1,18 @@
 //! Brokers: where jobs wait until a worker takes them.
 //!
 //! [`Broker`] is the one trait every broker implements: the embedded SQLite file
-//! ([`sqlite`]), and the Celery-protocol Redis and RabbitMQ brokers. Its shape is
+//! ([`sqlite`]) and the Celery-protocol Redis broker ([`redis`]). Its shape is
 //! "fetch with a lease, then ack": a fetched job is invisible to other workers until its
 //! lease (visibility timeout) runs out, so a job whose worker dies is delivered again.
-//! [`connect`] turns a broker URL into the right implementation.
+//! `crate::connect` turns a broker URL into the right implementation. A broker never
+//! builds or calls a result backend.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::job::Job;
+use crate::model::{DecodeError, Job};
 
 pub mod redis;
 pub mod sqlite;
@@ -33,16 +33,6 @@ pub struct Delivery {
     pub job: Result<Job, DecodeError>,
     /// How many times this message has been delivered, including this time (1 = first).
     pub delivery_count: u32,
-}
-
-/// A message whose body is not a valid job.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("undecodable message: {reason}")]
-pub struct DecodeError {
-    /// What was wrong with it.
-    pub reason: String,
-    /// The job id, when it could be recovered from the envelope.
-    pub id: Option<String>,
 }
 
 /// Depth of one queue, for `sprout status`.
@@ -83,7 +73,7 @@ pub enum BrokerError {
     #[error("unknown or expired delivery {0:?}")]
     UnknownDelivery(DeliveryTag),
     /// The URL does not name a supported broker.
-    #[error("unsupported broker URL {0:?}: expected sqlite:PATH, redis://… or amqp://…")]
+    #[error("unsupported broker URL {0:?}: expected sqlite:PATH or redis://HOST:PORT/DB")]
     UnsupportedUrl(String),
     /// The settings given with the URL contradict each other or it.
     #[error("invalid broker settings: {0}")]
@@ -194,72 +184,4 @@ pub trait Broker: Send + Sync {
     async fn shutdown(&self) -> Result<(), BrokerError> {
         Ok(())
     }
-}
-
-/// A broker and its result backend, opened from one URL.
-pub struct Connection {
-    /// Where jobs go.
-    pub broker: Arc<dyn Broker>,
-    /// Where results go.
-    pub backend: Arc<dyn crate::backend::ResultBackend>,
-}
-
-/// The broker URL used when none is given: an SQLite file in the current directory.
-pub const DEFAULT_BROKER_URL: &str = "sqlite:sprout.db";
-
-/// Opens a broker and its result backend from a URL: `sqlite:PATH` (the embedded
-/// default), `redis://HOST:PORT/DB`, `amqp://USER:PASS@HOST:PORT/VHOST`.
-///
-/// A Redis URL gives the Celery-compatible [`RedisBroker`](self::redis::RedisBroker) and
-/// [`RedisBackend`](crate::backend::redis::RedisBackend) on the same server and database
-/// (Celery's usual layout). Query keys: `visibility_timeout` and `sweep_interval`
-/// (seconds), `global_keyprefix` (kombu's key prefix), `result_expires` (seconds, 0 = no TTL); the
-/// rest go to the Redis client (e.g. `protocol=resp3`). See [`RedisOptions`](self::redis::RedisOptions).
-///
-/// # Errors
-/// [`BrokerError::UnsupportedUrl`] for an unknown scheme, or the broker's own error.
-pub async fn connect(url: &str) -> Result<Connection, BrokerError> {
-    connect_with(url, &ConnectOptions::default()).await
-}
-
-/// Settings a command gives beside the broker URL.
-#[derive(Debug, Clone, Default)]
-pub struct ConnectOptions {
-    /// How long results are kept after their last update (Celery's `result_expires`;
-    /// zero = forever), when the command was given it (`sprout worker
-    /// --result-expires`). On Redis it is the results' TTL, and the URL's own
-    /// `result_expires` key, if given too, must say the same. The embedded SQLite
-    /// backend keeps records until a sweep deletes them
-    /// ([`expiry::sweep`](crate::backend::expiry::sweep)), so it is not used here.
-    /// Default: none (the URL's key, else one day).
-    pub result_expires: Option<Duration>,
-}
-
-/// [`connect`], with settings given beside the URL.
-///
-/// # Errors
-/// As [`connect`]; [`BrokerError::InvalidSettings`] when `options` contradict the URL.
-pub async fn connect_with(url: &str, options: &ConnectOptions) -> Result<Connection, BrokerError> {
-    if let Some(path) = url.strip_prefix("sqlite:") {
-        let path = path.strip_prefix("//").unwrap_or(path);
-        let store = Arc::new(sqlite::SqliteStore::open(path).await?);
-        return Ok(Connection {
-            broker: store.clone(),
-            backend: store,
-        });
-    }
-    if url.starts_with("redis") || url.starts_with("unix://") {
-        // Celery's default layout: broker and result backend on the same server and db.
-        let opts =
-            self::redis::RedisOptions::from_url_with_result_expires(url, options.result_expires)?;
-        let broker = Arc::new(self::redis::RedisBroker::connect(opts.clone()).await?);
-        let backend = Arc::new(
-            crate::backend::redis::RedisBackend::connect(opts)
-                .await
-                .map_err(|e| BrokerError::Connection(e.to_string()))?
-                .with_broker(broker.clone()),
-        );
-        return Ok(Connection { broker, backend });
-    }
-    Err(BrokerError::UnsupportedUrl(url.to_string()))
 }

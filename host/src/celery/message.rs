@@ -38,8 +38,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::{isotime, keys, pyjson};
-use crate::broker::DecodeError;
-use crate::job::{CeleryContext, DEFAULT_QUEUE, Job, LimitOverrides};
+use crate::model::DecodeError;
+use crate::model::{CeleryContext, DEFAULT_QUEUE, Job, LimitOverrides};
 
 /// A decoded list element.
 #[derive(Debug, Clone, PartialEq)]

@@ -5,8 +5,8 @@
 //! this module at their edges.
 //!
 //! - [`message`] — a task message (kombu envelope, base64 JSON body `[args, kwargs,
-//!   embed]`) ⇄ [`Job`](crate::job::Job) (§2–§4).
-//! - [`result`] — a [`ResultRecord`](crate::backend::ResultRecord) ⇄ the
+//!   embed]`) ⇄ [`Job`](crate::model::Job) (§2–§4).
+//! - [`result`] — a [`ResultRecord`](crate::model::ResultRecord) ⇄ the
 //!   `celery-task-meta-<id>` JSON, exceptions as `{exc_type, exc_message, exc_module}`
 //!   (§6).
 //! - [`workflow`] — what to publish and store after a job settles: chain steps,

@@ -20,7 +20,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use super::{isotime, message, pyjson};
-use crate::backend::{CeleryResultMeta, ErrorInfo, ResultRecord, State};
+use crate::model::{CeleryResultMeta, ErrorInfo, ResultRecord, State};
 
 /// The module Sprout's own error kinds are reported in.
 pub const SPROUT_EXC_MODULE: &str = "sprout.exceptions";

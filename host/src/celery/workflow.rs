@@ -20,8 +20,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 
 use super::{isotime, result};
-use crate::backend::{CeleryResultMeta, ChordMembership, ErrorInfo, ResultRecord, State};
-use crate::job::{CeleryContext, DEFAULT_QUEUE, Job};
+use crate::model::{CeleryContext, DEFAULT_QUEUE, Job};
+use crate::model::{CeleryResultMeta, ChordMembership, ErrorInfo, ResultRecord, State};
 
 /// What a worker does once a job has settled: publish these jobs, then store these
 /// records, then (chords) `on_chord_part_return`, then ack.

@@ -17,7 +17,7 @@ use futures_util::FutureExt;
 use tokio::sync::Semaphore;
 
 use super::Pool;
-use crate::outcome::{Execution, Outcome};
+use crate::model::{Execution, Outcome};
 use crate::registry::TaskEntry;
 use crate::sandbox::{RunRequest, Sandbox};
 

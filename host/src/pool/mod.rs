@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::outcome::Execution;
+use crate::model::Execution;
 use crate::registry::TaskEntry;
 use crate::sandbox::RunRequest;
 

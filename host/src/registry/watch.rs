@@ -26,7 +26,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use super::{Refresh, Registry};
-use crate::limits::Limits;
+use crate::model::Limits;
 use crate::sandbox::Sandbox;
 
 /// How the watcher behaves.

@@ -7,7 +7,7 @@
 
 use wasmtime::{Trap, WasmBacktrace};
 
-use crate::outcome::Outcome;
+use crate::model::Outcome;
 
 /// What the store saw while the guest ran, used to explain an error.
 #[derive(Debug, Default)]

@@ -23,9 +23,9 @@ use wasmtime::{Engine, Linker, Module, Store};
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
 
-use crate::limits::Limits;
-use crate::manifest::{CONFIG_ENV_PREFIX, Capabilities};
-use crate::outcome::{Execution, Outcome, RetryRequest, TimeLimitKind};
+use crate::model::Limits;
+use crate::model::{CONFIG_ENV_PREFIX, Capabilities};
+use crate::model::{Execution, Outcome, RetryRequest, TimeLimitKind};
 
 pub mod cache;
 pub mod classify;
@@ -88,7 +88,7 @@ impl RunRequest {
             limits: Limits::default(),
             job_id: uuid::Uuid::new_v4().to_string(),
             retries: 0,
-            queue: crate::job::DEFAULT_QUEUE.into(),
+            queue: crate::model::DEFAULT_QUEUE.into(),
             capabilities: Default::default(),
         }
     }

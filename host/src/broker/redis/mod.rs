@@ -51,7 +51,6 @@
 //! kombu), so the stale holder of an expired lease can still settle the new delivery.
 //! `delivery_count` is 1, or 2 for a message marked redelivered: Redis keeps no count.
 
-mod config;
 pub mod scripts;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -63,11 +62,32 @@ use chrono::{DateTime, Utc};
 use redis::aio::ConnectionManager;
 use serde_json::{Value, json};
 
-pub use config::{RedisOptions, broker_error, is_connection};
+use crate::storage::redis::{OptionsError, RedisOptions, is_connection};
 
-use super::{Broker, BrokerError, DeadLetter, DecodeError, Delivery, DeliveryTag, QueueStats};
+/// Maps a Redis error to a broker error: I/O, timeouts and dropped connections are
+/// [`BrokerError::Connection`] (retrying may help), the rest [`BrokerError::Other`].
+pub(crate) fn broker_error(e: redis::RedisError) -> BrokerError {
+    if is_connection(&e) {
+        BrokerError::Connection(e.to_string())
+    } else {
+        BrokerError::Other(e.to_string())
+    }
+}
+
+impl From<OptionsError> for BrokerError {
+    fn from(e: OptionsError) -> Self {
+        match e {
+            OptionsError::Url(url) => BrokerError::UnsupportedUrl(url),
+            OptionsError::Conflict(m) => BrokerError::InvalidSettings(m),
+            OptionsError::Connection(m) => BrokerError::Connection(m),
+        }
+    }
+}
+
+use super::{Broker, BrokerError, DeadLetter, Delivery, DeliveryTag, QueueStats};
 use crate::celery::{isotime, keys, message, pyjson, result};
-use crate::job::Job;
+use crate::model::DecodeError;
+use crate::model::Job;
 
 /// How many stale reservations one sweep round restores at most.
 const SWEEP_BATCH: usize = 1000;
@@ -166,8 +186,8 @@ fn due_at(job: &Job) -> Option<DateTime<Utc>> {
 
 /// The dead-letter FAILURE, as `celery-task-meta-<id>` JSON.
 fn dead_letter_meta(id: &str, reason: &str) -> String {
-    let mut record = crate::backend::ResultRecord::new(id, "", crate::backend::State::Failure);
-    record.error = Some(crate::backend::ErrorInfo {
+    let mut record = crate::model::ResultRecord::new(id, "", crate::model::State::Failure);
+    record.error = Some(crate::model::ErrorInfo {
         kind: "DeadLettered".into(),
         message: reason.to_string(),
         traceback: None,
@@ -399,7 +419,7 @@ impl RedisBroker {
             };
             let (route, priority) = message::route_of(&env);
             let queue = if rk.is_empty() {
-                route.unwrap_or(crate::job::DEFAULT_QUEUE).to_string()
+                route.unwrap_or(crate::model::DEFAULT_QUEUE).to_string()
             } else {
                 rk
             };

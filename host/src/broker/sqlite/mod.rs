@@ -1,229 +1,26 @@
-//! The embedded default broker and result backend: queues, dead letters and results in
-//! one SQLite file.
-//!
-//! [`SqliteStore`] implements both [`Broker`](crate::broker::Broker) and
-//! [`ResultBackend`](crate::backend::ResultBackend), so `sqlite:PATH` needs no server:
-//! `sprout send` in one shell and one or more workers in others share the file.
-//!
-//! - `schema`: connection pragmas (WAL, `synchronous=NORMAL`, busy timeout) and the
-//!   versioned tables (`PRAGMA user_version`).
-//! - `queue`: the job and dead-letter tables in SQL (blocking, one transaction each):
-//!   priorities, etas, leases, retry, dead letters, stats.
-//! - `broker`: [`Broker`](crate::broker::Broker) on top of `queue`, on the blocking pool,
-//!   with the polling `fetch`.
-//! - `results`: the result backend and the helpers behind `sprout status`.
-//! - `checkpoint`: WAL checkpoints on a background thread, off the writer's path.
-//!
-//! # Concurrency
-//! SQLite calls block, so every call runs on tokio's blocking pool (`spawn_blocking`),
-//! never on a runtime worker thread. Each store has one writer connection behind a mutex,
-//! so writers in one process queue on the mutex instead of sleeping in SQLite's busy
-//! handler, and a few reader connections for `get`, `stats` and listings (WAL readers
-//! never wait for the writer). Between processes, SQLite's file lock serialises writers
-//! (waiting up to [`BUSY_TIMEOUT`]); every state change is one `BEGIN IMMEDIATE`
-//! transaction, so two workers never lease the same job.
-//!
-//! # Durability
-//! `synchronous=NORMAL` in WAL mode: a committed job survives a crash of the process;
-//! the last transactions before a power loss may be lost. That is the usual trade for a
-//! local queue and keeps commits free of fsync.
+//! The embedded broker: queues, leases and dead letters in the SQLite file
+//! ([`Database`]). [`SqliteBroker`] is the async face of `queue`: each method runs one
+//! `queue` function on the blocking pool with the writer (or a reader) connection.
 
-mod broker;
-mod checkpoint;
 mod queue;
-mod results;
-mod schema;
 
-use std::path::{Path, PathBuf};
-use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use rusqlite::{Connection, ErrorCode};
-use tokio::sync::Notify;
+use async_trait::async_trait;
 
-use crate::backend::BackendError;
-use crate::broker::BrokerError;
+use crate::broker::{Broker, BrokerError, DeadLetter, Delivery, DeliveryTag, QueueStats};
+use crate::model::Job;
+use crate::storage::sqlite::{Database, Failure, OpenError, duration_ms, now_ms};
+use queue::{LeasedRow, NewRow, parse_tag};
 
-pub use broker::POLL_INTERVAL;
+/// How often an idle `fetch` looks again for jobs from other processes and for etas and
+/// leases that came due. Jobs published in this process wake it at once. Default: 5 ms.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(5);
 
-/// How long a statement waits for another process's write lock before failing with a
-/// connection error. Default: 5 s.
-pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Reader connections kept open per store for reads (more are opened under load and
-/// closed after use).
-const MAX_IDLE_READERS: usize = 4;
-
-/// The embedded SQLite broker and result backend. Cheap to clone; clones share
-/// connections.
-#[derive(Clone)]
-pub struct SqliteStore {
-    inner: Arc<Inner>,
-}
-
-/// What the blocking closures see.
-struct Inner {
-    path: PathBuf,
-    /// The one connection that writes (and leases) in this process.
-    writer: Mutex<Connection>,
-    /// Idle read-only connections.
-    readers: Mutex<Vec<Connection>>,
-    /// Wakes local fetchers when a job is published or released in this process (other
-    /// processes are noticed by polling).
-    wake: Notify,
-    /// Dropping it stops the background checkpoint thread.
-    _checkpointer: Sender<()>,
-}
-
-impl std::fmt::Debug for SqliteStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore")
-            .field("path", &self.inner.path)
-            .finish()
-    }
-}
-
-impl SqliteStore {
-    /// Opens (creating if needed) the database at `path`, its parent directory and its
-    /// tables, and upgrades an older schema.
-    ///
-    /// `:memory:` is not supported: every connection would see its own empty database.
-    /// Use a file in a temporary directory instead.
-    ///
-    /// # Errors
-    /// [`BrokerError::Connection`] if the file cannot be created or opened (or stays
-    /// locked longer than [`BUSY_TIMEOUT`]); [`BrokerError::Other`] if it is not a Sprout
-    /// database or was written by a newer Sprout.
-    pub async fn open(path: impl AsRef<Path>) -> Result<SqliteStore, BrokerError> {
-        let path = path.as_ref().to_path_buf();
-        let open = move || -> Result<SqliteStore, Failure> {
-            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).map_err(|e| {
-                    Failure::Open(format!("cannot create {}: {e}", parent.display()))
-                })?;
-            }
-            let mut writer = schema::open_connection(&path)?;
-            schema::migrate(&mut writer)?;
-            writer.pragma_update(
-                None,
-                "wal_autocheckpoint",
-                checkpoint::WRITER_AUTOCHECKPOINT_PAGES,
-            )?;
-            let checkpointer = checkpoint::spawn(&path)?;
-            Ok(SqliteStore {
-                inner: Arc::new(Inner {
-                    path,
-                    writer: Mutex::new(writer),
-                    readers: Mutex::new(Vec::new()),
-                    wake: Notify::new(),
-                    _checkpointer: checkpointer,
-                }),
-            })
-        };
-        match tokio::task::spawn_blocking(open).await {
-            Ok(result) => result.map_err(BrokerError::from),
-            Err(e) => Err(BrokerError::Other(format!("sqlite open panicked: {e}"))),
-        }
-    }
-
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.inner.path
-    }
-
-    /// Runs `f` on the blocking pool with access to the connections.
-    async fn run<T, F>(&self, f: F) -> Result<T, Failure>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Inner) -> Result<T, Failure> + Send + 'static,
-    {
-        let inner = self.inner.clone();
-        match tokio::task::spawn_blocking(move || f(&inner)).await {
-            Ok(result) => result,
-            Err(e) => Err(Failure::Panicked(e.to_string())),
-        }
-    }
-}
-
-impl Inner {
-    /// The writer connection. A panic while it was held cannot leave a transaction
-    /// open (rusqlite rolls back on drop), so a poisoned lock is safe to reuse.
-    fn writer(&self) -> MutexGuard<'_, Connection> {
-        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Runs `f` on an idle reader connection, opening one if none is idle.
-    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, Failure>) -> Result<T, Failure> {
-        let idle = self
-            .readers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
-        let conn = match idle {
-            Some(conn) => conn,
-            None => schema::open_connection(&self.path)?,
-        };
-        let out = f(&conn);
-        let mut idle = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
-        if idle.len() < MAX_IDLE_READERS {
-            idle.push(conn);
-        }
-        out
-    }
-}
-
-/// Why a blocking store call failed; converted to the caller's error type at the edge.
-#[derive(Debug)]
-enum Failure {
-    /// SQLite said no.
-    Sql(rusqlite::Error),
-    /// The file could not be opened or created.
-    Open(String),
-    /// The file is not (or no longer) a schema this version understands.
-    Schema(String),
-    /// A stored row could not be decoded.
-    Corrupt { id: String, reason: String },
-    /// The blocking task panicked.
-    Panicked(String),
-}
-
-impl From<rusqlite::Error> for Failure {
-    fn from(e: rusqlite::Error) -> Self {
-        Failure::Sql(e)
-    }
-}
-
-impl Failure {
-    /// Busy, locked, unopenable or I/O failures: trying again later may work.
-    fn is_transient(&self) -> bool {
-        match self {
-            Failure::Open(_) => true,
-            Failure::Sql(e) => matches!(
-                e.sqlite_error_code(),
-                Some(
-                    ErrorCode::DatabaseBusy
-                        | ErrorCode::DatabaseLocked
-                        | ErrorCode::CannotOpen
-                        | ErrorCode::SystemIoFailure
-                        | ErrorCode::DiskFull
-                )
-            ),
-            _ => false,
-        }
-    }
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failure::Sql(e) => write!(f, "sqlite: {e}"),
-            Failure::Open(m) | Failure::Schema(m) => f.write_str(m),
-            Failure::Corrupt { id, reason } => write!(f, "corrupt row {id}: {reason}"),
-            Failure::Panicked(m) => write!(f, "sqlite task panicked: {m}"),
-        }
-    }
+/// The embedded broker on one SQLite [`Database`]. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SqliteBroker {
+    db: Database,
 }
 
 impl From<Failure> for BrokerError {
@@ -236,28 +33,222 @@ impl From<Failure> for BrokerError {
     }
 }
 
-impl From<Failure> for BackendError {
-    fn from(e: Failure) -> Self {
-        match e {
-            Failure::Corrupt { id, reason } => BackendError::Corrupt { id, reason },
-            e if e.is_transient() => BackendError::Connection(e.to_string()),
-            e => BackendError::Other(e.to_string()),
+impl From<OpenError> for BrokerError {
+    fn from(e: OpenError) -> Self {
+        if e.transient {
+            BrokerError::Connection(e.message)
+        } else {
+            BrokerError::Other(e.message)
         }
     }
 }
 
-/// Wall-clock milliseconds since the Unix epoch: every process on the host shares it,
-/// which is what leases and etas in a shared file need.
-fn now_ms() -> i64 {
-    Utc::now().timestamp_millis()
+impl SqliteBroker {
+    /// The broker on an open database (shared with its result backend, if any).
+    pub fn new(db: Database) -> SqliteBroker {
+        SqliteBroker { db }
+    }
+
+    /// Opens (creating if needed) the database file at `path`; see [`Database::open`].
+    ///
+    /// # Errors
+    /// [`BrokerError::Connection`] if the file cannot be opened now,
+    /// [`BrokerError::Other`] if it is not a Sprout database.
+    pub async fn open(path: impl AsRef<std::path::Path>) -> Result<SqliteBroker, BrokerError> {
+        Ok(SqliteBroker::new(Database::open(path).await?))
+    }
+
+    /// The database this broker uses.
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// Runs `sql` (see `queue::for_each_tag`) for every tag on the blocking pool, with
+    /// `?3` = now + `offset_ms`.
+    async fn settle(
+        &self,
+        sql: &'static str,
+        tags: &[DeliveryTag],
+        offset_ms: i64,
+    ) -> Result<(), BrokerError> {
+        if tags.is_empty() {
+            return Ok(());
+        }
+        let tags = tags.to_vec();
+        self.db
+            .run(move |inner| {
+                let at = now_ms().saturating_add(offset_ms);
+                Ok(queue::for_each_tag(&mut inner.writer(), sql, &tags, at)?)
+            })
+            .await
+            .map_err(BrokerError::from)
+    }
+
+    /// One fetch attempt on the blocking pool. Bodies are decoded after the writer lock
+    /// is released.
+    async fn try_fetch(
+        &self,
+        queues: &[String],
+        max: usize,
+        lease_ms: i64,
+    ) -> Result<Vec<Delivery>, BrokerError> {
+        let queues = queues.to_vec();
+        self.db
+            .run(move |inner| {
+                let rows = queue::lease_rows(&mut inner.writer(), &queues, max, lease_ms)?;
+                Ok(rows.into_iter().map(LeasedRow::into_delivery).collect())
+            })
+            .await
+            .map_err(BrokerError::from)
+    }
 }
 
-/// The inverse of [`now_ms`]; out-of-range values clamp to the epoch.
-fn from_ms(ms: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(ms).unwrap_or_default()
-}
+#[async_trait]
+impl Broker for SqliteBroker {
+    /// Inserts all `jobs` in one transaction (all or none).
+    async fn publish(&self, jobs: &[Job]) -> Result<(), BrokerError> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<NewRow> = jobs.iter().map(NewRow::new).collect();
+        let wake = rows.iter().any(NewRow::is_ready);
+        self.db
+            .run(move |inner| Ok(queue::publish(&mut inner.writer(), &rows)?))
+            .await?;
+        if wake {
+            self.db.inner().wake.notify_waiters();
+        }
+        Ok(())
+    }
 
-/// A duration in whole milliseconds, saturating.
-fn duration_ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+    /// Leases up to `max` jobs in one `BEGIN IMMEDIATE` transaction, best priority
+    /// first, then oldest first, merging `queues` by that order. An undecodable body comes
+    /// back as a [`Delivery`] whose `job` is the
+    /// [`DecodeError`](crate::model::DecodeError). When nothing is ready it polls every
+    /// [`POLL_INTERVAL`] (jobs published by this process wake it at once) until `wait`
+    /// runs out; a zero `wait` makes a single attempt.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: the SQLite work runs on the blocking pool and finishes even if
+    /// this future is dropped, so jobs leased by that last attempt are delivered again
+    /// only when their lease expires. Between attempts (while it sleeps) dropping it is
+    /// harmless.
+    async fn fetch(
+        &self,
+        queues: &[String],
+        max: usize,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, BrokerError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let lease_ms = duration_ms(lease);
+        loop {
+            // Registered before the attempt, so a publish during it is not missed.
+            let woken = self.db.inner().wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let got = if max == 0 || queues.is_empty() {
+                Vec::new()
+            } else {
+                self.try_fetch(queues, max, lease_ms).await?
+            };
+            let now = tokio::time::Instant::now();
+            if !got.is_empty() || now >= deadline {
+                return Ok(got);
+            }
+            let nap = POLL_INTERVAL.min(deadline - now);
+            tokio::select! {
+                () = tokio::time::sleep(nap) => {}
+                () = &mut woken => {}
+            }
+        }
+    }
+
+    /// Sets the lease of each still-owned delivery to now + `lease`.
+    async fn extend(&self, tags: &[DeliveryTag], lease: Duration) -> Result<(), BrokerError> {
+        const SQL: &str =
+            "UPDATE jobs SET state = 2, visible_at = ?3 WHERE id = ?1 AND lease_token = ?2";
+        self.settle(SQL, tags, duration_ms(lease)).await
+    }
+
+    /// Deletes each still-owned delivery, in one transaction. A tag whose job was
+    /// fetched again by someone else after its lease expired deletes nothing.
+    async fn ack(&self, tags: &[DeliveryTag]) -> Result<(), BrokerError> {
+        const SQL: &str = "DELETE FROM jobs WHERE id = ?1 AND lease_token = ?2";
+        self.settle(SQL, tags, 0).await
+    }
+
+    /// Makes each still-owned delivery ready at once. The delivery is not counted: the
+    /// next fetch reports the same `delivery_count` as this one.
+    async fn release(&self, tags: &[DeliveryTag]) -> Result<(), BrokerError> {
+        const SQL: &str = "UPDATE jobs SET state = 0, visible_at = ?3, lease_token = NULL,
+                                  delivery_count = max(delivery_count - 1, 0)
+                           WHERE id = ?1 AND lease_token = ?2";
+        self.settle(SQL, tags, 0).await?;
+        self.db.inner().wake.notify_waiters();
+        Ok(())
+    }
+
+    /// Deletes the delivery and inserts `job` in one transaction.
+    ///
+    /// # Errors
+    /// [`BrokerError::UnknownDelivery`] (and nothing is enqueued) if the lease was lost.
+    async fn retry(&self, tag: &DeliveryTag, job: &Job) -> Result<(), BrokerError> {
+        let unknown = || BrokerError::UnknownDelivery(tag.clone());
+        let delivery = parse_tag(tag).ok_or_else(unknown)?;
+        let row = NewRow::new(job);
+        let wake = row.is_ready();
+        let owned = self
+            .db
+            .run(move |inner| Ok(queue::retry(&mut inner.writer(), delivery, &row)?))
+            .await?;
+        if !owned {
+            return Err(unknown());
+        }
+        if wake {
+            self.db.inner().wake.notify_waiters();
+        }
+        Ok(())
+    }
+
+    /// Moves the delivery, body included, to `dead_letters` in one transaction.
+    ///
+    /// # Errors
+    /// [`BrokerError::UnknownDelivery`] if the lease was lost.
+    async fn dead_letter(&self, tag: &DeliveryTag, reason: &str) -> Result<(), BrokerError> {
+        let unknown = || BrokerError::UnknownDelivery(tag.clone());
+        let delivery = parse_tag(tag).ok_or_else(unknown)?;
+        let reason = reason.to_owned();
+        let owned = self
+            .db
+            .run(move |inner| Ok(queue::dead_letter(&mut inner.writer(), delivery, &reason)?))
+            .await?;
+        if owned { Ok(()) } else { Err(unknown()) }
+    }
+
+    /// Deletes the ready and scheduled jobs of `queue`. Leased jobs stay: their workers
+    /// still settle them.
+    async fn purge(&self, queue: &str) -> Result<u64, BrokerError> {
+        let name = queue.to_owned();
+        self.db
+            .run(move |inner| Ok(queue::purge(&inner.writer(), &name)?))
+            .await
+            .map_err(BrokerError::from)
+    }
+
+    /// Counts by queue, sorted by name. A scheduled job whose eta passed, or a leased one
+    /// whose lease expired, counts as ready.
+    async fn stats(&self) -> Result<Vec<QueueStats>, BrokerError> {
+        self.db
+            .run(|inner| inner.read(|conn| Ok(queue::stats(conn)?)))
+            .await
+            .map_err(BrokerError::from)
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, BrokerError> {
+        self.db
+            .run(move |inner| inner.read(|conn| Ok(queue::dead_letters(conn, limit)?)))
+            .await
+            .map_err(BrokerError::from)
+    }
 }

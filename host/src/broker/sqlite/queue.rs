@@ -6,10 +6,11 @@ use std::collections::BTreeMap;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, TransactionBehavior, params};
 
-use super::schema::{READY, SCHEDULED};
-use super::{from_ms, now_ms};
-use crate::broker::{DeadLetter, DecodeError, Delivery, DeliveryTag, QueueStats};
-use crate::job::Job;
+use crate::broker::{DeadLetter, Delivery, DeliveryTag, QueueStats};
+use crate::model::DecodeError;
+use crate::model::Job;
+use crate::storage::sqlite::schema::{READY, SCHEDULED};
+use crate::storage::sqlite::{from_ms, now_ms};
 
 /// The highest priority; larger values are clamped to it.
 const MAX_PRIORITY: u8 = 9;

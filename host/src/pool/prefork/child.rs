@@ -24,7 +24,7 @@ use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 
 use super::protocol::{self, FromChild, PROTOCOL_VERSION, ToChild};
-use crate::outcome::{Execution, Outcome};
+use crate::model::{Execution, Outcome};
 use crate::sandbox::{EngineSettings, Sandbox, TaskModule};
 
 /// What `sprout child` needs: the parent's engine settings and cache directory.

@@ -45,7 +45,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::Pool;
-use crate::outcome::{Execution, Outcome, human_bytes};
+use crate::model::{Execution, Outcome, human_bytes};
 use crate::registry::TaskEntry;
 use crate::sandbox::{EngineSettings, RunRequest, TaskModule};
 

@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::outcome::Execution;
+use crate::model::Execution;
 use crate::sandbox::RunRequest;
 
 /// Bumped when frames change incompatibly; the child refuses another version (a binary
@@ -150,7 +150,7 @@ mod base64_bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outcome::{Outcome, TimeLimitKind};
+    use crate::model::{Outcome, TimeLimitKind};
     use std::time::Duration;
 
     async fn roundtrip<T: Serialize + DeserializeOwned>(message: &T) -> T {

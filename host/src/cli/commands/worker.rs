@@ -15,16 +15,16 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::watch;
 
-use crate::broker;
-use crate::cli::{ChildArgs, WorkerArgs};
-use crate::pool::prefork::child::{self, ChildOptions};
-use crate::pool::{
+use crate::cli::args::{ChildArgs, WorkerArgs};
+use sprout::connect;
+use sprout::pool::prefork::child::{self, ChildOptions};
+use sprout::pool::{
     AsyncPool, Pool, PoolSpec, PreforkConfig, PreforkOptions, PreforkPool, parse_pool_kind,
     parse_pool_spec,
 };
-use crate::registry::Registry;
-use crate::sandbox::{ArtifactCache, EngineSettings, Sandbox};
-use crate::worker::{Shutdown, Worker, WorkerConfig, WorkerReport};
+use sprout::registry::Registry;
+use sprout::sandbox::{ArtifactCache, EngineSettings, Sandbox};
+use sprout::worker::{Shutdown, Worker, WorkerConfig, WorkerReport};
 
 use super::{EXIT_USAGE, ExitError};
 
@@ -53,7 +53,7 @@ pub async fn run(args: WorkerArgs, log_filter: &str) -> anyhow::Result<ExitCode>
         tracing::error!("rejected task file {}: {}", r.file.display(), r.reason);
     }
     // Hot reload: new, changed and removed task files are picked up while the worker runs.
-    let _watcher = crate::registry::watch::spawn(
+    let _watcher = sprout::registry::watch::spawn(
         registry.clone(),
         sandbox.clone(),
         args.tasks.clone(),
@@ -76,10 +76,8 @@ pub async fn run(args: WorkerArgs, log_filter: &str) -> anyhow::Result<ExitCode>
         };
         pools.push((spec, pool));
     }
-    let connect = broker::ConnectOptions {
-        result_expires: args.result_expires,
-    };
-    let connection = match broker::connect_with(&args.broker.broker, &connect).await {
+    let options = args.broker.connect_options(args.result_expires);
+    let connection = match connect::connect_with(&args.broker.broker, &options).await {
         Ok(connection) => connection,
         Err(e) => {
             for (_, pool) in &pools {
@@ -101,9 +99,9 @@ pub async fn run(args: WorkerArgs, log_filter: &str) -> anyhow::Result<ExitCode>
     // Redis results carry it as their TTL (set by `connect_with` above).
     let result_expires = args
         .result_expires
-        .unwrap_or(crate::backend::expiry::DEFAULT_RESULT_EXPIRES);
+        .unwrap_or(sprout::model::DEFAULT_RESULT_EXPIRES);
     let sweeper = (!result_expires.is_zero()).then(|| {
-        tokio::spawn(crate::backend::expiry::sweep(
+        tokio::spawn(sprout::backend::expiry::sweep(
             connection.backend.clone(),
             result_expires,
         ))
@@ -158,7 +156,7 @@ pub async fn run(args: WorkerArgs, log_filter: &str) -> anyhow::Result<ExitCode>
             }
             Ok((name, Err(e))) => {
                 tracing::error!("pool {name}: the worker failed: {e:#}");
-                failure.get_or_insert(e.context(format!("pool {name}")));
+                failure.get_or_insert(anyhow::Error::new(e).context(format!("pool {name}")));
             }
             Err(e) => {
                 failure.get_or_insert(anyhow::anyhow!("a worker task failed: {e}"));
@@ -221,7 +219,7 @@ fn plan_pools(args: &WorkerArgs) -> Result<(Vec<PoolSpec>, bool), String> {
         };
         let kind = parse_pool_kind(kind)?;
         let queues = if args.queues.is_empty() {
-            vec![crate::job::DEFAULT_QUEUE.to_string()]
+            vec![sprout::model::DEFAULT_QUEUE.to_string()]
         } else {
             args.queues.clone()
         };
@@ -325,7 +323,7 @@ impl ChildSettings {
         if let Some(bytes) = self.max_memory_per_child {
             text.push_str(&format!(
                 ", max {} per child",
-                crate::outcome::human_bytes(bytes)
+                sprout::model::human_bytes(bytes)
             ));
         }
         if self.idle_priority {

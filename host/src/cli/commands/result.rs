@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::backend::State;
-use crate::cli::ResultArgs;
-use crate::client::Client;
+use crate::cli::args::ResultArgs;
+use sprout::client::Client;
+use sprout::model::State;
 
 use super::EXIT_TASK_FAILED;
 
@@ -19,7 +19,7 @@ pub const EXIT_NOT_READY: u8 = 4;
 /// # Errors
 /// An unreachable broker.
 pub async fn run(args: ResultArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::connect(&args.broker.broker)
+    let client = Client::connect_with(&args.broker.broker, &args.broker.connect_options(None))
         .await
         .with_context(|| format!("cannot open broker {}", args.broker.broker))?;
     let record = if args.wait {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::job::LimitOverrides;
+use crate::model::LimitOverrides;
 
 /// The limits a job runs under.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

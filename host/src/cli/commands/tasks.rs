@@ -5,10 +5,10 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
-use crate::cli::TasksArgs;
-use crate::manifest::Capabilities;
-use crate::outcome::human_bytes;
-use crate::registry::{self, TaskEntry};
+use crate::cli::args::TasksArgs;
+use sprout::model::Capabilities;
+use sprout::model::human_bytes;
+use sprout::registry::{self, TaskEntry};
 
 /// Runs the command: one line per task name (version, kind, limits, file), then an
 /// indented line with its routing and rate limit and one with its capabilities; then

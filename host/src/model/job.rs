@@ -92,6 +92,16 @@ impl Job {
     }
 }
 
+/// A message whose body is not a valid job: the worker dead-letters it with the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("undecodable message: {reason}")]
+pub struct DecodeError {
+    /// What was wrong with it.
+    pub reason: String,
+    /// The job id, when it could be recovered from the envelope.
+    pub id: Option<String>,
+}
+
 /// Limits a job asks for. Each one can only lower the task's own limit.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,11 +1,26 @@
-//! Redis connection settings shared by [`RedisBroker`](super::RedisBroker) and
-//! [`RedisBackend`](crate::backend::redis::RedisBackend).
+//! Redis connection settings shared by [`RedisBroker`](crate::broker::redis::RedisBroker)
+//! and [`RedisBackend`](crate::backend::redis::RedisBackend): Celery's usual layout puts
+//! both on one server and database, each opened on its own from the same URL.
 
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use crate::broker::BrokerError;
+use crate::model::DEFAULT_RESULT_EXPIRES;
+
+/// Why Redis settings are unusable, or the server cannot be reached.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OptionsError {
+    /// Not a Redis URL, or a query key with a bad value.
+    #[error("unsupported Redis URL {0}")]
+    Url(String),
+    /// Settings given beside the URL contradict it.
+    #[error("invalid Redis settings: {0}")]
+    Conflict(String),
+    /// The server could not be reached.
+    #[error("Redis connection failed: {0}")]
+    Connection(String),
+}
 
 /// Settings for the Redis broker and result backend.
 ///
@@ -53,19 +68,19 @@ impl Default for RedisOptions {
             max_held: 100_000,
             poll_interval: Duration::from_millis(20),
             dead_letter_cap: 10_000,
-            result_expires: crate::backend::expiry::DEFAULT_RESULT_EXPIRES,
+            result_expires: DEFAULT_RESULT_EXPIRES,
             response_timeout: Duration::from_secs(30),
         }
     }
 }
 
-fn seconds(key: &str, value: &str) -> Result<Duration, BrokerError> {
+fn seconds(key: &str, value: &str) -> Result<Duration, OptionsError> {
     value
         .parse::<f64>()
         .ok()
         .filter(|s| s.is_finite() && *s >= 0.0)
         .map(Duration::from_secs_f64)
-        .ok_or_else(|| BrokerError::UnsupportedUrl(format!("{key}={value}: expected seconds")))
+        .ok_or_else(|| OptionsError::Url(format!("{key}={value}: expected seconds")))
 }
 
 impl RedisOptions {
@@ -74,8 +89,8 @@ impl RedisOptions {
     /// `sweep_interval`, `result_expires`).
     ///
     /// # Errors
-    /// [`BrokerError::UnsupportedUrl`] for another scheme or a bad value.
-    pub fn from_url(url: &str) -> Result<RedisOptions, BrokerError> {
+    /// [`OptionsError::Url`] for another scheme or a bad value.
+    pub fn from_url(url: &str) -> Result<RedisOptions, OptionsError> {
         Self::parse(url).map(|(opts, _)| opts)
     }
 
@@ -86,15 +101,15 @@ impl RedisOptions {
     /// than one silently winning.
     ///
     /// # Errors
-    /// As [`RedisOptions::from_url`]; [`BrokerError::InvalidSettings`] when the URL's
+    /// As [`RedisOptions::from_url`]; [`OptionsError::Conflict`] when the URL's
     /// `result_expires` differs from `result_expires`.
     pub fn from_url_with_result_expires(
         url: &str,
         result_expires: Option<Duration>,
-    ) -> Result<RedisOptions, BrokerError> {
+    ) -> Result<RedisOptions, OptionsError> {
         let (mut opts, in_url) = Self::parse(url)?;
         match (in_url, result_expires) {
-            (Some(a), Some(b)) if a != b => Err(BrokerError::InvalidSettings(format!(
+            (Some(a), Some(b)) if a != b => Err(OptionsError::Conflict(format!(
                 "result_expires={} s in the Redis URL differs from the result expiry given \
                  beside it ({} s, `--result-expires`); give one of them, or the same value",
                 a.as_secs_f64(),
@@ -116,12 +131,12 @@ impl RedisOptions {
     }
 
     /// The options from `url`, and the `result_expires` it gave, if it gave one.
-    fn parse(url: &str) -> Result<(RedisOptions, Option<Duration>), BrokerError> {
+    fn parse(url: &str) -> Result<(RedisOptions, Option<Duration>), OptionsError> {
         let scheme_ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
             .iter()
             .any(|s| url.starts_with(s));
         if !scheme_ok {
-            return Err(BrokerError::UnsupportedUrl(url.to_string()));
+            return Err(OptionsError::Url(url.to_string()));
         }
         let mut opts = RedisOptions::default();
         let (base, query) = match url.split_once('?') {
@@ -159,18 +174,18 @@ impl RedisOptions {
     /// The Redis client for [`RedisOptions::url`].
     ///
     /// # Errors
-    /// [`BrokerError::UnsupportedUrl`] when the client rejects the URL.
-    pub fn client(&self) -> Result<redis::Client, BrokerError> {
+    /// [`OptionsError::Url`] when the client rejects the URL.
+    pub fn client(&self) -> Result<redis::Client, OptionsError> {
         redis::Client::open(self.url.as_str())
-            .map_err(|e| BrokerError::UnsupportedUrl(format!("{}: {e}", self.url)))
+            .map_err(|e| OptionsError::Url(format!("{}: {e}", self.url)))
     }
 
     /// A multiplexed connection that reconnects by itself, with exponential backoff
     /// (100 ms doubling, at most 2 s apart, 8 tries per command).
     ///
     /// # Errors
-    /// [`BrokerError::Connection`] when Redis cannot be reached now.
-    pub async fn connect(&self) -> Result<ConnectionManager, BrokerError> {
+    /// [`OptionsError::Connection`] when Redis cannot be reached now.
+    pub async fn connect(&self) -> Result<ConnectionManager, OptionsError> {
         let config = ConnectionManagerConfig::new()
             .set_min_delay(Duration::from_millis(100))
             .set_max_delay(Duration::from_secs(2))
@@ -179,17 +194,7 @@ impl RedisOptions {
             .set_response_timeout(Some(self.response_timeout));
         ConnectionManager::new_with_config(self.client()?, config)
             .await
-            .map_err(|e| BrokerError::Connection(format!("{}: {e}", self.url)))
-    }
-}
-
-/// Maps a Redis error to a broker error: I/O, timeouts and dropped connections are
-/// [`BrokerError::Connection`] (retrying may help), the rest [`BrokerError::Other`].
-pub fn broker_error(e: redis::RedisError) -> BrokerError {
-    if is_connection(&e) {
-        BrokerError::Connection(e.to_string())
-    } else {
-        BrokerError::Other(e.to_string())
+            .map_err(|e| OptionsError::Connection(format!("{}: {e}", self.url)))
     }
 }
 
@@ -228,7 +233,7 @@ mod tests {
         assert_eq!(ttl(opts(&with_key, None).unwrap()).1, 60);
         assert_eq!(ttl(opts(&with_key, minute).unwrap()).1, 60);
         let e = opts(&with_key, Some(Duration::from_secs(120))).unwrap_err();
-        assert!(matches!(e, BrokerError::InvalidSettings(_)), "{e}");
+        assert!(matches!(e, OptionsError::Conflict(_)), "{e}");
         assert!(e.to_string().contains("--result-expires"), "{e}");
         // Zero is no TTL, and a fraction rounds up (never down to "no TTL").
         assert_eq!(ttl(opts(url, Some(Duration::ZERO)).unwrap()).1, 0);

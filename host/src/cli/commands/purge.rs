@@ -4,15 +4,15 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::broker;
-use crate::cli::PurgeArgs;
+use crate::cli::args::PurgeArgs;
+use sprout::connect;
 
 /// Runs the command.
 ///
 /// # Errors
 /// An unreachable broker.
 pub async fn run(args: PurgeArgs) -> anyhow::Result<ExitCode> {
-    let connection = broker::connect(&args.broker.broker)
+    let connection = connect::connect_with(&args.broker.broker, &args.broker.connect_options(None))
         .await
         .with_context(|| format!("cannot open broker {}", args.broker.broker))?;
     for queue in &args.queues {

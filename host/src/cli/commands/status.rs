@@ -4,15 +4,15 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::broker;
-use crate::cli::BrokerArgs;
+use crate::cli::args::BrokerArgs;
+use sprout::connect;
 
 /// Runs the command.
 ///
 /// # Errors
 /// An unreachable broker.
 pub async fn run(args: BrokerArgs) -> anyhow::Result<ExitCode> {
-    let connection = broker::connect(&args.broker)
+    let connection = connect::connect_with(&args.broker, &args.connect_options(None))
         .await
         .with_context(|| format!("cannot open broker {}", args.broker))?;
     let stats = connection.broker.stats().await?;

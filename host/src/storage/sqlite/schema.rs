@@ -21,7 +21,7 @@
 //! expired cannot ack, extend or dead-letter the job after someone else fetched it.
 //!
 //! `dead_letters` keeps the body, the reason and the time. `results` holds one JSON
-//! [`ResultRecord`](crate::backend::ResultRecord) per job id, plus the columns the
+//! [`ResultRecord`](crate::model::ResultRecord) per job id, plus the columns the
 //! upsert rule and `sprout status` need. It is a rowid table with a unique index on the
 //! job id rather than `WITHOUT ROWID` keyed by it: job ids are random UUIDs, and random
 //! inserts into the small index dirty far fewer pages than into a table of whole
@@ -34,13 +34,13 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use super::{BUSY_TIMEOUT, Failure};
 
 /// The schema this code writes. Bump it and add a step to [`migrate`] for every change.
-pub(super) const VERSION: i64 = 1;
+pub(crate) const VERSION: i64 = 1;
 
 /// `jobs.state` of a job that can be fetched now.
-pub(super) const READY: i64 = 0;
+pub(crate) const READY: i64 = 0;
 /// `jobs.state` of a job waiting for its eta. (State 2, leased, is only ever written by
 /// SQL literals, next to the partial-index conditions.)
-pub(super) const SCHEDULED: i64 = 1;
+pub(crate) const SCHEDULED: i64 = 1;
 
 /// Version 1: everything. The partial-index conditions (`state = 0`, `state <> 0`) are
 /// repeated literally in the queries so SQLite's planner can use the indexes.
@@ -85,7 +85,7 @@ CREATE INDEX results_updated ON results (updated_at);
 /// several processes can share the file), `synchronous=NORMAL` (no fsync per commit),
 /// [`BUSY_TIMEOUT`] for other processes' locks, and a statement cache big enough for
 /// every query in this module.
-pub(super) fn open_connection(path: &Path) -> Result<Connection, Failure> {
+pub(crate) fn open_connection(path: &Path) -> Result<Connection, Failure> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -112,7 +112,7 @@ pub(super) fn open_connection(path: &Path) -> Result<Connection, Failure> {
 /// # Errors
 /// [`Failure::Schema`] if the file has a newer schema, or tables but no version (not a
 /// Sprout database).
-pub(super) fn migrate(conn: &mut Connection) -> Result<(), Failure> {
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), Failure> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let version: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     match version {

@@ -6,11 +6,10 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use serde_json::{Map, Value};
 
-use crate::cli::LimitArgs;
-use crate::limits::Limits;
-use crate::sandbox::{ArtifactCache, EngineSettings, Sandbox};
+use crate::cli::args::LimitArgs;
+use sprout::model::Limits;
+use sprout::sandbox::{ArtifactCache, EngineSettings, Sandbox};
 
-pub mod output;
 pub mod purge;
 pub mod result;
 pub mod run;
@@ -117,7 +116,7 @@ pub fn parse_kwargs(text: &str) -> anyhow::Result<Map<String, Value>> {
 /// see [`output`]) exits 1.
 pub fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
-        Ok(code) if code == ExitCode::SUCCESS && output::failed() => ExitCode::from(1),
+        Ok(code) if code == ExitCode::SUCCESS && crate::cli::output::failed() => ExitCode::from(1),
         Ok(code) => code,
         Err(error) => {
             let code = error.downcast_ref::<ExitError>().map_or(1, |e| e.code);

@@ -7,12 +7,12 @@
 //! and the command still finishes its work (a `purge` of three queues purges all three
 //! even if nobody reads the second line) and exits with its usual code. Any other write
 //! error (a full disk behind `> file`) is reported once on stderr, the rest of the
-//! output is dropped, and the command exits 1 instead of 0 (see [`super::exit_code`]).
+//! output is dropped, and the command exits 1 instead of 0 (see [`crate::cli::commands::exit_code`]).
 //!
 //! stderr has the same trap: `eprintln!` panics when stderr is a pipe whose reader went
 //! away (`sprout worker 2>&1 | head`, a log collector that died). Messages go through
 //! [`errln!`](crate::errln) and [`errprint!`](crate::errprint), which drop what cannot be
-//! written; the log has its own lossy writer ([`crate::telemetry`]). A closed stderr fd
+//! written; the log has its own lossy writer ([`crate::cli::telemetry`]). A closed stderr fd
 //! (`2>&-`) is not a problem of its own: Rust opens `/dev/null` in its place at startup.
 
 use std::fmt;
@@ -29,7 +29,7 @@ static STDOUT: AtomicU8 = AtomicU8::new(OPEN);
 #[macro_export]
 macro_rules! outln {
     ($($arg:tt)*) => {
-        $crate::commands::output::line(::std::format_args!($($arg)*))
+        $crate::cli::output::line(::std::format_args!($($arg)*))
     };
 }
 
@@ -55,10 +55,10 @@ pub fn line(args: fmt::Arguments<'_>) {
 #[macro_export]
 macro_rules! errln {
     () => {
-        $crate::commands::output::err(::std::format_args!("\n"))
+        $crate::cli::output::err(::std::format_args!("\n"))
     };
     ($($arg:tt)*) => {
-        $crate::commands::output::err(::std::format_args!(
+        $crate::cli::output::err(::std::format_args!(
             "{}\n",
             ::std::format_args!($($arg)*)
         ))
@@ -69,7 +69,7 @@ macro_rules! errln {
 #[macro_export]
 macro_rules! errprint {
     ($($arg:tt)*) => {
-        $crate::commands::output::err(::std::format_args!($($arg)*))
+        $crate::cli::output::err(::std::format_args!($($arg)*))
     };
 }
 

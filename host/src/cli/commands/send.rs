@@ -8,12 +8,12 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::backend::State;
-use crate::cli::SendArgs;
-use crate::client::Client;
-use crate::job::{Job, LimitOverrides};
-use crate::manifest::Manifest;
-use crate::registry::{manifest_path, task_files};
+use crate::cli::args::SendArgs;
+use sprout::client::Client;
+use sprout::manifest::Manifest;
+use sprout::model::State;
+use sprout::model::{Job, LimitOverrides};
+use sprout::registry::{manifest_path, task_files};
 
 use super::{EXIT_TASK_FAILED, EXIT_USAGE, ExitError};
 
@@ -26,7 +26,7 @@ const SEND_BATCH: usize = 1000;
 /// Bad arguments or an unreachable broker.
 pub async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     let template = build_job(&args)?;
-    let client = Client::connect(&args.broker.broker)
+    let client = Client::connect_with(&args.broker.broker, &args.broker.connect_options(None))
         .await
         .with_context(|| format!("cannot open broker {}", args.broker.broker))?;
     let count = args.count.max(1);

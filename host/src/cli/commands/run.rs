@@ -3,10 +3,10 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::cli::RunArgs;
-use crate::outcome::Outcome;
-use crate::registry;
-use crate::sandbox::RunRequest;
+use crate::cli::args::RunArgs;
+use sprout::model::Outcome;
+use sprout::registry;
+use sprout::sandbox::RunRequest;
 
 use super::{EXIT_INVALID_TASK, EXIT_TASK_FAILED, ExitError};
 

@@ -1,0 +1,398 @@
+//! Command-line interface: clap types only. The commands themselves live in
+//! `crate::cli::commands`; `main.rs` parses, dispatches and maps errors to exit codes.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use sprout::connect::ConnectOptions;
+
+/// Sprout: a WebAssembly sandboxed task runner with Celery-style workers.
+#[derive(Debug, Parser)]
+#[command(name = "sprout", version, about, long_about = None)]
+pub struct Cli {
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info`, `sprout=debug`.
+    #[arg(long, global = true, env = "SPROUT_LOG", default_value = "info")]
+    pub log: String,
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Sprout's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Consume jobs from a broker and run them.
+    Worker(WorkerArgs),
+    /// Send a job (or many) to a queue.
+    Send(SendArgs),
+    /// Show (or wait for) the result of a job.
+    Result(ResultArgs),
+    /// Show queue depths, dead letters and recent results.
+    Status(BrokerArgs),
+    /// Remove every waiting job from queues.
+    Purge(PurgeArgs),
+    /// Run one task locally, without a broker (for task authors).
+    ///
+    /// Prints the JSON result on stdout, and the fuel used and duration on stderr.
+    ///
+    /// Exit codes: 0 the task succeeded; 1 the task failed (its error, a trap, a limit);
+    /// 2 bad usage or arguments; 3 the task file cannot be loaded or lacks the task.
+    Run(RunArgs),
+    /// List the tasks a directory or file provides, with their limits.
+    Tasks(TasksArgs),
+    /// A prefork pool's child process (started by `sprout worker -P prefork`; it speaks
+    /// frames on stdin/stdout, not a command to type).
+    #[command(hide = true)]
+    Child(ChildArgs),
+}
+
+/// Where the broker is.
+#[derive(Debug, Args, Clone)]
+pub struct BrokerArgs {
+    /// Broker URL: `sqlite:PATH` (embedded, default), `redis://HOST:PORT/DB`.
+    #[arg(short, long, env = "SPROUT_BROKER", default_value = sprout::connect::DEFAULT_BROKER_URL)]
+    pub broker: String,
+    /// Result backend URL (Celery's `result_backend`): `sqlite:PATH` or
+    /// `redis://HOST:PORT/DB`. Default: the broker's own store.
+    #[arg(long, env = "SPROUT_RESULT_BACKEND")]
+    pub result_backend: Option<String>,
+}
+
+impl BrokerArgs {
+    /// The connect options these flags give (`result_expires` as given beside them).
+    pub fn connect_options(&self, result_expires: Option<Duration>) -> ConnectOptions {
+        ConnectOptions {
+            result_backend: self.result_backend.clone(),
+            result_expires,
+        }
+    }
+}
+
+/// Engine-wide limits shared by `worker`, `run` and `tasks`.
+#[derive(Debug, Args, Clone)]
+pub struct LimitArgs {
+    /// Default fuel budget per job (manifests may change it per task).
+    #[arg(long, env = "SPROUT_FUEL")]
+    pub fuel: Option<u64>,
+    /// Default hard time limit in seconds.
+    #[arg(long, env = "SPROUT_TIME_LIMIT")]
+    pub time_limit: Option<f64>,
+    /// Default soft time limit in seconds.
+    #[arg(long, env = "SPROUT_SOFT_TIME_LIMIT")]
+    pub soft_time_limit: Option<f64>,
+    /// Default memory cap in MiB.
+    #[arg(long, env = "SPROUT_MEMORY")]
+    pub memory: Option<u64>,
+    /// Directory for compiled artifacts (default: $XDG_CACHE_HOME/sprout).
+    #[arg(long, env = "SPROUT_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Disable the on-disk compiled-artifact cache.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Largest task file accepted, in MiB (bounds read and compile time of files dropped
+    /// into a task directory).
+    #[arg(long, env = "SPROUT_MAX_TASK_FILE_SIZE", default_value_t = 64)]
+    pub max_task_file_size: u64,
+}
+
+/// A task call's arguments, shared by `send` and `run`.
+#[derive(Debug, Args, Clone)]
+pub struct CallArgs {
+    /// Positional arguments as a JSON array (a single non-array value is one argument).
+    #[arg(default_value = "[]")]
+    pub args: String,
+    /// Keyword arguments as a JSON object.
+    #[arg(long, default_value = "{}")]
+    pub kwargs: String,
+}
+
+/// `sprout worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Task directory or file (repeatable).
+    #[arg(
+        short,
+        long = "tasks",
+        env = "SPROUT_TASKS",
+        default_value = "./tasks",
+        value_delimiter = ','
+    )]
+    pub tasks: Vec<PathBuf>,
+    /// Pool: `async` (also `eventlet`, `gevent`) or `prefork`, used with `-c` and `-Q`.
+    /// Or, repeated, named pools each bound to its own queues:
+    /// `NAME=KIND[:CONCURRENCY[:QUEUE,...]][:OPTION=VALUE,...]`, e.g. `--pool
+    /// io=async:1000 --pool cpu=prefork:2:cpu,hogs` (a pool's queue defaults to its
+    /// name). A prefork pool's options are the prefork flags without dashes, for that
+    /// pool alone: `--pool cpu=prefork:2:max-tasks-per-child=100,child-concurrency=4`
+    /// (also `max-memory-per-child`, `prefork-nice`).
+    #[arg(short = 'P', long = "pool", default_value = "async")]
+    pub pool: Vec<String>,
+    /// Concurrency: jobs running at once (prefork: child processes). Default: 100 for
+    /// async, the number of CPUs for prefork.
+    #[arg(short = 'c', long, env = "SPROUT_CONCURRENCY")]
+    pub concurrency: Option<usize>,
+    /// Queues to consume, comma-separated (default: `celery`). Not with named pools,
+    /// which name their own queues.
+    #[arg(short = 'Q', long, value_delimiter = ',')]
+    pub queues: Vec<String>,
+    /// Prefork: jobs each child runs at once (an async pool inside each child). The
+    /// default for every prefork pool; a `--pool` spec may set its own.
+    #[arg(long, default_value_t = 1)]
+    pub child_concurrency: usize,
+    /// Prefork: replace a child after it has run this many jobs (default for every
+    /// prefork pool; a `--pool` spec may set its own, 0 = never).
+    #[arg(long, env = "SPROUT_MAX_TASKS_PER_CHILD")]
+    pub max_tasks_per_child: Option<u64>,
+    /// Prefork: replace a child, between jobs, once its peak resident memory is over
+    /// this many KiB (Celery's unit). Default for every prefork pool; a `--pool` spec
+    /// may set its own (0 = never).
+    #[arg(long, env = "SPROUT_MAX_MEMORY_PER_CHILD")]
+    pub max_memory_per_child: Option<u64>,
+    /// Prefork: the children's scheduling niceness, 0–19 (higher yields the CPU to
+    /// other work). Default: 0; but in a worker that also runs an async pool, children
+    /// without a niceness run at idle priority (SCHED_IDLE: they get only CPU time
+    /// nothing else wants, so CPU-heavy jobs cannot slow the async pool's jobs down).
+    /// A `--pool` spec may set its own.
+    #[arg(long, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub prefork_nice: Option<i32>,
+    /// Jobs reserved per slot (1 = never hold more jobs than can run).
+    #[arg(long, default_value_t = 1)]
+    pub prefetch_multiplier: usize,
+    /// Worker name in results and logs (default: sprout@HOST).
+    #[arg(short = 'n', long)]
+    pub hostname: Option<String>,
+    /// Seconds running jobs get to finish on warm shutdown before they are released.
+    #[arg(long, default_value_t = 60.0)]
+    pub grace: f64,
+    /// Lease (visibility timeout) in seconds; extended while a job runs.
+    #[arg(long, default_value_t = 30.0)]
+    pub lease: f64,
+    /// Delete stored results this long after their last update (Celery's
+    /// `result_expires`): seconds, or a number with a unit (`90s`, `30m`, `12h`, `1d`);
+    /// `0` keeps them forever. Default: 1d. The worker sweeps the embedded SQLite
+    /// backend at startup and then every quarter of this (at least every minute). On
+    /// Redis it is each result's TTL (rounded up to whole seconds); the broker URL's
+    /// `result_expires` key does the same, and giving both with different values is an
+    /// error.
+    #[arg(long, env = "SPROUT_RESULT_EXPIRES", value_parser = parse_duration)]
+    pub result_expires: Option<Duration>,
+    /// Store a STARTED state when a job begins (one extra write per job).
+    #[arg(long)]
+    pub track_started: bool,
+    /// Stop after this many jobs (for benchmarks and tests).
+    #[arg(long, hide = true)]
+    pub max_jobs: Option<u64>,
+    /// Broker.
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    /// Limits.
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// `sprout send`.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Task name.
+    pub task: String,
+    /// The call's arguments.
+    #[command(flatten)]
+    pub call: CallArgs,
+    /// Queue (default: the `queue` in the task's manifest under `--tasks`, else
+    /// `celery`).
+    #[arg(short, long)]
+    pub queue: Option<String>,
+    /// Task directories or files whose manifests give a task's default queue (only the
+    /// `.toml` manifests are read; no wasm is compiled).
+    #[arg(
+        short,
+        long = "tasks",
+        env = "SPROUT_TASKS",
+        default_value = "./tasks",
+        value_delimiter = ','
+    )]
+    pub tasks: Vec<PathBuf>,
+    /// Priority 0–9 (higher first on the embedded broker).
+    #[arg(long, default_value_t = 0)]
+    pub priority: u8,
+    /// Run no earlier than this many seconds from now.
+    #[arg(long, conflicts_with = "eta")]
+    pub countdown: Option<f64>,
+    /// Run no earlier than this time (RFC 3339, e.g. 2030-01-02T03:04:05Z).
+    #[arg(long)]
+    pub eta: Option<String>,
+    /// Revoke the job if it has not started within this many seconds.
+    #[arg(long)]
+    pub expires: Option<f64>,
+    /// Most retries for this job.
+    #[arg(long)]
+    pub retries: Option<u32>,
+    /// Lower the fuel budget for this job.
+    #[arg(long)]
+    pub fuel: Option<u64>,
+    /// Lower the hard time limit (seconds) for this job.
+    #[arg(long)]
+    pub time_limit: Option<f64>,
+    /// Lower the memory cap (MiB) for this job.
+    #[arg(long)]
+    pub memory: Option<u64>,
+    /// Send this many copies (shows a progress bar).
+    #[arg(long, default_value_t = 1)]
+    pub count: u64,
+    /// Wait for the result and print it.
+    #[arg(short, long)]
+    pub wait: bool,
+    /// Seconds to wait with `--wait`.
+    #[arg(long, default_value_t = 60.0)]
+    pub timeout: f64,
+    /// Broker.
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+}
+
+/// `sprout result`.
+#[derive(Debug, Args)]
+pub struct ResultArgs {
+    /// Job id.
+    pub id: String,
+    /// Wait until the job finishes.
+    #[arg(short, long)]
+    pub wait: bool,
+    /// Seconds to wait with `--wait`.
+    #[arg(long, default_value_t = 60.0)]
+    pub timeout: f64,
+    /// Broker.
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+}
+
+/// `sprout purge`.
+#[derive(Debug, Args)]
+pub struct PurgeArgs {
+    /// Queues to purge, comma-separated.
+    #[arg(short = 'Q', long, value_delimiter = ',', default_value = sprout::model::DEFAULT_QUEUE)]
+    pub queues: Vec<String>,
+    /// Broker.
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+}
+
+/// `sprout run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The task file (`.wasm`).
+    pub file: PathBuf,
+    /// The task name in the file.
+    pub task: String,
+    /// The call's arguments.
+    #[command(flatten)]
+    pub call: CallArgs,
+    /// Print the whole execution record as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Limits.
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// `sprout tasks`.
+#[derive(Debug, Args)]
+pub struct TasksArgs {
+    /// Task directories or files.
+    #[arg(default_value = "./tasks")]
+    pub paths: Vec<PathBuf>,
+    /// Limits.
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// `sprout child` (hidden): one prefork child. The parent passes its engine settings so
+/// the child's engine matches and shares the artifact cache.
+#[derive(Debug, Args)]
+pub struct ChildArgs {
+    /// The parent's frame protocol version.
+    #[arg(long)]
+    pub protocol: u32,
+    /// The parent's pid (the child exits if it is no longer its parent).
+    #[arg(long)]
+    pub parent_pid: Option<u32>,
+    /// Engine: most guests alive at once.
+    #[arg(long)]
+    pub max_instances: u32,
+    /// Engine: ceiling for any task's memory, in bytes.
+    #[arg(long)]
+    pub max_memory_bytes: u64,
+    /// Engine: fuel between yields.
+    #[arg(long)]
+    pub fuel_slice: u64,
+    /// Engine: native stack for wasm frames, in bytes.
+    #[arg(long)]
+    pub max_wasm_stack: usize,
+    /// The shared compiled-artifact cache.
+    #[arg(long, conflicts_with = "no_cache")]
+    pub cache_dir: Option<PathBuf>,
+    /// Compile without an artifact cache.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Scheduling niceness for the child.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub nice: i32,
+    /// Run at idle priority (SCHED_IDLE).
+    #[arg(long)]
+    pub idle_priority: bool,
+    /// Report the peak resident memory after every job (for `--max-memory-per-child`).
+    #[arg(long)]
+    pub report_memory: bool,
+}
+
+/// Parses a duration flag: plain seconds (`86400`, `0.5`), or a number with one unit,
+/// `ms`, `s`, `m`, `h` or `d` (`250ms`, `90s`, `30m`, `12h`, `1d`).
+///
+/// # Errors
+/// Not a non-negative number, or an unknown unit; the message says what is accepted.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let scale = match unit.trim() {
+        "" | "s" => 1.0,
+        "ms" => 0.001,
+        "m" => 60.0,
+        "h" => 3_600.0,
+        "d" => 86_400.0,
+        _ => f64::NAN,
+    };
+    let value: f64 = number.parse().unwrap_or(f64::NAN);
+    let secs = value * scale;
+    if secs.is_finite() && secs >= 0.0 {
+        Duration::try_from_secs_f64(secs).map_err(|e| format!("{text:?}: {e}"))
+    } else {
+        Err(format!(
+            "{text:?} is not a duration: give seconds (86400) or a number with a unit \
+             (250ms, 90s, 30m, 12h, 1d)"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_and_without_units() {
+        assert_eq!(parse_duration("86400"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(43_200)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1_800)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1_500)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        for bad in ["", "d", "-1", "1w", "one day", "1 d x", "1e3"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! One delivery's path through the worker, up to how it ends: decode → admit (expired?
+//! eta? unknown task? rate limit?) → run in the pool → classify (success, failure,
+//! retry). It decides the [`Ending`]; the settler writes it.
+//!
+//! A panic anywhere on this path (in the task's host code, the pool, the workflow
+//! logic) is caught here and ends the job FAILURE with kind `WorkerLostError` and the
+//! panic message, like a lost prefork child: the delivery is still settled, its lease
+//! no longer extended, and the worker keeps serving.
+
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures_util::FutureExt;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::settle::{Ending, Settle, panic_message};
+use super::{Count, Shared};
+use crate::broker::Delivery;
+use crate::celery;
+use crate::model::{ErrorInfo, Execution, Job, Outcome, ResultRecord, State};
+use crate::registry::TaskEntry;
+use crate::sandbox::RunRequest;
+
+/// Runs one delivery to its ending and hands that to the settler.
+pub(super) async fn handle(shared: &Shared, delivery: Delivery, permit: OwnedSemaphorePermit) {
+    let tag = delivery.tag;
+    let ending = match delivery.job {
+        Ok(job) => {
+            let path = AssertUnwindSafe(run_job(shared, &job, permit)).catch_unwind();
+            match path.await {
+                Ok(ending) => ending,
+                Err(panic) => panicked(shared, &job, &panic_message(panic.as_ref())),
+            }
+        }
+        Err(error) => {
+            tracing::error!(queue = %delivery.queue, "dead-lettering undecodable message: {}", error.reason);
+            shared.counters.add(Count::DeadLettered);
+            let records = match error.id {
+                Some(id) => {
+                    let mut record = ResultRecord::new(id, "", State::Failure);
+                    record.error = Some(ErrorInfo {
+                        kind: "DecodeError".into(),
+                        message: error.reason.clone(),
+                        traceback: None,
+                    });
+                    record.worker = Some(shared.config.hostname.clone());
+                    vec![record]
+                }
+                None => Vec::new(),
+            };
+            Ending::DeadLetter {
+                records,
+                reason: error.reason,
+            }
+        }
+    };
+    shared.settle(Settle { tag, ending });
+}
+
+/// The ending of a job whose handling panicked: FAILURE `WorkerLostError`.
+fn panicked(shared: &Shared, job: &Job, message: &str) -> Ending {
+    tracing::error!(id = %job.id, task = %job.task, "panic while handling the job: {message}");
+    let execution = Execution::not_started(Outcome::WorkerLost {
+        reason: format!("panic while handling the job: {message}"),
+    });
+    let mut record = base_record(shared, job, State::Failure);
+    apply_execution(&mut record, &execution);
+    shared.counters.add(Count::Failed);
+    complete(job, record)
+}
+
+/// A finished job's ending: its record and Celery follow-ups. The workflow logic runs
+/// on data from the message; if it panics, the job still ends with its own record.
+fn complete(job: &Job, record: ResultRecord) -> Ending {
+    let fallback = record.clone();
+    match std::panic::catch_unwind(AssertUnwindSafe(|| celery::settle(job, record))) {
+        Ok(settlement) => Ending::Complete {
+            records: settlement.store,
+            publish: settlement.publish,
+        },
+        Err(panic) => {
+            tracing::error!(id = %job.id, "workflow follow-ups panicked: {}", panic_message(panic.as_ref()));
+            Ending::Complete {
+                records: vec![fallback],
+                publish: Vec::new(),
+            }
+        }
+    }
+}
+
+/// Admits, runs and classifies one decoded job.
+async fn run_job(shared: &Shared, job: &Job, permit: OwnedSemaphorePermit) -> Ending {
+    let now = Utc::now();
+    if job.is_expired(now) {
+        tracing::info!(id = %job.id, task = %job.task, "revoked: expired before it ran");
+        let mut record = base_record(shared, job, State::Revoked);
+        record.error = Some(ErrorInfo {
+            kind: "TaskRevokedError".into(),
+            message: format!("expired at {}", job.expires.unwrap_or(now).to_rfc3339()),
+            traceback: None,
+        });
+        shared.counters.add(Count::Failed);
+        return complete(job, record);
+    }
+    // An eta in the future (brokers that deliver early, like Celery's Redis transport):
+    // wait without holding a reservation or a pool slot.
+    let permit = match job.eta {
+        Some(eta) if eta > now => {
+            drop(permit);
+            let wait = (eta - now).to_std().unwrap_or_default();
+            tokio::time::sleep(wait).await;
+            None
+        }
+        _ => Some(permit),
+    };
+    let Some(entry) = shared.registry.lookup(&job.task) else {
+        tracing::warn!(id = %job.id, task = %job.task, "unknown task");
+        let execution = Execution::not_started(Outcome::UnknownTask {
+            task: job.task.clone(),
+        });
+        let mut record = base_record(shared, job, State::Failure);
+        apply_execution(&mut record, &execution);
+        shared.counters.add(Count::Failed);
+        return complete(job, record);
+    };
+    // The manifest's rate limit: wait here, before the job starts or takes a pool slot.
+    shared.registry.throttle(&entry).await;
+    if shared.config.track_started {
+        let mut started = base_record(shared, job, State::Started);
+        started.started_at = Some(Utc::now());
+        if let Err(e) = shared.backend.store(&[started]).await {
+            tracing::warn!(id = %job.id, "could not store STARTED: {e}");
+        }
+    }
+    let request = RunRequest {
+        task: entry.export.clone(),
+        args: job.args.clone(),
+        kwargs: job.kwargs.clone(),
+        limits: entry.limits.lowered_by(&job.limits),
+        job_id: job.id.clone(),
+        retries: job.retries,
+        queue: job.queue.clone(),
+        capabilities: entry.capabilities.clone(),
+    };
+    let started_at = Utc::now();
+    let started = Instant::now();
+    let execution = shared.pool.execute(entry.clone(), request).await;
+    drop(permit);
+    tracing::debug!(id = %job.id, task = %job.task, elapsed = ?started.elapsed(), outcome = ?execution.outcome.error_kind(), "job finished");
+
+    if let Some(delay) = retry_delay(job, &entry, &execution.outcome) {
+        let eta = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+        let next = celery::retry_job(job, Some(eta));
+        let mut record = base_record(shared, job, State::Retry);
+        apply_execution(&mut record, &execution);
+        record.started_at = Some(started_at);
+        tracing::info!(id = %job.id, task = %job.task, retries = next.retries, "retry in {delay:?}: {}", execution.outcome.error_message().unwrap_or_default());
+        shared.counters.add(Count::Retried);
+        let records = match complete(job, record) {
+            Ending::Complete { records, .. } => records,
+            _ => Vec::new(),
+        };
+        return Ending::Retry {
+            records,
+            next: Box::new(next),
+        };
+    }
+    let state = if execution.outcome.is_success() {
+        shared.counters.add(Count::Succeeded);
+        State::Success
+    } else {
+        shared.counters.add(Count::Failed);
+        tracing::info!(id = %job.id, task = %job.task, "failed: {}: {}", execution.outcome.error_kind().unwrap_or(""), execution.outcome.error_message().unwrap_or_default());
+        State::Failure
+    };
+    let mut record = base_record(shared, job, state);
+    apply_execution(&mut record, &execution);
+    record.started_at = Some(started_at);
+    complete(job, record)
+}
+
+/// Whether (and after how long) a failed attempt is retried: a guest's own retry
+/// request, or a failure kind the manifest lists in `autoretry_for`, or a lost worker —
+/// always within `max_retries` (the job's, else the manifest's).
+fn retry_delay(job: &Job, entry: &TaskEntry, outcome: &Outcome) -> Option<Duration> {
+    let policy = &entry.manifest.retry;
+    let max = job.max_retries.unwrap_or(policy.max_retries);
+    if job.retries >= max {
+        return None;
+    }
+    let backoff = policy.backoff_for(job.retries);
+    match outcome {
+        Outcome::Success { .. } => None,
+        Outcome::GuestError {
+            retry: Some(request),
+            ..
+        } => Some(request.countdown.unwrap_or(backoff)),
+        Outcome::WorkerLost { .. } if policy.retry_on_worker_lost => Some(backoff),
+        other => {
+            let kind = other.error_kind()?;
+            policy
+                .autoretry_for
+                .iter()
+                .any(|k| k == kind)
+                .then_some(backoff)
+        }
+    }
+}
+
+/// A record of `job` in `state` from this worker.
+fn base_record(shared: &Shared, job: &Job, state: State) -> ResultRecord {
+    let mut record = ResultRecord::new(job.id.clone(), job.task.clone(), state);
+    record.retries = job.retries;
+    record.worker = Some(shared.config.hostname.clone());
+    record
+}
+
+/// Copies an execution's result or error, cost and logs into a record.
+fn apply_execution(record: &mut ResultRecord, execution: &Execution) {
+    record.fuel_used = Some(execution.fuel_used);
+    record.duration_ms = Some(execution.duration.as_secs_f64() * 1e3);
+    match &execution.outcome {
+        Outcome::Success { value } => record.result = Some(value.clone()),
+        failure => {
+            let traceback = match failure {
+                Outcome::Trap {
+                    backtrace: Some(bt),
+                    ..
+                } => Some(format!("{bt}\n{}", execution.logs)),
+                _ if !execution.logs.is_empty() => Some(execution.logs.clone()),
+                _ => None,
+            };
+            record.error = Some(ErrorInfo {
+                kind: failure.error_kind().unwrap_or("Error").to_string(),
+                message: failure.error_message().unwrap_or_default(),
+                traceback,
+            });
+        }
+    }
+}
