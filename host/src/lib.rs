@@ -17,6 +17,7 @@
 //! - [`client`] — the producer side for programs; [`cli`] and [`commands`] — the
 //!   `sprout` command line.
 // `eprintln!` panics on a broken stderr: print through `errln!` (commands::output).
+#![deny(missing_docs)]
 #![warn(clippy::print_stderr)]
 
 pub mod backend;

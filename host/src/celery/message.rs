@@ -668,11 +668,6 @@ fn process_oid() -> &'static str {
     OID.get_or_init(|| uuid::Uuid::new_v4().to_string())
 }
 
-/// The default embed: no callbacks, errbacks, chain or chord.
-pub fn empty_embed() -> Value {
-    json!({"callbacks": null, "errbacks": null, "chain": null, "chord": null})
-}
-
 fn number(x: f64) -> Value {
     // Python writes whole seconds as ints (`[60, 50]`).
     if x.fract() == 0.0 && x.abs() < 1e15 {

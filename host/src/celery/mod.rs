@@ -33,7 +33,7 @@
 pub mod isotime;
 pub mod keys;
 pub mod message;
-pub mod pyjson;
+pub(crate) mod pyjson;
 pub mod result;
 pub mod workflow;
 

@@ -311,39 +311,9 @@ pub struct TasksArgs {
 /// the child's engine matches and shares the artifact cache.
 #[derive(Debug, Args)]
 pub struct ChildArgs {
-    /// The parent's frame protocol version.
+    /// The child's settings as the parent wrote them (JSON of `ChildOptions`).
     #[arg(long)]
-    pub protocol: u32,
-    /// The parent's pid (the child exits if it is no longer its parent).
-    #[arg(long)]
-    pub parent_pid: Option<u32>,
-    /// Engine: most guests alive at once.
-    #[arg(long)]
-    pub max_instances: u32,
-    /// Engine: ceiling for any task's memory, in bytes.
-    #[arg(long)]
-    pub max_memory_bytes: u64,
-    /// Engine: fuel between yields.
-    #[arg(long)]
-    pub fuel_slice: u64,
-    /// Engine: native stack for wasm frames, in bytes.
-    #[arg(long)]
-    pub max_wasm_stack: usize,
-    /// The shared compiled-artifact cache.
-    #[arg(long, conflicts_with = "no_cache")]
-    pub cache_dir: Option<PathBuf>,
-    /// Compile without an artifact cache.
-    #[arg(long)]
-    pub no_cache: bool,
-    /// Scheduling niceness for the child.
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
-    pub nice: i32,
-    /// Run at idle priority (SCHED_IDLE).
-    #[arg(long)]
-    pub idle_priority: bool,
-    /// Report the peak resident memory after every job (for `--max-memory-per-child`).
-    #[arg(long)]
-    pub report_memory: bool,
+    pub options: String,
 }
 
 /// Parses a duration flag: plain seconds (`86400`, `0.5`), or a number with one unit,

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use futures_util::FutureExt;
 use tokio::sync::Semaphore;
 
-use super::Pool;
+use super::{Pool, PoolKind};
 use crate::model::{Execution, Outcome};
 use crate::registry::TaskEntry;
 use crate::sandbox::{RunRequest, Sandbox};
@@ -72,8 +72,8 @@ impl Pool for AsyncPool {
         self.concurrency
     }
 
-    fn kind(&self) -> &'static str {
-        "async"
+    fn kind(&self) -> PoolKind {
+        PoolKind::Async
     }
 }
 

@@ -26,7 +26,7 @@ pub mod spec;
 
 pub use async_pool::AsyncPool;
 pub use prefork::{PreforkConfig, PreforkPool};
-pub use spec::{PoolSpec, PreforkOptions, parse_pool_kind, parse_pool_spec};
+pub use spec::{PoolKind, PoolSpec, PreforkOptions, parse_pool_spec};
 
 /// Something that runs jobs, at most [`Pool::concurrency`] at a time.
 #[async_trait]
@@ -39,7 +39,7 @@ pub trait Pool: Send + Sync {
     fn concurrency(&self) -> usize;
 
     /// `async`, `prefork`.
-    fn kind(&self) -> &'static str;
+    fn kind(&self) -> PoolKind;
 
     /// Releases what the pool holds outside this process (the prefork pool stops its
     /// children). Call it once, after the last worker using the pool has stopped; jobs

@@ -14,8 +14,8 @@
 pub struct PoolSpec {
     /// The pool's name, used in logs and as its default queue.
     pub name: String,
-    /// `async` or `prefork` (aliases resolved by [`parse_pool_kind`]).
-    pub kind: &'static str,
+    /// Which kind of pool (aliases resolved by [`PoolKind::parse`]).
+    pub kind: PoolKind,
     /// Jobs at once (for prefork: child processes); `None` = the kind's default.
     pub concurrency: Option<usize>,
     /// The queues it consumes (never empty: defaults to the pool's name).
@@ -25,7 +25,10 @@ pub struct PoolSpec {
     pub prefork: PreforkOptions,
 }
 
-/// Per-pool prefork settings from a `--pool` spec. `None` = the worker-wide flag.
+use super::PreforkConfig;
+
+/// Per-pool prefork settings from a `--pool` spec, or the worker-wide flags. `None` =
+/// not given (a spec's falls back to the flag, see [`PreforkOptions::or`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PreforkOptions {
     /// `child-concurrency=K`: jobs each child runs at once (at least 1).
@@ -45,20 +48,74 @@ impl PreforkOptions {
     pub fn is_empty(&self) -> bool {
         *self == PreforkOptions::default()
     }
+
+    /// These options, with `defaults` (the worker's flags) for the ones not set.
+    pub fn or(self, defaults: PreforkOptions) -> PreforkOptions {
+        PreforkOptions {
+            child_concurrency: self.child_concurrency.or(defaults.child_concurrency),
+            max_tasks_per_child: self.max_tasks_per_child.or(defaults.max_tasks_per_child),
+            max_memory_per_child: self.max_memory_per_child.or(defaults.max_memory_per_child),
+            nice: self.nice.or(defaults.nice),
+        }
+    }
+
+    /// Sets a prefork pool's child settings from these options: unset options keep
+    /// the config's defaults; 0 for a recycling limit means never; memory is in KiB
+    /// (Celery's unit). `mixed`: the worker also runs an async pool, so children
+    /// without a niceness run at idle priority ([`PreforkConfig::idle_priority`]).
+    pub fn apply(&self, config: &mut PreforkConfig, mixed: bool) {
+        if let Some(k) = self.child_concurrency {
+            config.child_concurrency = k.max(1);
+        }
+        if let Some(n) = self.max_tasks_per_child {
+            config.max_tasks_per_child = (n > 0).then_some(n);
+        }
+        if let Some(kib) = self.max_memory_per_child {
+            config.max_memory_per_child = (kib > 0).then(|| kib.saturating_mul(1024));
+        }
+        config.nice = self.nice.unwrap_or(0);
+        config.idle_priority = mixed && self.nice.is_none();
+    }
 }
 
-/// Parses a `-P` pool name. `eventlet`, `gevent`, `threads` and `solo` are accepted as
-/// names of the async pool, as Celery users type them.
-///
-/// # Errors
-/// An unknown pool name, with the known ones.
-pub fn parse_pool_kind(name: &str) -> Result<&'static str, String> {
-    match name {
-        "async" | "eventlet" | "gevent" | "threads" | "solo" => Ok("async"),
-        "prefork" | "processes" => Ok("prefork"),
-        other => Err(format!(
-            "unknown pool {other:?}: expected async (alias eventlet, gevent) or prefork"
-        )),
+/// How a pool runs jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PoolKind {
+    /// Many guests on the worker's tokio runtime, preempted by fuel (Celery's eventlet
+    /// and gevent pools).
+    Async,
+    /// Supervised child processes, each running guests (Celery's prefork pool).
+    Prefork,
+}
+
+impl PoolKind {
+    /// Parses a `-P` pool name. `eventlet`, `gevent`, `threads` and `solo` are accepted
+    /// as names of the async pool and `processes` of prefork, as Celery users type them.
+    ///
+    /// # Errors
+    /// An unknown pool name, with the known ones.
+    pub fn parse(name: &str) -> Result<PoolKind, String> {
+        match name {
+            "async" | "eventlet" | "gevent" | "threads" | "solo" => Ok(PoolKind::Async),
+            "prefork" | "processes" => Ok(PoolKind::Prefork),
+            other => Err(format!(
+                "unknown pool {other:?}: expected async (alias eventlet, gevent) or prefork"
+            )),
+        }
+    }
+
+    /// The canonical name: `async` or `prefork`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolKind::Async => "async",
+            PoolKind::Prefork => "prefork",
+        }
+    }
+}
+
+impl std::fmt::Display for PoolKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -93,7 +150,7 @@ pub fn parse_pool_spec(text: &str) -> Result<PoolSpec, String> {
     if parts.len() > 3 {
         return Err(format!("pool {text:?}: too many ':' parts; {USAGE}"));
     }
-    let kind = parse_pool_kind(parts[0].trim()).map_err(|e| format!("pool {text:?}: {e}"))?;
+    let kind = PoolKind::parse(parts[0].trim()).map_err(|e| format!("pool {text:?}: {e}"))?;
     let concurrency = match parts.get(1).map(|s| s.trim()) {
         None | Some("") => None,
         Some(n) => match n.parse::<usize>() {
@@ -114,7 +171,7 @@ pub fn parse_pool_spec(text: &str) -> Result<PoolSpec, String> {
     }
     let prefork = match options {
         None => PreforkOptions::default(),
-        Some(_) if kind != "prefork" => {
+        Some(_) if kind != PoolKind::Prefork => {
             return Err(format!(
                 "pool {text:?}: options are prefork settings (child-concurrency, \
                  max-tasks-per-child, max-memory-per-child, prefork-nice); an {kind} pool \
@@ -193,22 +250,22 @@ mod tests {
             spec,
             PoolSpec {
                 name: "io".into(),
-                kind: "async",
+                kind: PoolKind::Async,
                 concurrency: Some(1000),
                 queues: vec!["io".into()],
                 prefork: PreforkOptions::default(),
             }
         );
         let spec = parse_pool_spec("cpu=prefork:2:cpu,hogs").unwrap();
-        assert_eq!(spec.kind, "prefork");
+        assert_eq!(spec.kind, PoolKind::Prefork);
         assert_eq!(spec.concurrency, Some(2));
         assert_eq!(spec.queues, ["cpu", "hogs"]);
         assert!(spec.prefork.is_empty());
         let spec = parse_pool_spec("feeds=eventlet").unwrap();
-        assert_eq!((spec.kind, spec.concurrency), ("async", None));
+        assert_eq!((spec.kind, spec.concurrency), (PoolKind::Async, None));
         assert_eq!(spec.queues, ["feeds"]);
         let spec = parse_pool_spec("cpu=processes::hogs").unwrap();
-        assert_eq!((spec.kind, spec.concurrency), ("prefork", None));
+        assert_eq!((spec.kind, spec.concurrency), (PoolKind::Prefork, None));
         assert_eq!(spec.queues, ["hogs"]);
         for bad in [
             "async",

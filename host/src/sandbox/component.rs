@@ -20,7 +20,6 @@ pub mod bindings {
 }
 
 pub use bindings::sprout::task::host::{JobInfo, Level};
-pub use bindings::sprout::task::types::TaskError;
 pub use bindings::{Task, TaskPre};
 
 /// Per-job store data of a component guest.

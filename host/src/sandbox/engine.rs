@@ -25,7 +25,7 @@ const MEMORY_KEEP_RESIDENT: usize = 2 << 20;
 const TABLE_KEEP_RESIDENT: usize = 64 << 10;
 
 /// Engine-wide settings. They bound what any task may ask for.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EngineSettings {
     /// Most guests alive at once in this process (pool slots). Default: 1100.
     pub max_instances: u32,

@@ -27,17 +27,17 @@ use crate::model::Limits;
 use crate::model::{CONFIG_ENV_PREFIX, Capabilities};
 use crate::model::{Execution, Outcome, RetryRequest, TimeLimitKind};
 
-pub mod cache;
-pub mod classify;
-pub mod command;
-pub mod component;
-pub mod deny;
-pub mod engine;
-pub mod http;
-pub mod http_pool;
-pub mod limiter;
-pub mod module;
-pub mod output;
+pub(crate) mod cache;
+pub(crate) mod classify;
+pub(crate) mod command;
+pub(crate) mod component;
+pub(crate) mod deny;
+pub(crate) mod engine;
+pub(crate) mod http;
+pub(crate) mod http_pool;
+pub(crate) mod limiter;
+pub(crate) mod module;
+pub(crate) mod output;
 
 pub use cache::ArtifactCache;
 pub use engine::EngineSettings;

@@ -19,11 +19,11 @@ use crate::cli::args::{ChildArgs, WorkerArgs};
 use sprout::connect;
 use sprout::pool::prefork::child::{self, ChildOptions};
 use sprout::pool::{
-    AsyncPool, Pool, PoolSpec, PreforkConfig, PreforkOptions, PreforkPool, parse_pool_kind,
+    AsyncPool, Pool, PoolKind, PoolSpec, PreforkConfig, PreforkOptions, PreforkPool,
     parse_pool_spec,
 };
 use sprout::registry::Registry;
-use sprout::sandbox::{ArtifactCache, EngineSettings, Sandbox};
+use sprout::sandbox::{ArtifactCache, Sandbox};
 use sprout::worker::{Shutdown, Worker, WorkerConfig, WorkerReport};
 
 use super::{EXIT_USAGE, ExitError};
@@ -40,7 +40,7 @@ pub async fn run(args: WorkerArgs, log_filter: &str) -> anyhow::Result<ExitCode>
     let (specs, named) = plan_pools(&args).map_err(|e| ExitError::new(EXIT_USAGE, e))?;
     let async_slots: usize = specs
         .iter()
-        .filter(|s| s.kind == "async")
+        .filter(|s| s.kind == PoolKind::Async)
         .filter_map(|s| s.concurrency)
         .sum();
     // The parent's sandbox runs the async pools and loads (validates, lists, caches)
@@ -182,21 +182,15 @@ pub async fn run(args: WorkerArgs, log_filter: &str) -> anyhow::Result<ExitCode>
 
 /// `sprout child`: one prefork child, until its parent closes its stdin.
 pub fn run_child(args: ChildArgs) -> ExitCode {
-    let settings = EngineSettings {
-        max_instances: args.max_instances,
-        max_memory_bytes: args.max_memory_bytes,
-        fuel_slice: args.fuel_slice,
-        max_wasm_stack: args.max_wasm_stack,
-    };
-    child::main(ChildOptions {
-        settings,
-        cache_dir: if args.no_cache { None } else { args.cache_dir },
-        parent_pid: args.parent_pid,
-        protocol: args.protocol,
-        nice: args.nice,
-        idle_priority: args.idle_priority,
-        report_memory: args.report_memory,
-    })
+    match ChildOptions::from_arg(&args.options) {
+        Ok(options) => child::main(options),
+        Err(e) => {
+            crate::errln!(
+                "error: sprout child: unreadable --options (another Sprout version?): {e}"
+            );
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
 }
 
 /// The pools to run, and whether they were named (`--pool NAME=...`) rather than the
@@ -217,7 +211,7 @@ fn plan_pools(args: &WorkerArgs) -> Result<(Vec<PoolSpec>, bool), String> {
                 args.pool.join(", ")
             ));
         };
-        let kind = parse_pool_kind(kind)?;
+        let kind = PoolKind::parse(kind)?;
         let queues = if args.queues.is_empty() {
             vec![sprout::model::DEFAULT_QUEUE.to_string()]
         } else {
@@ -267,71 +261,43 @@ fn plan_pools(args: &WorkerArgs) -> Result<(Vec<PoolSpec>, bool), String> {
     Ok((specs, true))
 }
 
-fn default_concurrency(kind: &str) -> usize {
+fn default_concurrency(kind: PoolKind) -> usize {
     match kind {
-        "prefork" => PreforkConfig::default_processes(),
-        _ => DEFAULT_ASYNC_CONCURRENCY,
+        PoolKind::Prefork => PreforkConfig::default_processes(),
+        PoolKind::Async => DEFAULT_ASYNC_CONCURRENCY,
     }
 }
 
-/// A prefork pool's child settings: its spec's options, else the worker's flags.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ChildSettings {
-    child_concurrency: usize,
-    max_tasks_per_child: Option<u64>,
-    /// In bytes.
-    max_memory_per_child: Option<u64>,
-    nice: i32,
-    /// SCHED_IDLE: the default in a worker that also runs an async pool, when no
-    /// niceness is given.
-    idle_priority: bool,
+/// `, 4 per child, max 100 tasks per child, nice 10` for the banner.
+fn describe_children(config: &PreforkConfig) -> String {
+    let mut text = String::new();
+    if config.child_concurrency > 1 {
+        text.push_str(&format!(", {} per child", config.child_concurrency));
+    }
+    if let Some(n) = config.max_tasks_per_child {
+        text.push_str(&format!(", max {n} tasks per child"));
+    }
+    if let Some(bytes) = config.max_memory_per_child {
+        text.push_str(&format!(
+            ", max {} per child",
+            sprout::model::human_bytes(bytes)
+        ));
+    }
+    if config.idle_priority {
+        text.push_str(", idle priority");
+    } else if config.nice != 0 {
+        text.push_str(&format!(", nice {}", config.nice));
+    }
+    text
 }
 
-impl ChildSettings {
-    /// Merges `options` over the flags; 0 for a recycling limit means never. `mixed`:
-    /// the worker also runs an async pool.
-    fn resolve(args: &WorkerArgs, options: &PreforkOptions, mixed: bool) -> Self {
-        let nice = options.nice.or(args.prefork_nice);
-        ChildSettings {
-            child_concurrency: options
-                .child_concurrency
-                .unwrap_or(args.child_concurrency)
-                .max(1),
-            max_tasks_per_child: options
-                .max_tasks_per_child
-                .or(args.max_tasks_per_child)
-                .filter(|n| *n > 0),
-            max_memory_per_child: options
-                .max_memory_per_child
-                .or(args.max_memory_per_child)
-                .filter(|n| *n > 0)
-                .map(|kib| kib.saturating_mul(1024)),
-            nice: nice.unwrap_or(0),
-            idle_priority: mixed && nice.is_none(),
-        }
-    }
-
-    /// `, 4 per child, max 100 tasks per child, nice 10` for the banner.
-    fn describe(&self) -> String {
-        let mut text = String::new();
-        if self.child_concurrency > 1 {
-            text.push_str(&format!(", {} per child", self.child_concurrency));
-        }
-        if let Some(n) = self.max_tasks_per_child {
-            text.push_str(&format!(", max {n} tasks per child"));
-        }
-        if let Some(bytes) = self.max_memory_per_child {
-            text.push_str(&format!(
-                ", max {} per child",
-                sprout::model::human_bytes(bytes)
-            ));
-        }
-        if self.idle_priority {
-            text.push_str(", idle priority");
-        } else if self.nice != 0 {
-            text.push_str(&format!(", nice {}", self.nice));
-        }
-        text
+/// The prefork settings the worker's flags give every prefork pool.
+fn prefork_flags(args: &WorkerArgs) -> PreforkOptions {
+    PreforkOptions {
+        child_concurrency: Some(args.child_concurrency),
+        max_tasks_per_child: args.max_tasks_per_child,
+        max_memory_per_child: args.max_memory_per_child,
+        nice: args.prefork_nice,
     }
 }
 
@@ -344,16 +310,13 @@ async fn start_pool(
 ) -> anyhow::Result<Arc<dyn Pool>> {
     let concurrency = spec.concurrency.unwrap_or(1);
     Ok(match spec.kind {
-        "prefork" => {
+        PoolKind::Prefork => {
             let program = std::env::current_exe()
                 .context("cannot find the sprout executable to start prefork children")?;
-            let children = ChildSettings::resolve(args, &spec.prefork, mixed);
             let mut config = PreforkConfig::new(program, concurrency);
-            config.child_concurrency = children.child_concurrency;
-            config.max_tasks_per_child = children.max_tasks_per_child;
-            config.max_memory_per_child = children.max_memory_per_child;
-            config.nice = children.nice;
-            config.idle_priority = children.idle_priority;
+            spec.prefork
+                .or(prefork_flags(args))
+                .apply(&mut config, mixed);
             config.settings = sandbox.settings().clone();
             config.cache_dir = (!args.limits.no_cache).then(|| {
                 args.limits
@@ -448,8 +411,12 @@ fn print_banner(
         args.broker.broker,
     );
     for (spec, pool) in pools {
-        let extra = if pool.kind() == "prefork" {
-            ChildSettings::resolve(args, &spec.prefork, mixed).describe()
+        let extra = if pool.kind() == PoolKind::Prefork {
+            let mut config = PreforkConfig::new("", 1);
+            spec.prefork
+                .or(prefork_flags(args))
+                .apply(&mut config, mixed);
+            describe_children(&config)
         } else {
             String::new()
         };

@@ -27,8 +27,11 @@ use super::protocol::{self, FromChild, PROTOCOL_VERSION, ToChild};
 use crate::model::{Execution, Outcome};
 use crate::sandbox::{EngineSettings, Sandbox, TaskModule};
 
-/// What `sprout child` needs: the parent's engine settings and cache directory.
-#[derive(Debug, Clone)]
+/// What `sprout child` needs: the parent's engine settings and cache directory. The
+/// one declaration of a child's settings: the parent writes them as one argument
+/// ([`ChildOptions::to_arg`]) and the child reads them back ([`ChildOptions::from_arg`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ChildOptions {
     /// Engine settings (must match the parent's for the artifact cache to be shared).
     pub settings: EngineSettings,
@@ -47,6 +50,21 @@ pub struct ChildOptions {
     /// Report the peak resident memory with every `Done` (the parent sets it when it
     /// recycles children by memory; reading it costs a few µs per job).
     pub report_memory: bool,
+}
+
+impl ChildOptions {
+    /// The options as the one command-line argument the parent passes (JSON).
+    pub fn to_arg(&self) -> String {
+        serde_json::to_string(self).expect("child options always serialise")
+    }
+
+    /// Reads the argument written by [`ChildOptions::to_arg`].
+    ///
+    /// # Errors
+    /// Not the JSON of a `ChildOptions` (a child of another Sprout version).
+    pub fn from_arg(arg: &str) -> Result<ChildOptions, serde_json::Error> {
+        serde_json::from_str(arg)
+    }
 }
 
 /// Exit code when the child cannot start (bad protocol version, engine error).

@@ -44,15 +44,16 @@ use tokio::process::{ChildStdin, ChildStdout};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::Pool;
+use super::{Pool, PoolKind};
 use crate::model::{Execution, Outcome, human_bytes};
 use crate::registry::TaskEntry;
 use crate::sandbox::{EngineSettings, RunRequest, TaskModule};
 
 pub mod child;
 mod process;
-pub mod protocol;
+pub(crate) mod protocol;
 
+use child::ChildOptions;
 use process::{Spawner, describe_exit};
 use protocol::{FromChild, PROTOCOL_VERSION, ToChild};
 
@@ -412,8 +413,8 @@ impl Pool for PreforkPool {
         self.shared.config.processes * self.shared.config.child_concurrency
     }
 
-    fn kind(&self) -> &'static str {
-        "prefork"
+    fn kind(&self) -> PoolKind {
+        PoolKind::Prefork
     }
 
     async fn shutdown(&self) {
@@ -475,38 +476,22 @@ impl Shared {
     /// Spawns the child for `slot` and waits for its `Ready`.
     async fn spawn_child(self: &Arc<Self>, slot: usize) -> Result<Started, String> {
         let config = &self.config;
-        let settings = &config.settings;
         let mut command = tokio::process::Command::new(&config.program);
         if let Some(filter) = &config.log_filter {
             command.arg("--log").arg(filter);
         }
-        command
-            .arg("child")
-            .arg("--protocol")
-            .arg(PROTOCOL_VERSION.to_string())
-            .arg("--parent-pid")
-            .arg(std::process::id().to_string())
-            .arg("--max-instances")
-            .arg(settings.max_instances.to_string())
-            .arg("--max-memory-bytes")
-            .arg(settings.max_memory_bytes.to_string())
-            .arg("--fuel-slice")
-            .arg(settings.fuel_slice.to_string())
-            .arg("--max-wasm-stack")
-            .arg(settings.max_wasm_stack.to_string());
-        if config.nice != 0 {
-            command.arg("--nice").arg(config.nice.to_string());
-        }
-        if config.idle_priority {
-            command.arg("--idle-priority");
-        }
-        if config.max_memory_per_child.is_some() {
-            command.arg("--report-memory");
-        }
-        match &config.cache_dir {
-            Some(dir) => command.arg("--cache-dir").arg(dir),
-            None => command.arg("--no-cache"),
-        };
+        command.arg("child").arg("--options").arg(
+            ChildOptions {
+                settings: config.settings.clone(),
+                cache_dir: config.cache_dir.clone(),
+                parent_pid: Some(std::process::id()),
+                protocol: PROTOCOL_VERSION,
+                nice: config.nice,
+                idle_priority: config.idle_priority,
+                report_memory: config.max_memory_per_child.is_some(),
+            }
+            .to_arg(),
+        );
         command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
