@@ -1,5 +1,5 @@
 //! Every captured Celery 5.7 fixture (`tests/celery/fixtures/*.json`, vendored from
-//! `shared/celery`; PROTOCOL.md §12) against `sprout::celery`: messages decode to the
+//! `shared/celery`; docs/PROTOCOL.md §12) against `sprout::celery`: messages decode to the
 //! right [`Job`]; what we encode has the captured shape; results we write have the
 //! captured keys and values (timestamps aside); the follow-ups we publish match what a
 //! real Celery worker published.
@@ -312,6 +312,12 @@ fn vendored_celery_files_match_shared() {
         .map(|n| PathBuf::from("fixtures").join(n))
         .collect();
     files.push(PathBuf::from("client_check.py"));
+    // The protocol contract itself, vendored as docs/PROTOCOL.md.
+    assert_eq!(
+        std::fs::read(crate::support::repo_root().join("docs/PROTOCOL.md")).unwrap(),
+        std::fs::read(shared.join("PROTOCOL.md")).unwrap(),
+        "docs/PROTOCOL.md differs from shared/celery/PROTOCOL.md"
+    );
     for file in files {
         assert_eq!(
             std::fs::read(vendored.join(&file)).unwrap(),

@@ -1,4 +1,4 @@
-//! Interop with real Python Celery over Redis (PROTOCOL.md), both directions:
+//! Interop with real Python Celery over Redis (docs/PROTOCOL.md), both directions:
 //!
 //! - a real Celery client (`tests/celery/client_check.py`, the team's `shared/celery`
 //!   one) sends tasks, chains and failing tasks to the real `sprout worker`, and checks

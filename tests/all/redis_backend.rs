@@ -194,7 +194,7 @@ fn publisher(broker: &Arc<RedisBroker>) -> BrokerPublisher {
     BrokerPublisher::new(broker.clone())
 }
 
-/// The chord of PROTOCOL.md §8.5: the client sets `.s`; parts finishing in any order
+/// The chord of docs/PROTOCOL.md §8.5: the client sets `.s`; parts finishing in any order
 /// complete it once, and the body gets the results in header order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chord_completes_once_in_header_order() {

@@ -107,7 +107,7 @@ macro_rules! conformance {
 }
 
 // `priority_order` and `multi_queue_fetch` assume AMQP's order (9 first); on Redis,
-// Celery serves 0 first (PROTOCOL.md §4): see `celery_priority_order` below.
+// Celery serves 0 first (docs/PROTOCOL.md §4): see `celery_priority_order` below.
 conformance!(
     publish_fetch_ack,
     fifo_within_priority,

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Creates the Python venv the Celery interop tests drive: a real Celery client and
-# worker (`celery[redis]`; plain `celery redis` lacks `packaging`, PROTOCOL.md).
+# worker (`celery[redis]`; plain `celery redis` lacks `packaging`, docs/PROTOCOL.md).
 #
 #   tests/python/setup_venv.sh        -> prints the venv's path
 #
 # - The venv is <repo>/target/celery-venv (override: CELERY_VENV=DIR).
 # - Idempotent and fast when the venv already imports what it needs; concurrent runs
 #   wait on a lock instead of racing.
-# - Celery is pinned to the version PROTOCOL.md was verified with (override:
+# - Celery is pinned to the version docs/PROTOCOL.md was verified with (override:
 #   CELERY_SPEC='celery[redis]==X').
 set -euo pipefail
 

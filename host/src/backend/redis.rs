@@ -1,4 +1,4 @@
-//! The Redis result backend, writing what Celery's Redis backend writes (PROTOCOL.md §6):
+//! The Redis result backend, writing what Celery's Redis backend writes (docs/PROTOCOL.md §6):
 //! `celery-task-meta-<id>` with a TTL, published on the channel of the same name — a
 //! Python client's `AsyncResult.get()` listens only on that channel once it has looked.
 //!

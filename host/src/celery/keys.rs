@@ -1,14 +1,14 @@
 //! Redis key names of kombu's Redis transport and Celery's Redis result backend.
 //!
 //! These names are the interoperability contract with Python workers and clients
-//! (PROTOCOL.md §1): do not change them. A deployment-wide key prefix (kombu's
+//! (docs/PROTOCOL.md §1): do not change them. A deployment-wide key prefix (kombu's
 //! `global_keyprefix`) is applied by the broker and backend, not here.
 
 /// Separator kombu puts between a queue name and its priority step, and inside binding
 /// members.
 pub const SEP: &str = "\x06\x16";
 
-/// The priority steps kombu keeps one list per (PROTOCOL.md §4).
+/// The priority steps kombu keeps one list per (docs/PROTOCOL.md §4).
 pub const PRIORITY_STEPS: [u8; 4] = [0, 3, 6, 9];
 
 /// Hash of reserved, not yet acked messages: delivery tag → `[envelope, exchange, rk]`.

@@ -2,7 +2,7 @@
 //!
 //! Decoding is strict where a wrong guess would run the wrong thing (a serializer other
 //! than JSON, a protocol v1 body, a nested canvas in the embed) and lenient everywhere
-//! else: only the `task` and `id` headers are required (PROTOCOL.md §3), the rest default.
+//! else: only the `task` and `id` headers are required (docs/PROTOCOL.md §3), the rest default.
 //!
 //! Encoding writes what a Celery 5.7 client writes, key for key, so a real Celery worker
 //! accepts what `sprout send --broker redis://…` publishes.

@@ -1,5 +1,5 @@
 //! Celery protocol v2: the wire forms Sprout shares with Python Celery clients and
-//! workers (the contract is `shared/celery/PROTOCOL.md`; section numbers below refer to it).
+//! workers (the contract is `docs/PROTOCOL.md`; section numbers below refer to it).
 //!
 //! Broker-neutral and I/O-free: the Redis broker and backend (and later AMQP) call into
 //! this module at their edges.

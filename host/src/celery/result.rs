@@ -1,4 +1,4 @@
-//! Results: [`ResultRecord`] ⇄ the `celery-task-meta-<id>` JSON (PROTOCOL.md §6).
+//! Results: [`ResultRecord`] ⇄ the `celery-task-meta-<id>` JSON (docs/PROTOCOL.md §6).
 //!
 //! What we write is what a Celery 5.7 worker with default settings writes, field for
 //! field and in the same order: `status`, `result`, `traceback`, `children`,

@@ -1,4 +1,4 @@
-//! Workflows: what a worker publishes and stores after a job settles (PROTOCOL.md §7–§8).
+//! Workflows: what a worker publishes and stores after a job settles (docs/PROTOCOL.md §7–§8).
 //!
 //! | outcome | publish ([`followups`]) | store ([`settle`]) |
 //! |---|---|---|

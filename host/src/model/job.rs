@@ -1,7 +1,7 @@
 //! The job model: one request to run a task, as it travels through brokers and pools.
 //!
 //! A [`Job`] is broker-neutral. Each broker has its own wire form (the embedded SQLite
-//! broker stores [`Job`] as JSON; Redis and RabbitMQ speak Celery protocol v2 through
+//! broker stores [`Job`] as JSON; the Redis broker speaks Celery protocol v2 through
 //! `crate::celery`) and converts to and from this type at its edge.
 
 use chrono::{DateTime, Utc};

@@ -133,7 +133,7 @@ fn present_value<'de, D: serde::Deserializer<'de>>(
     Value::deserialize(deserializer).map(Some)
 }
 
-/// The Celery workflow fields of a stored result (PROTOCOL.md §6): what a Python client
+/// The Celery workflow fields of a stored result (docs/PROTOCOL.md §6): what a Python client
 /// reads as `AsyncResult.parent`, `.children` and `GroupResult` membership.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CeleryResultMeta {
@@ -157,7 +157,7 @@ pub struct CeleryResultMeta {
     pub chord: Option<ChordMembership>,
 }
 
-/// How a chord header job belongs to its chord (PROTOCOL.md §8.5).
+/// How a chord header job belongs to its chord (docs/PROTOCOL.md §8.5).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChordMembership {
     /// The job's position in the chord header (`group_index`); orders the body's list.

@@ -8,7 +8,6 @@
 //! that job as [`Outcome::WorkerLost`] with the panic's message; the other jobs and the
 //! pool carry on (tested in `tests/all/outcomes.rs`).
 
-use std::any::Any;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
@@ -62,7 +61,7 @@ impl Pool for AsyncPool {
             Err(panic) => Execution::not_started(Outcome::WorkerLost {
                 reason: format!(
                     "the host panicked while running the job: {}",
-                    panic_message(panic.as_ref())
+                    crate::panics::message(panic.as_ref())
                 ),
             }),
         }
@@ -75,13 +74,4 @@ impl Pool for AsyncPool {
     fn kind(&self) -> PoolKind {
         PoolKind::Async
     }
-}
-
-/// The text of a panic payload (`panic!` with a literal or a formatted message).
-fn panic_message(payload: &(dyn Any + Send)) -> &str {
-    payload
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(no message)")
 }

@@ -25,7 +25,7 @@ pub mod prefork;
 pub mod spec;
 
 pub use async_pool::AsyncPool;
-pub use prefork::{PreforkConfig, PreforkPool};
+pub use prefork::{PreforkConfig, PreforkError, PreforkPool};
 pub use spec::{PoolKind, PoolSpec, PreforkOptions, parse_pool_spec};
 
 /// Something that runs jobs, at most [`Pool::concurrency`] at a time.

@@ -104,6 +104,11 @@ struct Inner {
     max_task_file_bytes: AtomicU64,
 }
 
+/// Why [`Sandbox::new`] failed: the engine or its linkers could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the wasm engine: {0:#}")]
+pub struct SandboxError(wasmtime::Error);
+
 /// The per-process sandbox. Cheap to clone (an `Arc`).
 #[derive(Clone)]
 pub struct Sandbox {
@@ -114,8 +119,13 @@ impl Sandbox {
     /// Builds the engine and linkers. `cache_dir` enables the on-disk artifact cache.
     ///
     /// # Errors
-    /// Invalid engine settings, or linker setup failure.
-    pub fn new(settings: EngineSettings, cache_dir: Option<&Path>) -> anyhow::Result<Self> {
+    /// [`SandboxError`]: invalid engine settings (e.g. a zero `fuel_slice`, more
+    /// instances than the pooling allocator can reserve), or linker setup failure.
+    pub fn new(settings: EngineSettings, cache_dir: Option<&Path>) -> Result<Self, SandboxError> {
+        Self::build(settings, cache_dir).map_err(SandboxError)
+    }
+
+    fn build(settings: EngineSettings, cache_dir: Option<&Path>) -> wasmtime::Result<Self> {
         let engine = engine::build_engine(&settings)?;
         let mut component_linker = ComponentLinker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut component_linker)?;

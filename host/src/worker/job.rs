@@ -14,7 +14,7 @@ use chrono::Utc;
 use futures_util::FutureExt;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::settle::{Ending, Settle, panic_message};
+use super::settle::{Ending, Settle};
 use super::{Count, Shared};
 use crate::broker::Delivery;
 use crate::celery;
@@ -30,7 +30,7 @@ pub(super) async fn handle(shared: &Shared, delivery: Delivery, permit: OwnedSem
             let path = AssertUnwindSafe(run_job(shared, &job, permit)).catch_unwind();
             match path.await {
                 Ok(ending) => ending,
-                Err(panic) => panicked(shared, &job, &panic_message(panic.as_ref())),
+                Err(panic) => panicked(shared, &job, &crate::panics::message(panic.as_ref())),
             }
         }
         Err(error) => {
@@ -80,7 +80,7 @@ fn complete(job: &Job, record: ResultRecord) -> Ending {
             publish: settlement.publish,
         },
         Err(panic) => {
-            tracing::error!(id = %job.id, "workflow follow-ups panicked: {}", panic_message(panic.as_ref()));
+            tracing::error!(id = %job.id, "workflow follow-ups panicked: {}", crate::panics::message(panic.as_ref()));
             Ending::Complete {
                 records: vec![fallback],
                 publish: Vec::new(),

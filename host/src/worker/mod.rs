@@ -31,7 +31,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 pub use settle::BrokerPublisher;
-use settle::{Ending, InFlight, Settle, Settler, panic_message};
+use settle::{Ending, InFlight, Settle, Settler};
 
 use crate::backend::ResultBackend;
 use crate::broker::{Broker, BrokerError, DeliveryTag};
@@ -386,7 +386,7 @@ async fn settle_loop(settler: Arc<Settler>, mut rx: mpsc::UnboundedReceiver<Sett
             tracing::error!(
                 "settling {} deliveries panicked: {}; they return after their lease",
                 tags.len(),
-                panic_message(panic.as_ref())
+                crate::panics::message(panic.as_ref())
             );
             let mut in_flight = settler.in_flight.lock().unwrap_or_else(|e| e.into_inner());
             for tag in &tags {

@@ -149,18 +149,7 @@ async fn guarded<T>(
 ) -> Result<T, StepError> {
     match AssertUnwindSafe(step).catch_unwind().await {
         Ok(result) => result,
-        Err(panic) => Err(StepError::Panic(panic_message(panic.as_ref()))),
-    }
-}
-
-/// The text of a panic payload.
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic without a message".to_string()
+        Err(panic) => Err(StepError::Panic(crate::panics::message(panic.as_ref()))),
     }
 }
 

@@ -1,4 +1,4 @@
-//! The Redis broker, speaking Celery's Redis transport (kombu's key layout, PROTOCOL.md
+//! The Redis broker, speaking Celery's Redis transport (kombu's key layout, docs/PROTOCOL.md
 //! §1–§5), so Sprout workers, Celery workers and Celery clients share one queue.
 //!
 //! # Keys

@@ -128,7 +128,18 @@ impl PreforkConfig {
     }
 }
 
-/// Counters, for logs, tests and `sprout inspect`.
+/// Why a prefork pool could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PreforkError {
+    /// The process supervisor (child reaping) could not be set up.
+    #[error("cannot supervise child processes: {0}")]
+    Supervisor(#[source] std::io::Error),
+    /// A child could not be spawned or did not become ready.
+    #[error("{0}")]
+    ChildStart(String),
+}
+
+/// Counters, for logs and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PreforkStats {
     /// Children that became ready.
@@ -221,7 +232,7 @@ impl PreforkPool {
     /// A child could not be spawned or did not become ready (wrong program path, an
     /// engine it cannot build): the pool would never run anything, so it fails here
     /// rather than retrying forever. Children already started are stopped.
-    pub async fn start(config: PreforkConfig) -> anyhow::Result<PreforkPool> {
+    pub async fn start(config: PreforkConfig) -> Result<PreforkPool, PreforkError> {
         let mut config = config;
         config.processes = config.processes.max(1);
         config.child_concurrency = config.child_concurrency.max(1);
@@ -230,7 +241,7 @@ impl PreforkPool {
         let permits = config.processes * config.child_concurrency;
         let shared = Arc::new(Shared {
             children: Mutex::new(vec![None; config.processes]),
-            spawner: Spawner::new()?,
+            spawner: Spawner::new().map_err(PreforkError::Supervisor)?,
             config,
             slots: Arc::new(Semaphore::new(permits)),
             changed: Notify::new(),
@@ -262,7 +273,7 @@ impl PreforkPool {
         if let Some(failure) = failure {
             // Dropping the started children kills them (`kill_on_drop`).
             drop(first);
-            anyhow::bail!(failure);
+            return Err(PreforkError::ChildStart(failure));
         }
         {
             let mut children = lock(&shared.children);
