@@ -13,8 +13,7 @@ use sprout::celery;
 use sprout::job::{CeleryContext, Job};
 
 use crate::broker_conformance::{fetch_now, fresh_queue, job_of};
-use crate::redis_broker::{cleanup, raw, redis_test};
-use crate::support::Workdir;
+use crate::support::{Workdir, raw, redis_test};
 
 fn success(id: &str, value: Value) -> ResultRecord {
     let mut r = ResultRecord::new(id, "add", State::Success);
@@ -59,7 +58,6 @@ async fn store_get_and_the_key_celery_reads() {
         (Some(1234), Some("w1"))
     );
     assert!(backend.get("unknown").await.unwrap().is_none());
-    cleanup(&opts).await;
 }
 
 #[tokio::test]
@@ -112,7 +110,6 @@ async fn success_is_never_overwritten_and_final_beats_started() {
         backend.get(other).await.unwrap().unwrap().state,
         State::Success
     );
-    cleanup(&opts).await;
 }
 
 #[tokio::test]
@@ -129,7 +126,6 @@ async fn ignore_result_stores_nothing() {
     let s = celery::settle(&job, success(&job.id, json!(1)));
     backend.store(&s.store).await.unwrap();
     assert!(backend.get(&job.id).await.unwrap().is_none());
-    cleanup(&opts).await;
 }
 
 /// `wait` returns as soon as the result is published (the store script publishes
@@ -177,7 +173,6 @@ async fn wait_is_woken_by_publish() {
         .await
         .unwrap();
     assert!(slow.is_none());
-    cleanup(&opts).await;
 }
 
 /// The chord of PROTOCOL.md §8.5: the client sets `.s`; parts finishing in any order
@@ -242,7 +237,6 @@ async fn chord_completes_once_in_header_order() {
         .unwrap();
     assert!(fetch_now(&broker, &queue, 10).await.is_empty());
     broker.ack(&[got[0].tag.clone()]).await.unwrap();
-    cleanup(&opts).await;
 }
 
 /// A failed part: the body is not sent; its id gets Celery's ChordError.
@@ -297,7 +291,6 @@ async fn chord_with_a_failed_part_fails_the_body() {
         fetch_now(&broker, "celery", 10).await.is_empty(),
         "no body sent"
     );
-    cleanup(&opts).await;
 }
 
 /// Runs one `add(2, 3)` job through a real `sprout worker --broker URL ARGS --max-jobs 1`
@@ -335,7 +328,7 @@ async fn worker_result_expires_is_the_redis_result_ttl() {
     let Some(opts) = redis_test("worker_result_expires_is_the_redis_result_ttl") else {
         return;
     };
-    let url = format!("{}?global_keyprefix={}", opts.url, opts.key_prefix);
+    let url = opts.sprout_url();
 
     let ttl = ttl_after_one_job(&opts, &url, &["--result-expires", "10m"]).await;
     assert!((590..=600).contains(&ttl), "ttl {ttl}, want about 600");
@@ -357,5 +350,4 @@ async fn worker_result_expires_is_the_redis_result_ttl() {
         log.contains("result_expires=300 s") && log.contains("--result-expires"),
         "{log}"
     );
-    cleanup(&opts).await;
 }

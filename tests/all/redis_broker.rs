@@ -3,7 +3,7 @@
 //! workers, held eta messages.
 //!
 //! Needs Redis at 127.0.0.1:6379 (tests print a note and pass without it). Every test
-//! uses database 9 and its own key prefix, so tests never see each other's keys.
+//! has its own key prefix ([`redis_test`]), deleted when the test ends, also when it fails.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,53 +18,7 @@ use crate::broker_conformance::{
     LONG_LEASE, fetch_now, fetch_wait, fresh_queue, ids, job, job_of, job_with_priority, suite,
     tags,
 };
-
-/// Where the tests find Redis.
-pub const REDIS_ADDR: &str = "127.0.0.1:6379";
-
-/// Whether Redis answers at [`REDIS_ADDR`]; prints why a test is skipped when not.
-pub fn redis_up(test: &str) -> bool {
-    let addr = REDIS_ADDR.parse().unwrap();
-    let up = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok();
-    if !up {
-        eprintln!("skipping {test}: no Redis at {REDIS_ADDR}");
-    }
-    up
-}
-
-/// Options for one test: db 9, a fresh key prefix.
-fn test_options() -> RedisOptions {
-    let prefix = format!("sprout-test-{}:", uuid::Uuid::new_v4().simple());
-    RedisOptions::from_url(&format!("redis://{REDIS_ADDR}/9?global_keyprefix={prefix}")).unwrap()
-}
-
-/// [`test_options`] for `test` when Redis is up; `None` (after saying why `test` is
-/// skipped) when not.
-pub fn redis_test(test: &str) -> Option<RedisOptions> {
-    redis_up(test).then(test_options)
-}
-
-/// A raw connection to the test database.
-pub async fn raw(opts: &RedisOptions) -> redis::aio::MultiplexedConnection {
-    opts.client()
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
-}
-
-/// Deletes every key under the test's prefix.
-pub async fn cleanup(opts: &RedisOptions) {
-    let mut conn = raw(opts).await;
-    let found: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}*", opts.key_prefix))
-        .query_async(&mut conn)
-        .await
-        .unwrap_or_default();
-    if !found.is_empty() {
-        let _: Result<(), _> = redis::cmd("DEL").arg(found).query_async(&mut conn).await;
-    }
-}
+use crate::support::{REDIS_ADDR, raw, redis_test};
 
 /// How many messages wait in `queue`'s list and how many are reserved (`unacked`).
 async fn queued_and_reserved(
@@ -100,7 +54,6 @@ macro_rules! conformance {
                 return;
             };
             suite::$name(&broker(&opts).await).await;
-            cleanup(&opts).await;
         }
     )*};
 }
@@ -133,7 +86,6 @@ async fn waiting_fetch_sees_publish() {
     };
     let (a, b) = two_brokers(&opts).await;
     suite::waiting_fetch_sees_publish(a, b).await;
-    cleanup(&opts).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,7 +95,6 @@ async fn concurrent_fetchers_never_share() {
     };
     let (a, b) = two_brokers(&opts).await;
     suite::concurrent_fetchers_never_share(a, b, 3000).await;
-    cleanup(&opts).await;
 }
 
 /// On Redis, Celery's priority 0 is served first and 9 last; FIFO within a bucket, and
@@ -189,7 +140,6 @@ async fn celery_priority_order() {
     for d in &got {
         assert_eq!(d.queue, job_of(d).queue);
     }
-    cleanup(&opts).await;
 }
 
 /// A fetched message is reserved exactly as kombu reserves it: `unacked[tag]` is
@@ -250,7 +200,6 @@ async fn reservations_use_kombu_layout() {
         .await
         .unwrap();
     assert_eq!(left, (0, 0));
-    cleanup(&opts).await;
 }
 
 /// What a Python client LPUSHes is fetched and decoded; an entry a dead Python worker
@@ -308,7 +257,6 @@ async fn python_messages_and_python_reservations() {
     assert_eq!(again[0].delivery_count, 2, "marked redelivered");
     assert_eq!(job_of(&again[0]).args, vec![json!(2), json!(3)]);
     b.ack(&tags(&again)).await.unwrap();
-    cleanup(&opts).await;
 }
 
 /// A worker that dies holding a reservation: another process gets the job back after
@@ -345,7 +293,6 @@ async fn crashed_worker_reservation_comes_back_once() {
         std::slice::from_ref(&sent.id),
         "exactly one redelivery"
     );
-    cleanup(&opts).await;
 }
 
 /// eta messages wait reserved in `unacked` (not in the list), and `shutdown` puts them
@@ -376,7 +323,6 @@ async fn held_eta_messages_go_back_on_shutdown() {
     let other = broker(&opts).await;
     assert!(fetch_now(&other, &queue, 10).await.is_empty());
     assert_eq!(other.held(), 1);
-    cleanup(&opts).await;
 }
 
 /// Dead letters store a FAILURE for the job (when nothing else is stored), so a
@@ -386,12 +332,7 @@ async fn dead_letter_writes_a_failure_result() {
     let Some(opts) = redis_test("dead_letter_writes_a_failure_result") else {
         return;
     };
-    let conn = sprout::broker::connect(&format!(
-        "redis://{REDIS_ADDR}/9?global_keyprefix={}",
-        opts.key_prefix
-    ))
-    .await
-    .unwrap();
+    let conn = sprout::broker::connect(&opts.sprout_url()).await.unwrap();
     let queue = fresh_queue("dead-result");
     let sent = job(&queue, 1);
     conn.broker
@@ -418,7 +359,6 @@ async fn dead_letter_writes_a_failure_result() {
         conn.broker.retry(&DeliveryTag("nope".into()), &sent).await,
         Err(sprout::broker::BrokerError::UnknownDelivery(_))
     ));
-    cleanup(&opts).await;
 }
 
 /// A TCP proxy to Redis whose connections the test can cut.
@@ -535,7 +475,6 @@ async fn survives_dropped_connections() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    cleanup(&opts).await;
 }
 
 /// The sweep drops index entries without a message and dead-letters entries it cannot
@@ -566,7 +505,6 @@ async fn sweep_cleans_orphans_and_unreadable_entries() {
     let dead = b.dead_letters(10).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].reason, "unreadable unacked entry");
-    cleanup(&opts).await;
 }
 
 /// A held eta message's reservation is renewed while it waits, even when its broker
@@ -604,5 +542,4 @@ async fn held_eta_reservations_are_renewed() {
             .await
             .is_empty()
     );
-    cleanup(&opts).await;
 }
