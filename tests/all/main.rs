@@ -14,5 +14,6 @@ mod prefork;
 mod redis_backend;
 mod redis_broker;
 mod results_sqlite;
+mod sqlite_broker;
 mod support;
 mod worker;

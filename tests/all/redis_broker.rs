@@ -1,6 +1,7 @@
-//! The broker conformance suite against the Redis broker, plus what only Redis has:
-//! Celery's priority order, kombu's `unacked` layout, restores shared with Python
-//! workers, held eta messages.
+//! The Redis broker: its runner for the broker conformance suite ([`under_test`],
+//! expanded in `broker_conformance`, with Celery's priority order), and what only Redis
+//! has: kombu's `unacked` layout, restores shared with Python workers, held eta
+//! messages, dropped connections.
 //!
 //! Needs Redis at 127.0.0.1:6379 (tests print a note and pass without it). Every test
 //! has its own key prefix ([`redis_test`]), deleted when the test ends, also when it fails.
@@ -12,11 +13,10 @@ use chrono::Utc;
 use serde_json::{Value, json};
 use sprout::broker::redis::{RedisBroker, RedisOptions};
 use sprout::broker::{Broker, DeliveryTag};
-use sprout::celery::keys;
 
 use crate::broker_conformance::{
-    LONG_LEASE, fetch_now, fetch_wait, fresh_queue, ids, job, job_of, job_with_priority, suite,
-    tags,
+    BrokerUnderTest, LONG_LEASE, PriorityOrder, fetch_now, fetch_wait, fresh_queue, ids, job,
+    job_of, tags,
 };
 use crate::support::{REDIS_ADDR, raw, redis_test};
 
@@ -46,100 +46,17 @@ async fn broker(opts: &RedisOptions) -> RedisBroker {
         .expect("connect to Redis")
 }
 
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $name() {
-            let Some(opts) = redis_test(stringify!($name)) else {
-                return;
-            };
-            suite::$name(&broker(&opts).await).await;
-        }
-    )*};
-}
-
-// `priority_order` and `multi_queue_fetch` assume AMQP's order (9 first); on Redis,
-// Celery serves 0 first (PROTOCOL.md §4): see `celery_priority_order` below.
-conformance!(
-    publish_fetch_ack,
-    fifo_within_priority,
-    lease_expiry_redelivers,
-    extend_prevents_redelivery,
-    release_redelivers_at_once,
-    eta_not_early_and_on_time,
-    retry_replaces_atomically,
-    dead_letter_and_stats,
-    dead_letters_newest_first,
-    purge_removes_waiting,
-    empty_fetch_waits,
-);
-
-/// Two brokers on one keyspace stand for two processes.
-async fn two_brokers(opts: &RedisOptions) -> (Arc<dyn Broker>, Arc<dyn Broker>) {
-    (Arc::new(broker(opts).await), Arc::new(broker(opts).await))
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn waiting_fetch_sees_publish() {
-    let Some(opts) = redis_test("waiting_fetch_sees_publish") else {
-        return;
-    };
-    let (a, b) = two_brokers(&opts).await;
-    suite::waiting_fetch_sees_publish(a, b).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_fetchers_never_share() {
-    let Some(opts) = redis_test("concurrent_fetchers_never_share") else {
-        return;
-    };
-    let (a, b) = two_brokers(&opts).await;
-    suite::concurrent_fetchers_never_share(a, b, 3000).await;
-}
-
-/// On Redis, Celery's priority 0 is served first and 9 last; FIFO within a bucket, and
-/// priorities share buckets 0, 3, 6, 9.
-#[tokio::test]
-async fn celery_priority_order() {
-    let Some(opts) = redis_test("celery_priority_order") else {
-        return;
-    };
-    let b = broker(&opts).await;
-    let queue = fresh_queue("priority");
-    let priorities = [0u8, 5, 9, 5, 0, 9, 3, 2];
-    let jobs: Vec<_> = priorities
-        .iter()
-        .enumerate()
-        .map(|(n, &p)| job_with_priority(&queue, n, p))
-        .collect();
-    b.publish(&jobs).await.unwrap();
-    let mut order: Vec<usize> = (0..jobs.len()).collect();
-    order.sort_by_key(|&n| (keys::priority_step(priorities[n]), n));
-    let expected: Vec<String> = order.iter().map(|&n| jobs[n].id.clone()).collect();
-    let mut seen = ids(&fetch_now(&b, &queue, 3).await);
-    seen.extend(ids(&fetch_now(&b, &queue, 10).await));
-    assert_eq!(seen, expected);
-
-    // Several queues: bucket first, then queue (in a rotating order, like kombu).
-    let (q1, q2) = (fresh_queue("multi-1"), fresh_queue("multi-2"));
-    let (a, bb, c) = (
-        job_with_priority(&q1, 1, 0),
-        job_with_priority(&q2, 2, 0),
-        job_with_priority(&q2, 3, 5),
-    );
-    b.publish(&[c.clone(), a.clone(), bb.clone()])
-        .await
-        .unwrap();
-    let got = b
-        .fetch(&[q1.clone(), q2.clone()], 10, LONG_LEASE, Duration::ZERO)
-        .await
-        .unwrap();
-    let got_ids = ids(&got);
-    assert_eq!(got_ids.len(), 3);
-    assert_eq!(got_ids[2], c.id, "priority 5 after both priority-0 jobs");
-    for d in &got {
-        assert_eq!(d.queue, job_of(d).queue);
-    }
+/// The Redis broker for one property of the suite: two brokers (two processes) on a
+/// fresh key prefix, deleted when the property ends.
+pub async fn under_test(test: &str) -> Option<BrokerUnderTest> {
+    let scope = redis_test(test)?;
+    let (one, two) = (broker(&scope).await, broker(&scope).await);
+    Some(BrokerUnderTest {
+        broker: Arc::new(one),
+        other: Arc::new(two),
+        priority: PriorityOrder::CeleryRedis,
+        keep: Box::new(scope),
+    })
 }
 
 /// A fetched message is reserved exactly as kombu reserves it: `unacked[tag]` is
