@@ -9,15 +9,16 @@
 //!
 //! Needs Redis at 127.0.0.1:6379 (skipped with a note otherwise) and Python 3 with
 //! PyPI access the first time (`tests/python/setup_venv.sh` builds
-//! `target/celery-venv`). Each test uses its own database (10, 11) and fresh queue names.
+//! `target/celery-venv`). Python's Celery takes no key prefix from a URL, so each test
+//! borrows a whole database of its own ([`redis_db_test`]), emptied when the test ends
+//! (also when it fails), after its worker processes are gone.
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::redis_broker::{REDIS_ADDR, redis_up};
-use crate::support::{WorkerProcess, cache_dir, repo_root, sprout_bin, tasks_dir};
+use crate::support::{WorkerProcess, cache_dir, redis_db_test, repo_root, sprout_bin, tasks_dir};
 
 /// The venv with `celery[redis]`, created once per test run.
 fn venv() -> &'static PathBuf {
@@ -106,11 +107,12 @@ fn check(broker: &str, queue: &str, n: usize, args: &[&str]) {
 /// callbacks, chords (and a chord whose part fails), unknown tasks.
 #[test]
 fn celery_client_against_sprout_worker() {
-    if !redis_up("celery_client_against_sprout_worker") {
+    // Declared first, so it is dropped last: after the worker is killed.
+    let Some(redis) = redis_db_test("celery_client_against_sprout_worker") else {
         return;
-    }
+    };
     venv();
-    let broker = format!("redis://{REDIS_ADDR}/10");
+    let broker = redis.sprout_url();
     let q = queue("client");
     let _worker = sprout_worker(&broker, &q);
 
@@ -235,11 +237,12 @@ fn send(broker: &str, queue: &str, args: &[&str]) -> Output {
 /// results it stores are read back by `sprout send --wait`.
 #[test]
 fn sprout_send_to_celery_worker() {
-    if !redis_up("sprout_send_to_celery_worker") {
+    // Declared first, so it is dropped last: after the worker is killed.
+    let Some(redis) = redis_db_test("sprout_send_to_celery_worker") else {
         return;
-    }
+    };
     venv();
-    let broker = format!("redis://{REDIS_ADDR}/11");
+    let broker = redis.sprout_url();
     let q = queue("send");
     let _worker = python_worker(&broker, &q);
 

@@ -1,6 +1,7 @@
 //! Sprout's integration tests: one test binary, one module per area.
 
 mod adversarial;
+mod backend_conformance;
 mod broker_conformance;
 mod celery_fixtures;
 mod celery_redis;
@@ -15,5 +16,6 @@ mod redis_backend;
 mod redis_broker;
 mod results_sqlite;
 mod settle;
+mod sqlite_broker;
 mod support;
 mod worker;

@@ -1,9 +1,14 @@
-//! The Redis result backend: what it writes is what Celery clients read (keys, TTL,
-//! PUBLISH with `task_id`), the SUCCESS guard, `ignore_result`, waiting over pub/sub,
-//! and chord completion with Celery 5.7's bookkeeping keys.
+//! The Redis result backend: its runner for the result-backend conformance suite
+//! ([`under_test`], expanded in `backend_conformance`: Celery's SUCCESS guard, no
+//! listing, TTL instead of a sweep), and what only Redis has: the key and JSON Celery
+//! clients read, its TTL, `ignore_result`, chord completion with Celery 5.7's
+//! bookkeeping keys, the worker's `--result-expires` as the TTL.
+//!
+//! Needs Redis at 127.0.0.1:6379 (tests print a note and pass without it). Every test
+//! has its own key prefix ([`redis_test`]), deleted when the test ends, also when it fails.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use sprout::backend::ResultBackend;
@@ -16,9 +21,27 @@ use sprout::model::{ErrorInfo, ResultRecord, State};
 use sprout::storage::redis::RedisOptions;
 use sprout::worker::BrokerPublisher;
 
+use crate::backend_conformance::{BackendCaps, BackendUnderTest};
 use crate::broker_conformance::{fetch_now, fresh_queue, job_of};
-use crate::redis_broker::{cleanup, raw, redis_test};
-use crate::support::Workdir;
+use crate::support::{Workdir, raw, redis_test};
+
+/// The Redis backend for one property of the suite: two connections on a fresh key
+/// prefix, deleted when the property ends.
+pub async fn under_test(test: &str) -> Option<BackendUnderTest> {
+    let scope = redis_test(test)?;
+    let one = RedisBackend::connect(scope.clone()).await.unwrap();
+    let two = RedisBackend::connect(scope.clone()).await.unwrap();
+    Some(BackendUnderTest {
+        backend: Arc::new(one),
+        other: Arc::new(two),
+        caps: BackendCaps {
+            lists_results: false,
+            expires_by_sweep: false,
+            success_is_final: true,
+        },
+        keep: Box::new(scope),
+    })
+}
 
 fn success(id: &str, value: Value) -> ResultRecord {
     let mut r = ResultRecord::new(id, "add", State::Success);
@@ -26,9 +49,11 @@ fn success(id: &str, value: Value) -> ResultRecord {
     r
 }
 
+/// A result is stored under the key Celery reads, as the JSON it reads, with the TTL of
+/// `result_expires` (a day by default).
 #[tokio::test]
-async fn store_get_and_the_key_celery_reads() {
-    let Some(opts) = redis_test("store_get_and_the_key_celery_reads") else {
+async fn store_writes_the_key_celery_reads() {
+    let Some(opts) = redis_test("store_writes_the_key_celery_reads") else {
         return;
     };
     let backend = RedisBackend::connect(opts.clone()).await.unwrap();
@@ -52,71 +77,8 @@ async fn store_get_and_the_key_celery_reads() {
     assert_eq!(meta["result"], json!({"sum": 5}));
     assert_eq!(meta["task_id"], json!(id));
     assert_eq!(meta["children"], json!([]));
-
-    let back = backend.get(&id).await.unwrap().unwrap();
-    assert_eq!(
-        (back.state, back.result.clone()),
-        (State::Success, Some(json!({"sum": 5})))
-    );
-    assert_eq!(
-        (back.fuel_used, back.worker.as_deref()),
-        (Some(1234), Some("w1"))
-    );
-    assert!(backend.get("unknown").await.unwrap().is_none());
-    cleanup(&opts).await;
-}
-
-#[tokio::test]
-async fn success_is_never_overwritten_and_final_beats_started() {
-    let Some(opts) = redis_test("success_is_never_overwritten_and_final_beats_started") else {
-        return;
-    };
-    let backend = RedisBackend::connect(opts.clone()).await.unwrap();
-    let id = "guarded";
-    backend
-        .store(&[ResultRecord::new(id, "t", State::Started)])
-        .await
-        .unwrap();
-    backend.store(&[success(id, json!(1))]).await.unwrap();
-    // A late STARTED, a duplicate run's FAILURE, and a second SUCCESS change nothing.
-    let mut failed = ResultRecord::new(id, "t", State::Failure);
-    failed.error = Some(ErrorInfo {
-        kind: "ValueError".into(),
-        message: "x".into(),
-        traceback: None,
-    });
-    backend
-        .store(&[
-            ResultRecord::new(id, "t", State::Started),
-            failed.clone(),
-            success(id, json!(2)),
-        ])
-        .await
-        .unwrap();
-    let got = backend.get(id).await.unwrap().unwrap();
-    assert_eq!((got.state, got.result), (State::Success, Some(json!(1))));
-
-    // FAILURE is final against STARTED, but a later SUCCESS (redelivered run) wins.
-    backend.store(&[failed.clone()]).await.unwrap();
-    let other = "other";
-    failed.id = other.into();
-    backend
-        .store(&[
-            failed.clone(),
-            ResultRecord::new(other, "t", State::Started),
-        ])
-        .await
-        .unwrap();
-    assert_eq!(
-        backend.get(other).await.unwrap().unwrap().state,
-        State::Failure
-    );
-    backend.store(&[success(other, json!(3))]).await.unwrap();
-    assert_eq!(
-        backend.get(other).await.unwrap().unwrap().state,
-        State::Success
-    );
-    cleanup(&opts).await;
+    assert_eq!(meta["sprout"]["fuel_used"], json!(1234));
+    assert_eq!(meta["sprout"]["worker"], json!("w1"));
 }
 
 #[tokio::test]
@@ -133,55 +95,6 @@ async fn ignore_result_stores_nothing() {
     let s = celery::settle(&job, success(&job.id, json!(1)));
     backend.store(&s.store).await.unwrap();
     assert!(backend.get(&job.id).await.unwrap().is_none());
-    cleanup(&opts).await;
-}
-
-/// `wait` returns as soon as the result is published (the store script publishes
-/// exactly the stored JSON, whose `task_id` the Python client needs).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wait_is_woken_by_publish() {
-    let Some(opts) = redis_test("wait_is_woken_by_publish") else {
-        return;
-    };
-    let backend = std::sync::Arc::new(RedisBackend::connect(opts.clone()).await.unwrap());
-    let id = uuid::Uuid::new_v4().to_string();
-
-    let writer = {
-        let (backend, id) = (backend.clone(), id.clone());
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            backend
-                .store(&[ResultRecord::new(&id, "t", State::Started)])
-                .await
-                .unwrap();
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            backend.store(&[success(&id, json!("done"))]).await.unwrap();
-            Instant::now()
-        })
-    };
-    let got = backend
-        .wait(&id, Duration::from_secs(5))
-        .await
-        .unwrap()
-        .unwrap();
-    let woke = Instant::now();
-    let stored = writer.await.unwrap();
-    assert_eq!(
-        (got.state, got.result),
-        (State::Success, Some(json!("done")))
-    );
-    assert!(
-        woke.duration_since(stored) < Duration::from_millis(100),
-        "woken by the publish"
-    );
-
-    // A timeout returns the latest state.
-    let slow = backend
-        .wait("never", Duration::from_millis(150))
-        .await
-        .unwrap();
-    assert!(slow.is_none());
-    cleanup(&opts).await;
 }
 
 /// `record` of chord header job `job` as the worker stores it: marked with its chord.
@@ -259,7 +172,6 @@ async fn chord_completes_once_in_header_order() {
         .unwrap();
     assert!(fetch_now(&*broker, &queue, 10).await.is_empty());
     broker.ack(&[got[0].tag.clone()]).await.unwrap();
-    cleanup(&opts).await;
 }
 
 /// A failed part: the body is not sent; its id gets Celery's ChordError.
@@ -317,7 +229,6 @@ async fn chord_with_a_failed_part_fails_the_body() {
         fetch_now(&*broker, "celery", 10).await.is_empty(),
         "no body sent"
     );
-    cleanup(&opts).await;
 }
 
 /// Runs one `add(2, 3)` job through a real `sprout worker --broker URL ARGS --max-jobs 1`
@@ -355,7 +266,7 @@ async fn worker_result_expires_is_the_redis_result_ttl() {
     let Some(opts) = redis_test("worker_result_expires_is_the_redis_result_ttl") else {
         return;
     };
-    let url = format!("{}?global_keyprefix={}", opts.url, opts.key_prefix);
+    let url = opts.sprout_url();
 
     let ttl = ttl_after_one_job(&opts, &url, &["--result-expires", "10m"]).await;
     assert!((590..=600).contains(&ttl), "ttl {ttl}, want about 600");
@@ -377,5 +288,4 @@ async fn worker_result_expires_is_the_redis_result_ttl() {
         log.contains("result_expires=300 s") && log.contains("--result-expires"),
         "{log}"
     );
-    cleanup(&opts).await;
 }

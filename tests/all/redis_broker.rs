@@ -1,9 +1,10 @@
-//! The broker conformance suite against the Redis broker, plus what only Redis has:
-//! Celery's priority order, kombu's `unacked` layout, restores shared with Python
-//! workers, held eta messages.
+//! The Redis broker: its runner for the broker conformance suite ([`under_test`],
+//! expanded in `broker_conformance`, with Celery's priority order), and what only Redis
+//! has: kombu's `unacked` layout, restores shared with Python workers, held eta
+//! messages, dropped connections.
 //!
 //! Needs Redis at 127.0.0.1:6379 (tests print a note and pass without it). Every test
-//! uses database 9 and its own key prefix, so tests never see each other's keys.
+//! has its own key prefix ([`redis_test`]), deleted when the test ends, also when it fails.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,60 +13,13 @@ use chrono::Utc;
 use serde_json::{Value, json};
 use sprout::broker::redis::RedisBroker;
 use sprout::broker::{Broker, DeliveryTag};
-use sprout::celery::keys;
 use sprout::storage::redis::RedisOptions;
 
 use crate::broker_conformance::{
-    LONG_LEASE, fetch_now, fetch_wait, fresh_queue, ids, job, job_of, job_with_priority, suite,
-    tags,
+    BrokerUnderTest, LONG_LEASE, PriorityOrder, fetch_now, fetch_wait, fresh_queue, ids, job,
+    job_of, tags,
 };
-
-/// Where the tests find Redis.
-pub const REDIS_ADDR: &str = "127.0.0.1:6379";
-
-/// Whether Redis answers at [`REDIS_ADDR`]; prints why a test is skipped when not.
-pub fn redis_up(test: &str) -> bool {
-    let addr = REDIS_ADDR.parse().unwrap();
-    let up = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok();
-    if !up {
-        eprintln!("skipping {test}: no Redis at {REDIS_ADDR}");
-    }
-    up
-}
-
-/// Options for one test: db 9, a fresh key prefix.
-fn test_options() -> RedisOptions {
-    let prefix = format!("sprout-test-{}:", uuid::Uuid::new_v4().simple());
-    RedisOptions::from_url(&format!("redis://{REDIS_ADDR}/9?global_keyprefix={prefix}")).unwrap()
-}
-
-/// [`test_options`] for `test` when Redis is up; `None` (after saying why `test` is
-/// skipped) when not.
-pub fn redis_test(test: &str) -> Option<RedisOptions> {
-    redis_up(test).then(test_options)
-}
-
-/// A raw connection to the test database.
-pub async fn raw(opts: &RedisOptions) -> redis::aio::MultiplexedConnection {
-    opts.client()
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
-}
-
-/// Deletes every key under the test's prefix.
-pub async fn cleanup(opts: &RedisOptions) {
-    let mut conn = raw(opts).await;
-    let found: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}*", opts.key_prefix))
-        .query_async(&mut conn)
-        .await
-        .unwrap_or_default();
-    if !found.is_empty() {
-        let _: Result<(), _> = redis::cmd("DEL").arg(found).query_async(&mut conn).await;
-    }
-}
+use crate::support::{REDIS_ADDR, raw, redis_test};
 
 /// How many messages wait in `queue`'s list and how many are reserved (`unacked`).
 async fn queued_and_reserved(
@@ -93,104 +47,17 @@ async fn broker(opts: &RedisOptions) -> RedisBroker {
         .expect("connect to Redis")
 }
 
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $name() {
-            let Some(opts) = redis_test(stringify!($name)) else {
-                return;
-            };
-            suite::$name(&broker(&opts).await).await;
-            cleanup(&opts).await;
-        }
-    )*};
-}
-
-// `priority_order` and `multi_queue_fetch` assume AMQP's order (9 first); on Redis,
-// Celery serves 0 first (docs/PROTOCOL.md §4): see `celery_priority_order` below.
-conformance!(
-    publish_fetch_ack,
-    fifo_within_priority,
-    lease_expiry_redelivers,
-    extend_prevents_redelivery,
-    release_redelivers_at_once,
-    eta_not_early_and_on_time,
-    retry_replaces_atomically,
-    dead_letter_and_stats,
-    dead_letters_newest_first,
-    purge_removes_waiting,
-    empty_fetch_waits,
-);
-
-/// Two brokers on one keyspace stand for two processes.
-async fn two_brokers(opts: &RedisOptions) -> (Arc<dyn Broker>, Arc<dyn Broker>) {
-    (Arc::new(broker(opts).await), Arc::new(broker(opts).await))
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn waiting_fetch_sees_publish() {
-    let Some(opts) = redis_test("waiting_fetch_sees_publish") else {
-        return;
-    };
-    let (a, b) = two_brokers(&opts).await;
-    suite::waiting_fetch_sees_publish(a, b).await;
-    cleanup(&opts).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_fetchers_never_share() {
-    let Some(opts) = redis_test("concurrent_fetchers_never_share") else {
-        return;
-    };
-    let (a, b) = two_brokers(&opts).await;
-    suite::concurrent_fetchers_never_share(a, b, 3000).await;
-    cleanup(&opts).await;
-}
-
-/// On Redis, Celery's priority 0 is served first and 9 last; FIFO within a bucket, and
-/// priorities share buckets 0, 3, 6, 9.
-#[tokio::test]
-async fn celery_priority_order() {
-    let Some(opts) = redis_test("celery_priority_order") else {
-        return;
-    };
-    let b = broker(&opts).await;
-    let queue = fresh_queue("priority");
-    let priorities = [0u8, 5, 9, 5, 0, 9, 3, 2];
-    let jobs: Vec<_> = priorities
-        .iter()
-        .enumerate()
-        .map(|(n, &p)| job_with_priority(&queue, n, p))
-        .collect();
-    b.publish(&jobs).await.unwrap();
-    let mut order: Vec<usize> = (0..jobs.len()).collect();
-    order.sort_by_key(|&n| (keys::priority_step(priorities[n]), n));
-    let expected: Vec<String> = order.iter().map(|&n| jobs[n].id.clone()).collect();
-    let mut seen = ids(&fetch_now(&b, &queue, 3).await);
-    seen.extend(ids(&fetch_now(&b, &queue, 10).await));
-    assert_eq!(seen, expected);
-
-    // Several queues: bucket first, then queue (in a rotating order, like kombu).
-    let (q1, q2) = (fresh_queue("multi-1"), fresh_queue("multi-2"));
-    let (a, bb, c) = (
-        job_with_priority(&q1, 1, 0),
-        job_with_priority(&q2, 2, 0),
-        job_with_priority(&q2, 3, 5),
-    );
-    b.publish(&[c.clone(), a.clone(), bb.clone()])
-        .await
-        .unwrap();
-    let got = b
-        .fetch(&[q1.clone(), q2.clone()], 10, LONG_LEASE, Duration::ZERO)
-        .await
-        .unwrap();
-    let got_ids = ids(&got);
-    assert_eq!(got_ids.len(), 3);
-    assert_eq!(got_ids[2], c.id, "priority 5 after both priority-0 jobs");
-    for d in &got {
-        assert_eq!(d.queue, job_of(d).queue);
-    }
-    cleanup(&opts).await;
+/// The Redis broker for one property of the suite: two brokers (two processes) on a
+/// fresh key prefix, deleted when the property ends.
+pub async fn under_test(test: &str) -> Option<BrokerUnderTest> {
+    let scope = redis_test(test)?;
+    let (one, two) = (broker(&scope).await, broker(&scope).await);
+    Some(BrokerUnderTest {
+        broker: Arc::new(one),
+        other: Arc::new(two),
+        priority: PriorityOrder::CeleryRedis,
+        keep: Box::new(scope),
+    })
 }
 
 /// A fetched message is reserved exactly as kombu reserves it: `unacked[tag]` is
@@ -251,7 +118,6 @@ async fn reservations_use_kombu_layout() {
         .await
         .unwrap();
     assert_eq!(left, (0, 0));
-    cleanup(&opts).await;
 }
 
 /// What a Python client LPUSHes is fetched and decoded; an entry a dead Python worker
@@ -309,7 +175,6 @@ async fn python_messages_and_python_reservations() {
     assert_eq!(again[0].delivery_count, 2, "marked redelivered");
     assert_eq!(job_of(&again[0]).args, vec![json!(2), json!(3)]);
     b.ack(&tags(&again)).await.unwrap();
-    cleanup(&opts).await;
 }
 
 /// A worker that dies holding a reservation: another process gets the job back after
@@ -346,7 +211,6 @@ async fn crashed_worker_reservation_comes_back_once() {
         std::slice::from_ref(&sent.id),
         "exactly one redelivery"
     );
-    cleanup(&opts).await;
 }
 
 /// eta messages wait reserved in `unacked` (not in the list), and `shutdown` puts them
@@ -377,7 +241,6 @@ async fn held_eta_messages_go_back_on_shutdown() {
     let other = broker(&opts).await;
     assert!(fetch_now(&other, &queue, 10).await.is_empty());
     assert_eq!(other.held(), 1);
-    cleanup(&opts).await;
 }
 
 /// Dead letters store a FAILURE for the job (when nothing else is stored), so a
@@ -387,12 +250,7 @@ async fn dead_letter_writes_a_failure_result() {
     let Some(opts) = redis_test("dead_letter_writes_a_failure_result") else {
         return;
     };
-    let conn = sprout::connect::connect(&format!(
-        "redis://{REDIS_ADDR}/9?global_keyprefix={}",
-        opts.key_prefix
-    ))
-    .await
-    .unwrap();
+    let conn = sprout::connect::connect(&opts.sprout_url()).await.unwrap();
     let queue = fresh_queue("dead-result");
     let sent = job(&queue, 1);
     conn.broker
@@ -419,7 +277,6 @@ async fn dead_letter_writes_a_failure_result() {
         conn.broker.retry(&DeliveryTag("nope".into()), &sent).await,
         Err(sprout::broker::BrokerError::UnknownDelivery(_))
     ));
-    cleanup(&opts).await;
 }
 
 /// A TCP proxy to Redis whose connections the test can cut.
@@ -536,7 +393,6 @@ async fn survives_dropped_connections() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    cleanup(&opts).await;
 }
 
 /// The sweep drops index entries without a message and dead-letters entries it cannot
@@ -567,7 +423,6 @@ async fn sweep_cleans_orphans_and_unreadable_entries() {
     let dead = b.dead_letters(10).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].reason, "unreadable unacked entry");
-    cleanup(&opts).await;
 }
 
 /// A held eta message's reservation is renewed while it waits, even when its broker
@@ -605,5 +460,4 @@ async fn held_eta_reservations_are_renewed() {
             .await
             .is_empty()
     );
-    cleanup(&opts).await;
 }

@@ -1,5 +1,6 @@
-//! Shared test helpers: the real wasm tasks, temp work dirs, and a builder that runs
-//! the real `sprout` binary.
+//! Shared test helpers: the real wasm tasks, temp work dirs, a builder that runs the
+//! real `sprout` binary, and the Redis fixture ([`redis_test`], [`redis_db_test`]) that
+//! deletes a test's keys when the test ends, also when it fails.
 
 #![allow(dead_code)]
 
@@ -8,13 +9,16 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use sprout::backend::redis::RedisBackend;
 use sprout::backend::sqlite::SqliteBackend;
 use sprout::backend::{BackendError, ResultBackend};
+use sprout::broker::redis::RedisBroker;
 use sprout::broker::sqlite::SqliteBroker;
 use sprout::broker::{Broker, BrokerError, DeadLetter, Delivery, DeliveryTag, QueueStats};
 use sprout::model::{Job, Limits, ResultRecord, State};
 use sprout::registry::Registry;
 use sprout::sandbox::{EngineSettings, Sandbox};
+use sprout::storage::redis::RedisOptions;
 use sprout::storage::sqlite::Database;
 
 /// Held by every test that asserts on wall-clock speed (their names start with
@@ -212,6 +216,374 @@ pub fn stdout(output: &Output) -> String {
 /// stderr as a string.
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Where the tests find Redis.
+pub const REDIS_ADDR: &str = "127.0.0.1:6379";
+
+/// The database of the tests that run only Sprout code: each test has its own key prefix
+/// in it (kombu's `global_keyprefix`, which Sprout honours for every key it writes).
+const REDIS_PREFIX_DB: u8 = 9;
+
+/// Databases lent whole to one test at a time, for tests whose other processes (a
+/// Python Celery client or worker) cannot be given a key prefix.
+const REDIS_WHOLE_DBS: std::ops::RangeInclusive<u8> = 12..=15;
+
+/// The key that says which test holds a database of [`REDIS_WHOLE_DBS`]; it expires, so
+/// a test process killed outright (no `Drop`) blocks the database for an hour at most.
+const REDIS_CLAIM_KEY: &str = "sprout-test:claim";
+const REDIS_CLAIM_SECS: u64 = 3600;
+
+/// Whether Redis answers at [`REDIS_ADDR`]; prints why `test` is skipped when not.
+pub fn redis_up(test: &str) -> bool {
+    let addr = REDIS_ADDR.parse().expect("socket address");
+    let up = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok();
+    if !up {
+        eprintln!("skipping {test}: no Redis at {REDIS_ADDR}");
+    }
+    up
+}
+
+/// The keys one test may write on Redis, deleted when it is dropped — at the end of the
+/// test, or while a failed assertion unwinds — so no test leaves anything behind.
+///
+/// It dereferences to the [`RedisOptions`] the test connects with (tests may change
+/// them; what is deleted was fixed at creation). Declare it before anything that writes
+/// through it (brokers, worker processes): locals drop in reverse order, so the writers
+/// are gone when the keys are deleted.
+pub struct RedisScope {
+    opts: RedisOptions,
+    /// The database to clean, without query keys.
+    db_url: String,
+    /// What to delete: every key under the test's prefix, or a whole lent database.
+    kind: ScopeKind,
+}
+
+enum ScopeKind {
+    /// Keys matching `pattern` (the prefix and `*`) in [`REDIS_PREFIX_DB`].
+    Prefix { pattern: String },
+    /// A whole database of [`REDIS_WHOLE_DBS`], held while [`REDIS_CLAIM_KEY`] has `token`.
+    Db { token: String },
+}
+
+/// A fresh key prefix in the shared test database, for `test`; `None` (after saying
+/// why `test` is skipped) when Redis is not reachable.
+pub fn redis_test(test: &str) -> Option<RedisScope> {
+    if !redis_up(test) {
+        return None;
+    }
+    let prefix = format!("sprout-test-{}:", uuid::Uuid::new_v4().simple());
+    let db_url = format!("redis://{REDIS_ADDR}/{REDIS_PREFIX_DB}");
+    let opts = RedisOptions::from_url(&format!("{db_url}?global_keyprefix={prefix}"))
+        .expect("test Redis URL");
+    Some(RedisScope {
+        opts,
+        db_url,
+        kind: ScopeKind::Prefix {
+            pattern: format!("{prefix}*"),
+        },
+    })
+}
+
+/// A whole database lent to `test` alone (waiting up to two minutes for one to be
+/// free), emptied of a killed run's leftovers first; `None` (after saying why) when
+/// Redis is not reachable. For tests whose Python processes cannot take a key prefix.
+pub fn redis_db_test(test: &str) -> Option<RedisScope> {
+    if !redis_up(test) {
+        return None;
+    }
+    let token = format!("{test} {}", uuid::Uuid::new_v4().simple());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        for db in REDIS_WHOLE_DBS {
+            let db_url = format!("redis://{REDIS_ADDR}/{db}");
+            let claimed = sync_redis(&db_url).and_then(|mut conn| {
+                redis::cmd("SET")
+                    .arg(REDIS_CLAIM_KEY)
+                    .arg(&token)
+                    .arg("NX")
+                    .arg("EX")
+                    .arg(REDIS_CLAIM_SECS)
+                    .query::<Option<String>>(&mut conn)
+            });
+            match claimed {
+                Ok(Some(_)) => {
+                    // Ours now: whatever is here was left by a run that could not clean up.
+                    let stale = delete_matching(&db_url, "*", Some(REDIS_CLAIM_KEY))
+                        .expect("clear a lent Redis database");
+                    if stale > 0 {
+                        eprintln!("{test}: deleted {stale} keys a killed run left in db {db}");
+                    }
+                    let opts = RedisOptions::from_url(&db_url).expect("test Redis URL");
+                    return Some(RedisScope {
+                        opts,
+                        db_url,
+                        kind: ScopeKind::Db { token },
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => panic!("{test}: cannot claim Redis db {db}: {e}"),
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{test}: no Redis test database of {REDIS_WHOLE_DBS:?} came free in 2 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+impl RedisScope {
+    /// The URL a `sprout` process (or `broker::connect`) uses to write into this scope:
+    /// with `global_keyprefix` for a prefix scope, the bare database URL for a lent one.
+    pub fn sprout_url(&self) -> String {
+        match &self.kind {
+            ScopeKind::Prefix { .. } => {
+                format!("{}?global_keyprefix={}", self.db_url, self.opts.key_prefix)
+            }
+            ScopeKind::Db { .. } => self.db_url.clone(),
+        }
+    }
+
+    /// The keys in the scope now (a lent database's claim key not counted).
+    pub fn keys(&self) -> Vec<Vec<u8>> {
+        let mut conn = sync_redis(&self.db_url).expect("connect to Redis");
+        scan(&mut conn, self.pattern())
+            .expect("scan Redis")
+            .into_iter()
+            .filter(|k| k.as_slice() != REDIS_CLAIM_KEY.as_bytes())
+            .collect()
+    }
+
+    fn pattern(&self) -> &str {
+        match &self.kind {
+            ScopeKind::Prefix { pattern } => pattern,
+            ScopeKind::Db { .. } => "*",
+        }
+    }
+
+    /// Deletes the scope's keys (and gives a lent database back).
+    fn clean(&self) -> redis::RedisResult<()> {
+        match &self.kind {
+            ScopeKind::Prefix { pattern } => {
+                delete_matching(&self.db_url, pattern, None)?;
+            }
+            ScopeKind::Db { token } => {
+                let mut conn = sync_redis(&self.db_url)?;
+                let holder: Option<String> =
+                    redis::cmd("GET").arg(REDIS_CLAIM_KEY).query(&mut conn)?;
+                if holder.as_deref() != Some(token.as_str()) {
+                    eprintln!(
+                        "warning: Redis db {} was no longer lent to this test; left as it is",
+                        self.db_url
+                    );
+                    return Ok(());
+                }
+                delete_matching(&self.db_url, "*", Some(REDIS_CLAIM_KEY))?;
+                // Give it back last, so nobody else writes here while we delete.
+                redis::cmd("EVAL")
+                    .arg("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0")
+                    .arg(1)
+                    .arg(REDIS_CLAIM_KEY)
+                    .arg(token)
+                    .query::<i64>(&mut conn)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for RedisScope {
+    type Target = RedisOptions;
+
+    fn deref(&self) -> &RedisOptions {
+        &self.opts
+    }
+}
+
+impl std::ops::DerefMut for RedisScope {
+    fn deref_mut(&mut self) -> &mut RedisOptions {
+        &mut self.opts
+    }
+}
+
+impl Drop for RedisScope {
+    /// Blocking on purpose (`Drop` cannot await): a short-lived synchronous connection,
+    /// with timeouts, that never panics (a panic while unwinding would abort the run).
+    fn drop(&mut self) {
+        if let Err(e) = self.clean() {
+            eprintln!(
+                "warning: could not delete the test's Redis keys ({} {}): {e}",
+                self.db_url,
+                self.pattern()
+            );
+        }
+    }
+}
+
+/// A blocking connection with short timeouts.
+fn sync_redis(url: &str) -> redis::RedisResult<redis::Connection> {
+    let conn = redis::Client::open(url)?.get_connection_with_timeout(Duration::from_secs(2))?;
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    conn.set_write_timeout(Some(Duration::from_secs(5)))?;
+    Ok(conn)
+}
+
+/// Every key matching `pattern` (a full SCAN).
+fn scan(conn: &mut redis::Connection, pattern: &str) -> redis::RedisResult<Vec<Vec<u8>>> {
+    let mut found = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .cursor_arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query(conn)?;
+        found.extend(keys);
+        if next == 0 {
+            return Ok(found);
+        }
+        cursor = next;
+    }
+}
+
+/// Deletes every key matching `pattern` except `keep`; scans again (a few times at most)
+/// in case something still running wrote more meanwhile. Returns how many it deleted.
+fn delete_matching(url: &str, pattern: &str, keep: Option<&str>) -> redis::RedisResult<usize> {
+    let mut conn = sync_redis(url)?;
+    let mut deleted = 0;
+    for _ in 0..3 {
+        let found: Vec<Vec<u8>> = scan(&mut conn, pattern)?
+            .into_iter()
+            .filter(|k| Some(k.as_slice()) != keep.map(str::as_bytes))
+            .collect();
+        if found.is_empty() {
+            break;
+        }
+        for chunk in found.chunks(500) {
+            deleted += redis::cmd("DEL").arg(chunk).query::<usize>(&mut conn)?;
+        }
+    }
+    Ok(deleted)
+}
+
+/// An async connection to the scope's database (for looking at raw keys).
+pub async fn raw(opts: &RedisOptions) -> redis::aio::MultiplexedConnection {
+    opts.client()
+        .expect("Redis URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to Redis")
+}
+
+/// Runs `body` on a thread of its own with a runtime of its own, where it panics;
+/// returns what the body sent before panicking.
+fn panic_in_scope<T: Send + 'static, F: std::future::Future<Output = ()>>(
+    body: impl FnOnce(std::sync::mpsc::Sender<T>) -> F + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let outcome = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(body(tx));
+    })
+    .join();
+    assert!(outcome.is_err(), "the body was meant to panic");
+    rx.recv().expect("the body reported before panicking")
+}
+
+/// A test that fails inside a [`redis_test`] scope leaves no key behind: what a broker
+/// (queue, binding, reservation) and a result backend wrote under the prefix is gone.
+#[test]
+fn redis_scope_deletes_its_keys_when_the_test_panics() {
+    if !redis_up("redis_scope_deletes_its_keys_when_the_test_panics") {
+        return;
+    }
+    let (db_url, pattern, written) = panic_in_scope(|tx| async move {
+        let scope = redis_test("panicking test").expect("Redis is up");
+        let broker = RedisBroker::connect(scope.clone()).await.expect("broker");
+        let backend = RedisBackend::connect(scope.clone()).await.expect("backend");
+        let mut job = Job::new("add", vec![1.into()], Default::default());
+        job.queue = "scope-check".into();
+        broker
+            .publish(&[job.clone(), job.clone()])
+            .await
+            .expect("publish");
+        broker
+            .fetch(
+                &[job.queue.clone()],
+                1,
+                Duration::from_secs(60),
+                Duration::ZERO,
+            )
+            .await
+            .expect("fetch");
+        backend
+            .store(&[ResultRecord::new(&job.id, "add", State::Success)])
+            .await
+            .expect("store");
+        let written = scope.keys().len();
+        tx.send((scope.db_url.clone(), scope.pattern().to_owned(), written))
+            .expect("send");
+        panic!("expected panic: a failing assertion inside a Redis test scope");
+    });
+    assert!(
+        written >= 4,
+        "queue, bindings, reservation, result: {written} keys"
+    );
+    let mut conn = sync_redis(&db_url).expect("connect");
+    let left: Vec<String> = scan(&mut conn, &pattern)
+        .expect("scan")
+        .iter()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// A test that fails while it holds a lent database ([`redis_db_test`]) leaves nothing
+/// in it and gives it back.
+#[test]
+fn redis_db_scope_empties_the_database_when_the_test_panics() {
+    let test = "redis_db_scope_empties_the_database_when_the_test_panics";
+    if !redis_up(test) {
+        return;
+    }
+    let (db_url, keys) = panic_in_scope(move |tx| async move {
+        let scope = redis_db_test(test).expect("Redis is up");
+        let keys: Vec<String> = (0..3)
+            .map(|n| format!("celery-task-meta-{n}-{}", uuid::Uuid::new_v4()))
+            .collect();
+        let mut conn = raw(&scope).await;
+        for key in &keys {
+            let _: () = redis::cmd("SET")
+                .arg(key)
+                .arg("{}")
+                .query_async(&mut conn)
+                .await
+                .expect("SET");
+        }
+        assert_eq!(scope.keys().len(), 3);
+        tx.send((scope.db_url.clone(), keys)).expect("send");
+        panic!("expected panic: a failing assertion inside a lent Redis database");
+    });
+    let mut conn = sync_redis(&db_url).expect("connect");
+    let left: usize = redis::cmd("EXISTS")
+        .arg(&keys)
+        .query(&mut conn)
+        .expect("EXISTS");
+    assert_eq!(left, 0, "keys left behind in {db_url}");
+    let holder: Option<String> = redis::cmd("GET")
+        .arg(REDIS_CLAIM_KEY)
+        .query(&mut conn)
+        .expect("GET");
+    assert!(
+        holder.is_none_or(|h| !h.starts_with(test)),
+        "the database was not given back"
+    );
 }
 
 /// The embedded broker and result backend on one SQLite file, as one handle: tests
