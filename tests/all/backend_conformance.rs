@@ -238,6 +238,11 @@ pub mod suite {
             .unwrap();
         let batch = backend.get(&c).await.unwrap().unwrap();
 
+        assert_eq!(
+            backend.success_is_final(),
+            t.caps.success_is_final,
+            "the backend says what the runner declares"
+        );
         if t.caps.success_is_final {
             assert_eq!(after_failure.state, State::Success, "SUCCESS is final");
             assert_eq!(

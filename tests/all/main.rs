@@ -3,6 +3,7 @@
 mod adversarial;
 mod backend_conformance;
 mod broker_conformance;
+mod cache;
 mod celery_fixtures;
 mod celery_redis;
 mod cli;

@@ -56,10 +56,15 @@ pub trait Publisher: Send + Sync {
 /// Where states and results are stored and read back.
 #[async_trait]
 pub trait ResultBackend: Send + Sync {
-    /// Stores a batch of records, each replacing any earlier record for its id.
+    /// Stores a batch of records, each replacing the earlier record for its id, with
+    /// two exceptions every backend keeps:
     ///
-    /// A terminal state is never overwritten by a non-terminal one (a late STARTED must
-    /// not hide a SUCCESS).
+    /// - a terminal state is never overwritten by a non-terminal one (a late STARTED
+    ///   must not hide a SUCCESS);
+    /// - on Celery-compatible backends (Redis) a stored SUCCESS is final, as Celery's
+    ///   own backend guards it; the embedded SQLite backend lets the latest terminal
+    ///   record of an at-least-once job win. [`ResultBackend::success_is_final`] says
+    ///   which.
     ///
     /// # Errors
     /// [`BackendError`] if nothing could be written; then none of the batch was stored.
@@ -156,6 +161,12 @@ pub trait ResultBackend: Send + Sync {
     ) -> Result<(), BackendError> {
         let _ = (record, publisher);
         Ok(())
+    }
+
+    /// Whether a stored SUCCESS is never replaced (Celery's guard, kept by the Redis
+    /// backend). Default: false (the latest terminal record wins).
+    fn success_is_final(&self) -> bool {
+        false
     }
 
     /// Whether this backend completes chords ([`ResultBackend::on_chord_part_return`]).

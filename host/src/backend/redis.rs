@@ -325,6 +325,10 @@ impl ResultBackend for RedisBackend {
     fn supports_chords(&self) -> bool {
         true
     }
+
+    fn success_is_final(&self) -> bool {
+        true
+    }
 }
 
 impl RedisBackend {

@@ -236,14 +236,16 @@ impl Sandbox {
     fn compile(&self, hash: &str, bytes: &[u8]) -> Result<ModuleKind, LoadError> {
         let format = sniff(bytes)?;
         let engine = &self.inner.engine;
-        let cached = self.inner.disk_cache.as_ref().map(|c| c.path_for(hash));
+        let cached = || self.inner.disk_cache.as_ref().and_then(|c| c.load(hash));
         let compile_err = |e: wasmtime::Error| LoadError::Compile(format!("{e:#}"));
         match format {
             Format::Component => {
-                let component = match cached.as_deref().and_then(read_artifact) {
+                let component = match cached() {
                     // SAFETY: the artifact was written by this cache for an engine with the
-                    // same compatibility hash (it is in the file name), atomically; wasmtime
-                    // still validates its header and rejects foreign or damaged files.
+                    // same compatibility hash (it is in the file name), atomically, in a
+                    // directory only this user can write (`ArtifactCache::load` checks the
+                    // directory and the file); wasmtime still validates its header and
+                    // rejects foreign or damaged files.
                     Some(artifact) => unsafe { Component::deserialize(engine, &artifact) }
                         .or_else(|_| self.compile_component(hash, bytes)),
                     None => self.compile_component(hash, bytes),
@@ -261,7 +263,7 @@ impl Sandbox {
                 link_component(pre)
             }
             Format::CoreModule => {
-                let module = match cached.as_deref().and_then(read_artifact) {
+                let module = match cached() {
                     // SAFETY: as above.
                     Some(artifact) => unsafe { Module::deserialize(engine, &artifact) }
                         .or_else(|_| self.compile_module(hash, bytes)),
@@ -531,9 +533,6 @@ fn grant(builder: &mut WasiCtxBuilder, req: &RunRequest) {
 /// Reads a cached artifact into memory. Artifacts are deliberately not mmapped
 /// (`deserialize_file`): a cache file truncated or rewritten in place by someone else
 /// would then crash the process with SIGBUS.
-fn read_artifact(path: &Path) -> Option<Vec<u8>> {
-    std::fs::read(path).ok()
-}
 
 /// Runs `call` under the soft and hard wall-clock limits; `Err` is the time-limit
 /// outcome. Dropping the future stops the guest at its next fuel yield or host await.

@@ -72,11 +72,9 @@ pub fn build_sandbox(args: &LimitArgs, max_instances: usize) -> anyhow::Result<S
         max_instances: u32::try_from(max_instances + 16).unwrap_or(u32::MAX),
         ..EngineSettings::default()
     };
-    let cache_dir = (!args.no_cache).then(|| {
-        args.cache_dir
-            .clone()
-            .unwrap_or_else(ArtifactCache::default_dir)
-    });
+    let cache_dir = (!args.no_cache)
+        .then(|| args.cache_dir.clone().or_else(ArtifactCache::default_dir))
+        .flatten();
     let sandbox =
         Sandbox::new(settings, cache_dir.as_deref()).context("cannot build the wasm engine")?;
     sandbox.set_max_task_file_bytes(args.max_task_file_size.saturating_mul(1 << 20));

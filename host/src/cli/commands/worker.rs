@@ -318,12 +318,14 @@ async fn start_pool(
                 .or(prefork_flags(args))
                 .apply(&mut config, mixed);
             config.settings = sandbox.settings().clone();
-            config.cache_dir = (!args.limits.no_cache).then(|| {
-                args.limits
-                    .cache_dir
-                    .clone()
-                    .unwrap_or_else(ArtifactCache::default_dir)
-            });
+            config.cache_dir = (!args.limits.no_cache)
+                .then(|| {
+                    args.limits
+                        .cache_dir
+                        .clone()
+                        .or_else(ArtifactCache::default_dir)
+                })
+                .flatten();
             config.log_filter = Some(log_filter.to_string());
             let pool = PreforkPool::start(config)
                 .await
