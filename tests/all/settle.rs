@@ -18,7 +18,7 @@ use sprout::broker::Broker;
 use sprout::model::{Execution, Job, ResultRecord, State};
 use sprout::pool::{AsyncPool, Pool, PoolKind};
 use sprout::registry::TaskEntry;
-use sprout::sandbox::RunRequest;
+use sprout::sandbox::{RunRequest, Sandbox};
 use sprout::worker::{Shutdown, Worker, WorkerConfig, WorkerReport};
 
 use crate::support::{SqliteStore, Workdir, registry, sandbox};
@@ -71,14 +71,15 @@ fn echo(arg: Value) -> Job {
     Job::new("echo", vec![arg], Default::default())
 }
 
-/// Runs a worker with `pool` and `backend` over `store` until it has settled `jobs`.
+/// Runs a worker with `pool` (on `sandbox`) and `backend` over `store` until it has
+/// settled `jobs`.
 async fn run_worker(
     store: &SqliteStore,
     backend: Arc<dyn ResultBackend>,
+    sandbox: &Sandbox,
     pool: Arc<dyn Pool>,
     jobs: usize,
 ) -> WorkerReport {
-    let sandbox = sandbox(16);
     let config = WorkerConfig {
         hostname: "settle-test".into(),
         queues: vec!["celery".into()],
@@ -92,7 +93,7 @@ async fn run_worker(
     let worker = Worker::new(
         Arc::new(store.clone()),
         backend,
-        registry(&sandbox).await,
+        registry(sandbox).await,
         pool,
         config,
     );
@@ -120,8 +121,9 @@ async fn a_panic_in_the_job_path_fails_that_job_and_the_others_complete() {
     jobs.insert(7, boom.clone());
     store.publish(&jobs).await.unwrap();
 
-    let pool = Arc::new(PanickingPool(AsyncPool::new(sandbox(16), 4)));
-    let report = run_worker(&store, Arc::new(store.clone()), pool, jobs.len()).await;
+    let sandbox = sandbox(16);
+    let pool = Arc::new(PanickingPool(AsyncPool::new(sandbox.clone(), 4)));
+    let report = run_worker(&store, Arc::new(store.clone()), &sandbox, pool, jobs.len()).await;
     assert_eq!((report.succeeded, report.failed), (20, 1), "{report:?}");
 
     let record = store.get(&boom.id).await.unwrap().expect("a result");
@@ -151,9 +153,10 @@ async fn a_panic_while_settling_dead_letters_that_job_and_the_others_complete() 
     jobs.insert(3, poison.clone());
     store.publish(&jobs).await.unwrap();
 
-    let pool = Arc::new(AsyncPool::new(sandbox(16), 4));
+    let sandbox = sandbox(16);
+    let pool = Arc::new(AsyncPool::new(sandbox.clone(), 4));
     let backend = Arc::new(PanickingBackend(store.clone()));
-    let report = run_worker(&store, backend, pool, jobs.len()).await;
+    let report = run_worker(&store, backend, &sandbox, pool, jobs.len()).await;
     assert_eq!(report.succeeded, 21, "every job ran: {report:?}");
 
     // The poisoned job is a dead letter with the panic as its reason ...
