@@ -113,7 +113,9 @@ impl ArtifactCache {
     }
 
     /// The artifact for wasm with content hash `hash`, if the cache has a trusted one.
-    /// A file that fails the trust checks is ignored with a warning.
+    /// A file that fails the trust checks is ignored with a warning. Artifacts are read
+    /// into memory, deliberately not mmapped (`deserialize_file`): a cache file
+    /// truncated or rewritten in place would then crash the process with SIGBUS.
     pub fn load(&self, hash: &str) -> Option<Vec<u8>> {
         if !self.trusted {
             return None;

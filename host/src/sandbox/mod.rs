@@ -530,10 +530,6 @@ fn grant(builder: &mut WasiCtxBuilder, req: &RunRequest) {
     deny::deny_sockets(builder, &req.job_id, &req.task);
 }
 
-/// Reads a cached artifact into memory. Artifacts are deliberately not mmapped
-/// (`deserialize_file`): a cache file truncated or rewritten in place by someone else
-/// would then crash the process with SIGBUS.
-
 /// Runs `call` under the soft and hard wall-clock limits; `Err` is the time-limit
 /// outcome. Dropping the future stops the guest at its next fuel yield or host await.
 async fn with_time_limits<T>(call: impl Future<Output = T>, limits: &Limits) -> Result<T, Outcome> {
