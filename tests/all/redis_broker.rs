@@ -461,3 +461,58 @@ async fn held_eta_reservations_are_renewed() {
             .is_empty()
     );
 }
+
+/// Bytes that are not what Sprout expects — not UTF-8, not JSON, JSON of the wrong
+/// shape, a truncated envelope whose tail still looks like one, a delivery tag that is
+/// not plain text — come back as decode errors between the good jobs, in one fetch,
+/// and are dead-lettered; nothing stays reserved and the good jobs are delivered.
+#[tokio::test]
+async fn garbage_bytes_are_decode_errors_that_dead_letter() {
+    let Some(opts) = redis_test("garbage_bytes_are_decode_errors_that_dead_letter") else {
+        return;
+    };
+    let b = broker(&opts).await;
+    let queue = fresh_queue("garbage");
+    let good = job(&queue, 1);
+    b.publish(std::slice::from_ref(&good)).await.unwrap();
+    let garbage: Vec<Vec<u8>> = vec![
+        vec![0xff, 0xfe, 0x00, 0x80, b'{'],
+        b"not json at all".to_vec(),
+        b"[1, 2, 3]".to_vec(),
+        b"{\"body\": 5}".to_vec(),
+        b"runcated\", \"properties\": {\"delivery_tag\": \"cut-off\"}}".to_vec(),
+        b"{\"properties\": {\"delivery_tag\": \"\xff\xfe\"}}".to_vec(),
+        "{".repeat(100_000).into_bytes(),
+    ];
+    let mut conn = raw(&opts).await;
+    for bytes in &garbage {
+        let _: () = redis::cmd("LPUSH")
+            .arg(opts.key(&queue))
+            .arg(bytes.as_slice())
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let last = job(&queue, 2);
+    b.publish(std::slice::from_ref(&last)).await.unwrap();
+
+    let got = fetch_now(&b, &queue, 100).await;
+    assert_eq!(
+        got.len(),
+        garbage.len() + 2,
+        "every message is delivered once"
+    );
+    let (bad, ok): (Vec<_>, Vec<_>) = got.iter().partition(|d| d.job.is_err());
+    assert_eq!(bad.len(), garbage.len());
+    let ok_ids: Vec<&str> = ok.iter().map(|d| job_of(d).id.as_str()).collect();
+    assert_eq!(ok_ids, [good.id.as_str(), last.id.as_str()]);
+    for delivery in &bad {
+        let reason = &delivery.job.as_ref().unwrap_err().reason;
+        b.dead_letter(&delivery.tag, reason).await.unwrap();
+    }
+    let ok_tags: Vec<DeliveryTag> = ok.iter().map(|d| d.tag.clone()).collect();
+    b.ack(&ok_tags).await.unwrap();
+    assert_eq!(queued_and_reserved(&mut conn, &opts, &queue).await, (0, 0));
+    assert_eq!(b.dead_letters(100).await.unwrap().len(), garbage.len());
+    assert!(fetch_now(&b, &queue, 10).await.is_empty());
+}

@@ -288,7 +288,7 @@ impl RedisBroker {
         queues: &[String],
         max: usize,
         score: f64,
-    ) -> Result<Vec<(String, String, String)>, BrokerError> {
+    ) -> Result<Vec<(String, Vec<u8>, String)>, BrokerError> {
         let list_keys = keys::consume_order(queues);
         let mut call = scripts::RESERVE.prepare_invoke();
         call.key(self.key(keys::UNACKED))
@@ -310,7 +310,9 @@ impl RedisBroker {
         while let (Some(idx), Some(raw), Some(tag)) = (it.next(), it.next(), it.next()) {
             let idx: usize =
                 redis::from_redis_value(idx).map_err(|e| BrokerError::Other(e.to_string()))?;
-            let raw: String =
+            // Bytes stay bytes until decoded: a message that is not UTF-8 is a decode
+            // error of its own (dead-lettered), never a failed fetch.
+            let raw: Vec<u8> =
                 redis::from_redis_value(raw).map_err(|e| BrokerError::Other(e.to_string()))?;
             let tag: String =
                 redis::from_redis_value(tag).map_err(|e| BrokerError::Other(e.to_string()))?;
@@ -596,7 +598,7 @@ impl RedisBroker {
         let reserved = self.reserve(&order, room, score).await?;
         let mut newly_held = Vec::new();
         for (queue, raw, tag) in reserved {
-            match message::decode(raw.as_bytes(), Some(&queue)) {
+            match message::decode(&raw, Some(&queue)) {
                 Ok(incoming) => match due_at(&incoming.job).filter(|at| *at > now) {
                     Some(at) => {
                         newly_held.push(tag.clone());

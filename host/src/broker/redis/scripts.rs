@@ -51,13 +51,20 @@ for i = 4, #KEYS do
     for _, raw in ipairs(items) do
       -- Only the tail is searched: matching the whole envelope costs ~14 us a message.
       local tag = string.match(string.sub(raw, -200), '"delivery_tag": ?"([^"\\]+)"}}%s*$')
-      local valid = true
-      if not tag then
+      -- A fast tail match is trusted only on what starts like a JSON object.
+      local valid = tag ~= nil and string.match(raw, '^%s*{') ~= nil
+      if not valid then
+        tag = nil
         local ok, env = pcall(cjson.decode, raw)
         valid = ok and type(env) == 'table'
         if valid and type(env.properties) == 'table' and type(env.properties.delivery_tag) == 'string' then
           tag = env.properties.delivery_tag
         end
+      end
+      -- Tags are hash fields the worker settles by name: anything but plain ASCII
+      -- (whatever bytes a producer put there) gets a tag of our own.
+      if tag and not string.match(tag, '^[%w%-%._:]+$') then
+        tag = nil
       end
       if not tag or tag == '' then
         tag = 'sprout-' .. redis.call('INCR', KEYS[3])
