@@ -48,6 +48,7 @@ bench: build tasks
 	$(CARGO) build --release -p feed-hub
 	target/release/feed-hub run -n 1000 --spawn-worker $(SPROUT) -c 1000 --tasks $(TASKS_DIR)
 	target/release/feed-hub run -n 10000 --spawn-worker $(SPROUT) -c 1000 --tasks $(TASKS_DIR)
+	./host/benches/feeds_beside_hogs.sh
 	@if redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then \
 		$(CARGO) bench -p sprout --bench redis_broker && \
 		./host/benches/redis_drain.sh && \
