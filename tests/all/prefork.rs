@@ -685,8 +685,16 @@ impl ServerThread {
 }
 
 /// One worker, two pools: hogs on a prefork pool, fetch_feed jobs on an async pool, each
-/// routed by its manifest's queue. The feeds keep their throughput within 20% of the
-/// run without hogs.
+/// routed by its manifest's queue. The hogs do not starve the feeds: beside two hog
+/// children the feeds keep at least half the rate they have alone.
+///
+/// Half is a bound only a real regression breaks. Celery's pools, where a hog holds the
+/// process or loop the short jobs need, drop to near zero; so would Sprout if the
+/// prefork pool's work landed on the async pool's threads, or the hog children ran
+/// ahead of the worker. With the children at idle priority the rate beside them is
+/// 80–110% of the rate alone, ~77% at normal priority (BENCHMARKS.md); a busy machine
+/// moves a run within that spread, not to half. The exact ratio is a benchmark:
+/// `host/benches/feeds_beside_hogs.sh`.
 ///
 /// The two conditions are measured in alternating rounds, in the same minute: for an
 /// "alone" round the hog children are stopped (SIGSTOP), for a "with hogs" round they
@@ -788,6 +796,19 @@ async fn timing_mixed_pools_keep_feed_throughput_while_hogs_run() {
     run(); // warm-up
     let hog_children = ready_pids(&read(&log));
     assert_eq!(hog_children.len(), 2, "{}", read(&log));
+    // What keeps the feeds' rate near 100% rather than the ~77% beside children of
+    // normal priority: the hog children run at idle priority. That difference is within
+    // what a busy machine does to a rate, so it is checked here as the policy, and
+    // measured as a rate by the benchmark.
+    for pid in &hog_children {
+        // SAFETY: sched_getscheduler(2) only reads the policy of a process.
+        let policy = unsafe { libc::sched_getscheduler(*pid as i32) };
+        assert_eq!(
+            policy,
+            libc::SCHED_IDLE,
+            "hog child {pid} runs at idle priority"
+        );
+    }
     let signal_children = |signal: i32| {
         for pid in &hog_children {
             // SAFETY: kill(2) on the worker's prefork children (this test's grandchildren).
@@ -820,8 +841,10 @@ async fn timing_mixed_pools_keep_feed_throughput_while_hogs_run() {
     assert!(hogs_left > 0, "the hogs ran for the whole measurement");
     assert_eq!(queue_depth("io"), 0);
     assert!(
-        rate(with_hogs) >= 0.8 * rate(alone),
-        "feed throughput fell by more than 20%"
+        rate(with_hogs) >= 0.5 * rate(alone),
+        "the hogs starved the feeds: {:.0}/s beside them, {:.0}/s alone",
+        rate(with_hogs),
+        rate(alone)
     );
     // SAFETY: kill(2) on the worker this test started; two SIGTERMs = cold shutdown.
     unsafe { libc::kill(worker.id() as i32, libc::SIGTERM) };
