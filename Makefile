@@ -24,8 +24,9 @@ demo: build tasks
 
 ## The whole test suite: host unit + integration tests (real binary, real wasm tasks,
 ## real SQLite; Redis tests run when Redis is reachable), guest SDK and task unit tests.
-## The tests that assert on speed (`timing_*`) run last, one at a time, on a machine
-## nothing else of the suite is loading.
+## The tests that measure time (`timing_*`) run last, one at a time, on a machine
+## nothing else of the suite is loading; their bounds catch regressions, not a few
+## percent (the figures themselves: `make bench`, BENCHMARKS.md).
 test: tasks
 	$(CARGO) test --workspace --release -- --skip timing_
 	$(CARGO) test --workspace --release timing_ -- --test-threads=1

@@ -777,9 +777,9 @@ async fn feed_run(client: &Client, feeds: usize, extra: &[Job]) -> FeedRun {
 /// the 1,000 waits in flight at once would need 1,000 × 100 ms / its real concurrency.
 /// Half the rate: a hog that did not yield to the runtime would hold a thread until its
 /// 2.5 s time limit (four of them: both threads), and the feeds would wait for it, at a
-/// tenth of the rate or less; hogs yield every fuel slice (≈35–70 µs), so the feeds keep
-/// 95–110% (BENCHMARKS.md). The exact ratio is a benchmark:
-/// `host/benches/feeds_beside_hogs.sh`.
+/// tenth of the rate or less. Hogs yield every fuel slice (≈35–70 µs), and the feeds keep
+/// 72–99% here on a busy machine, 65% in the worst single round of the benchmark that
+/// measures the exact ratio (BENCHMARKS.md): `host/benches/feeds_beside_hogs.sh`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timing_a_thousand_feeds_at_c1000_with_and_without_hogs() {
     const FEEDS: usize = 1000;

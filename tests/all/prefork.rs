@@ -692,9 +692,9 @@ impl ServerThread {
 /// process or loop the short jobs need, drop to near zero; so would Sprout if the
 /// prefork pool's work landed on the async pool's threads, or the hog children ran
 /// ahead of the worker. With the children at idle priority the rate beside them is
-/// 80–110% of the rate alone, ~77% at normal priority (BENCHMARKS.md); a busy machine
-/// moves a run within that spread, not to half. The exact ratio is a benchmark:
-/// `host/benches/feeds_beside_hogs.sh`.
+/// 86–102% of the rate alone (74% in the worst single round), 70–77% at normal priority
+/// (BENCHMARKS.md); a busy machine moves a run within that spread, not to half. The
+/// exact ratio is a benchmark: `host/benches/feeds_beside_hogs.sh`.
 ///
 /// The two conditions are measured in alternating rounds, in the same minute: for an
 /// "alone" round the hog children are stopped (SIGSTOP), for a "with hogs" round they
