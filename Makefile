@@ -24,8 +24,9 @@ demo: build tasks
 
 ## The whole test suite: host unit + integration tests (real binary, real wasm tasks,
 ## real SQLite; Redis tests run when Redis is reachable), guest SDK and task unit tests.
-## The tests that assert on speed (`timing_*`) run last, one at a time, on a machine
-## nothing else of the suite is loading.
+## The tests that measure time (`timing_*`) run last, one at a time, on a machine
+## nothing else of the suite is loading; their bounds catch regressions, not a few
+## percent (the figures themselves: `make bench`, BENCHMARKS.md).
 test: tasks
 	$(CARGO) test --workspace --release -- --skip timing_
 	$(CARGO) test --workspace --release timing_ -- --test-threads=1
@@ -48,6 +49,7 @@ bench: build tasks
 	$(CARGO) build --release -p feed-hub
 	target/release/feed-hub run -n 1000 --spawn-worker $(SPROUT) -c 1000 --tasks $(TASKS_DIR)
 	target/release/feed-hub run -n 10000 --spawn-worker $(SPROUT) -c 1000 --tasks $(TASKS_DIR)
+	./host/benches/feeds_beside_hogs.sh
 	@if redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then \
 		$(CARGO) bench -p sprout --bench redis_broker && \
 		./host/benches/redis_drain.sh && \

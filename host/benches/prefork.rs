@@ -7,7 +7,9 @@
 //! Sections:
 //! - `cpu` — wall time of 40 × fib(30): native Rust on 1 and 2 threads, the async pool
 //!   at -c 2, the prefork pool at -c 1 and -c 2 (median and best of `SPROUT_BENCH_ROUNDS`,
-//!   default 5).
+//!   default 5); and the speed-up of prefork -c 2 over -c 1 beside native code's on 2
+//!   threads over 1 (the ratio of each round's times; the test
+//!   `prefork::timing_two_children_use_both_cores` only checks the children run at once).
 //! - `dispatch` — per-job cost of echo run one after another (p50, p99, mean) on the
 //!   async pool and the prefork pool, both -c 1, alternating between them: the
 //!   difference is prefork's round trip (frame encode, two pipe hops, decode).
@@ -141,9 +143,25 @@ async fn cpu(sandbox: &Sandbox, registry: &Arc<Registry>) {
         results[3].1.push(pooled(prefork1.clone(), registry).await);
         results[4].1.push(pooled(prefork2.clone(), registry).await);
     }
+    // Speed-ups as ratios of the same round's times (both sides saw the same machine):
+    // what `-c 2` buys over `-c 1`, beside what native code gets from a second thread.
+    let speedup = |one: usize, two: usize| {
+        let mut ratios: Vec<f64> = (results[two].1.iter().zip(&results[one].1))
+            .map(|(two, one)| two.as_secs_f64() / one.as_secs_f64())
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        format!(
+            "median {:5.2}x     best {:5.2}x",
+            ratios[ratios.len() / 2],
+            ratios[0]
+        )
+    };
+    let (prefork_speedup, native_speedup) = (speedup(3, 4), speedup(0, 1));
     for (name, times) in &mut results {
         println!("{name:<20} {}", summary(times));
     }
+    println!("prefork -c 2 / -c 1  {prefork_speedup}   (per round; 0.5x = both cores)");
+    println!("native 2 / 1 thread  {native_speedup}   (what the machine gave)");
     prefork1.close().await;
     prefork2.close().await;
 }

@@ -5,7 +5,8 @@
 //! ./tasks/build.sh target/tasks && cargo bench -p sprout --bench sandbox [-- SECTION...]
 //! ```
 //! Sections: `overhead` (echo jobs/s sequential and at -c 1000), `latency` (p50/p99 of
-//! short jobs beside 2, 10 and 100 hogs), `parked` (memory per sleeping job at 10k: PSS and RSS),
+//! short jobs beside 2, 10 and 100 hogs), `parked` (memory per sleeping job at 10k: PSS and
+//! RSS; how busy the runtime's threads are while they wait, and fib(30) beside them vs alone),
 //! `fib` (fib(30) under fuel vs native). `SPROUT_BENCH_TASKS` overrides the task dir.
 
 mod common;
@@ -163,10 +164,32 @@ fn pss_bytes() -> u64 {
         * 1024
 }
 
+/// The best of three fib(30) on `pool`.
+async fn fib30(pool: &dyn Pool, registry: &Registry) -> Duration {
+    let mut best = Duration::MAX;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let e = job(pool, registry, "fib", json!([30])).await;
+        assert!(e.outcome.is_success(), "{:?}", e.outcome);
+        best = best.min(started.elapsed());
+    }
+    best
+}
+
+/// How long the runtime's worker threads have been busy (not parked), summed.
+fn runtime_busy() -> Duration {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    (0..metrics.num_workers())
+        .map(|w| metrics.worker_total_busy_duration(w))
+        .sum()
+}
+
 async fn parked() {
     let n = 10_000;
-    let (pool, registry) = setup(n as u32 + 100, n, Limits::default()).await;
+    // One slot more than the sleepers take, for a CPU job beside them.
+    let (pool, registry) = setup(n as u32 + 100, n + 1, Limits::default()).await;
     job(pool.as_ref(), &registry, "sleep", json!([0.0])).await;
+    let fib_alone = fib30(pool.as_ref(), &registry).await;
     let (rss_before, pss_before) = (rss_bytes(), pss_bytes());
     let started = Instant::now();
     let handles: Vec<_> = (0..n)
@@ -175,7 +198,28 @@ async fn parked() {
             tokio::spawn(async move { job(pool.as_ref(), &registry, "sleep", json!([4.0])).await })
         })
         .collect();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // What the parked guests cost the jobs beside them. Once every guest is parked the
+    // runtime's threads go quiet (instantiating 10,000 takes 0.1–2.5 s, with the load):
+    // wait for a quiet 100 ms (at most until 2.5 s), then time 300 ms of their wait and
+    // fib(30) beside them, all before the 3 s mark.
+    let busy_in = |span: Duration| async move {
+        let (before, started) = (runtime_busy(), Instant::now());
+        tokio::time::sleep(span).await;
+        (runtime_busy() - before, started.elapsed())
+    };
+    let settled = loop {
+        let (busy, span) = busy_in(Duration::from_millis(100)).await;
+        if busy.as_secs_f64() < 0.05 * span.as_secs_f64() {
+            break true;
+        }
+        if started.elapsed() > Duration::from_millis(2500) {
+            break false;
+        }
+    };
+    let (busy, window) = busy_in(Duration::from_millis(300)).await;
+    let fib_beside = fib30(pool.as_ref(), &registry).await;
+    let still_parked = handles.iter().filter(|h| !h.is_finished()).count();
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(started.elapsed())).await;
     let (rss_during, pss_during) = (rss_bytes(), pss_bytes());
     for h in handles {
         let e = h.await.unwrap();
@@ -192,6 +236,22 @@ async fn parked() {
          (RSS +{rss_mib:.1} MiB = {rss_kib:.1} KiB/job, counting the shared memory image per instance); \
          all done in {:.2} s (sleep 4 s)",
         started.elapsed().as_secs_f64()
+    );
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    println!(
+        "while parked{}: {workers} runtime threads busy {:.1} ms of {:.0} ms ({:.2}%); \
+         fib(30) {:.2} ms alone, {:.2} ms beside them ({:.2}x; {still_parked} still parked)",
+        if settled {
+            ""
+        } else {
+            " (still starting at 2.5 s)"
+        },
+        busy.as_secs_f64() * 1e3,
+        window.as_secs_f64() * 1e3,
+        100.0 * busy.as_secs_f64() / (window.as_secs_f64() * workers as f64),
+        fib_alone.as_secs_f64() * 1e3,
+        fib_beside.as_secs_f64() * 1e3,
+        fib_beside.as_secs_f64() / fib_alone.as_secs_f64()
     );
 }
 
