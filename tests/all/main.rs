@@ -8,6 +8,7 @@ mod celery_fixtures;
 mod celery_redis;
 mod cli;
 mod concurrency;
+mod fuzz;
 mod http;
 mod loading;
 mod outcomes;

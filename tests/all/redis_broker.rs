@@ -495,6 +495,10 @@ async fn garbage_bytes_are_decode_errors_that_dead_letter() {
     }
     let last = job(&queue, 2);
     b.publish(std::slice::from_ref(&last)).await.unwrap();
+    // `sprout status` reads the queues with the garbage in them.
+    let stats = b.stats().await.unwrap();
+    let depth = stats.iter().find(|q| q.queue == queue).map(|q| q.ready);
+    assert_eq!(depth, Some(garbage.len() as u64 + 2), "{stats:?}");
 
     let got = fetch_now(&b, &queue, 100).await;
     assert_eq!(
@@ -515,4 +519,18 @@ async fn garbage_bytes_are_decode_errors_that_dead_letter() {
     assert_eq!(queued_and_reserved(&mut conn, &opts, &queue).await, (0, 0));
     assert_eq!(b.dead_letters(100).await.unwrap().len(), garbage.len());
     assert!(fetch_now(&b, &queue, 10).await.is_empty());
+
+    // A reservation whose entry is not UTF-8, left by someone else long ago: the sweep
+    // still works, and buries it with its bytes kept (base64) instead of failing.
+    let _: () = redis::pipe()
+        .hset(opts.key("unacked"), "odd-entry", &[0xffu8, 0x00, 0x81][..])
+        .zadd(opts.key("unacked_index"), "odd-entry", stale_score(&opts))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(b.sweep().await.unwrap(), 0);
+    let dead = b.dead_letters(100).await.unwrap();
+    assert_eq!(dead.len(), garbage.len() + 1);
+    assert_eq!(dead[0].reason, "unreadable unacked entry");
+    assert_eq!(queued_and_reserved(&mut conn, &opts, &queue).await, (0, 0));
 }

@@ -195,6 +195,18 @@ fn dead_letter_meta(id: &str, reason: &str) -> String {
     result::encode_meta(&record)
 }
 
+/// Stored bytes as text: UTF-8 as it is, anything else as `base64:` and its base64, so
+/// the bytes survive (into a dead letter) and never fail a read.
+fn entry_text(bytes: Vec<u8>) -> String {
+    use base64::Engine as _;
+    String::from_utf8(bytes).unwrap_or_else(|e| {
+        format!(
+            "base64:{}",
+            base64::engine::general_purpose::STANDARD.encode(e.into_bytes())
+        )
+    })
+}
+
 /// Reads an `unacked` entry `[envelope, exchange, routing_key]`.
 fn parse_entry(entry: &str) -> Option<(Value, String)> {
     let Ok(Value::Array(mut parts)) = serde_json::from_str::<Value>(entry) else {
@@ -368,7 +380,7 @@ impl RedisBroker {
         let cutoff = unix_seconds(Utc::now()) - self.opts.visibility_timeout.as_secs_f64();
         let mut total = 0;
         loop {
-            let found: Option<Vec<String>> = scripts::SWEEP_SCAN
+            let found: Option<Vec<Vec<u8>>> = scripts::SWEEP_SCAN
                 .key(&mutex)
                 .key(self.key(keys::UNACKED_INDEX))
                 .key(self.key(keys::UNACKED))
@@ -384,7 +396,11 @@ impl RedisBroker {
             }
             let entries: Vec<(String, String)> = found
                 .chunks(2)
-                .map(|p| (p[0].clone(), p[1].clone()))
+                .filter(|p| p.len() == 2)
+                .map(|p| {
+                    let tag = String::from_utf8_lossy(&p[0]).into_owned();
+                    (tag, entry_text(p[1].clone()))
+                })
                 .collect();
             let restored = self.restore(&entries, Some(cutoff)).await;
             let _: Result<i64, _> = scripts::UNLOCK
@@ -635,12 +651,13 @@ impl RedisBroker {
         if tags.is_empty() {
             return Ok(Vec::new());
         }
-        redis::cmd("HMGET")
+        let found: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
             .arg(self.key(keys::UNACKED))
             .arg(tags)
             .query_async(&mut self.conn())
             .await
-            .map_err(broker_error)
+            .map_err(broker_error)?;
+        Ok(found.into_iter().map(|e| e.map(entry_text)).collect())
     }
 }
 
@@ -824,14 +841,17 @@ impl Broker for RedisBroker {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let raw: Vec<String> = redis::cmd("LRANGE")
+        let raw: Vec<Vec<u8>> = redis::cmd("LRANGE")
             .arg(self.key(keys::DEAD))
             .arg(0)
             .arg(limit as i64 - 1)
             .query_async(&mut self.conn())
             .await
             .map_err(broker_error)?;
-        Ok(raw.iter().filter_map(|r| stats::dead_letter(r)).collect())
+        Ok(raw
+            .iter()
+            .filter_map(|r| stats::dead_letter(&String::from_utf8_lossy(r)))
+            .collect())
     }
 
     async fn shutdown(&self) -> Result<(), BrokerError> {

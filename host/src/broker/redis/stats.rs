@@ -93,16 +93,17 @@ pub(super) async fn collect(b: &RedisBroker) -> Result<Vec<QueueStats>, BrokerEr
         })
         .collect();
     for set in scan_keys(b, &format!("{glob_safe}_kombu.binding.*")).await? {
-        let members: Vec<String> = redis::cmd("SMEMBERS")
+        let members: Vec<Vec<u8>> = redis::cmd("SMEMBERS")
             .arg(&set)
             .query_async(&mut b.conn())
             .await
             .map_err(broker_error)?;
-        names.extend(
-            members
-                .iter()
-                .filter_map(|m| m.rsplit(keys::SEP).next().map(str::to_string)),
-        );
+        names.extend(members.iter().filter_map(|m| {
+            String::from_utf8_lossy(m)
+                .rsplit(keys::SEP)
+                .next()
+                .map(str::to_string)
+        }));
     }
 
     // Reservations: leased or (eta) scheduled.
@@ -138,14 +139,17 @@ pub(super) async fn collect(b: &RedisBroker) -> Result<Vec<QueueStats>, BrokerEr
     }
 
     // Dead letters.
-    let dead: Vec<String> = redis::cmd("LRANGE")
+    let dead: Vec<Vec<u8>> = redis::cmd("LRANGE")
         .arg(b.key(keys::DEAD))
         .arg(0)
         .arg(-1)
         .query_async(&mut b.conn())
         .await
         .map_err(broker_error)?;
-    for d in dead.iter().filter_map(|r| dead_letter(r)) {
+    for d in dead
+        .iter()
+        .filter_map(|r| dead_letter(&String::from_utf8_lossy(r)))
+    {
         let q = d.queue;
         stats
             .entry(q.clone())
@@ -186,7 +190,8 @@ pub(super) async fn collect(b: &RedisBroker) -> Result<Vec<QueueStats>, BrokerEr
             }
             let mut eta = 0;
             if len <= STATS_SCAN_LIMIT {
-                let items: Vec<String> = redis::cmd("LRANGE")
+                // Raw bytes: a message that is not UTF-8 is just not scheduled.
+                let items: Vec<Vec<u8>> = redis::cmd("LRANGE")
                     .arg(b.key(&keys::queue_key(q, *step)))
                     .arg(0)
                     .arg(-1)
@@ -196,7 +201,7 @@ pub(super) async fn collect(b: &RedisBroker) -> Result<Vec<QueueStats>, BrokerEr
                 eta = items
                     .iter()
                     .filter(|raw| {
-                        serde_json::from_str::<Value>(raw).is_ok_and(|env| scheduled(&env))
+                        serde_json::from_slice::<Value>(raw).is_ok_and(|env| scheduled(&env))
                     })
                     .count() as u64;
             }
