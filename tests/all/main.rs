@@ -6,6 +6,7 @@ mod celery_fixtures;
 mod celery_redis;
 mod cli;
 mod concurrency;
+mod edges;
 mod http;
 mod loading;
 mod outcomes;

@@ -67,6 +67,28 @@ pub async fn cleanup(opts: &RedisOptions) {
     }
 }
 
+/// Deletes every key under the test's prefix when dropped, so that a test cleans up
+/// even when it fails (a blocking connection: drop may run inside or outside a runtime).
+pub struct CleanupOnDrop(pub RedisOptions);
+
+impl Drop for CleanupOnDrop {
+    fn drop(&mut self) {
+        if self.0.key_prefix.is_empty() {
+            return; // never every key of the database
+        }
+        let Some(mut conn) = self.0.client().ok().and_then(|c| c.get_connection().ok()) else {
+            return;
+        };
+        let found: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}*", self.0.key_prefix))
+            .query(&mut conn)
+            .unwrap_or_default();
+        if !found.is_empty() {
+            let _: Result<(), _> = redis::cmd("DEL").arg(found).query(&mut conn);
+        }
+    }
+}
+
 /// How many messages wait in `queue`'s list and how many are reserved (`unacked`).
 async fn queued_and_reserved(
     conn: &mut redis::aio::MultiplexedConnection,
