@@ -68,7 +68,8 @@ pub struct TaskError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Retry {
     /// Delay before the next attempt; `None` uses the worker's backoff policy.
-    /// Sent to the host in whole milliseconds.
+    /// Sent to the host in whole milliseconds (saturating at `u64::MAX`); the worker
+    /// clamps it to 100 years (3 155 760 000 s).
     pub countdown: Option<Duration>,
 }
 

@@ -59,6 +59,16 @@ pub enum ConnectError {
         /// The URL as given.
         url: String,
     },
+    /// The URL has a bad value for one of its keys (`visibility_timeout=1e300`).
+    #[error("invalid {what} URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// `broker` or `result backend`.
+        what: &'static str,
+        /// The URL as given.
+        url: String,
+        /// What is wrong, naming the key.
+        reason: String,
+    },
     /// The broker could not be opened.
     #[error(transparent)]
     Broker(#[from] BrokerError),
@@ -71,10 +81,19 @@ impl ConnectError {
     /// True when the server could not be reached and trying again later may work.
     pub fn is_connection_error(&self) -> bool {
         match self {
-            ConnectError::UnsupportedUrl { .. } => false,
+            ConnectError::UnsupportedUrl { .. } | ConnectError::InvalidUrl { .. } => false,
             ConnectError::Broker(e) => e.is_connection_error(),
             ConnectError::Backend(e) => e.is_connection_error(),
         }
+    }
+
+    /// True when the URL itself is wrong (an unknown scheme, a bad value for a key):
+    /// the caller gave it, so it is a usage error (the CLI exits 2).
+    pub fn is_usage_error(&self) -> bool {
+        matches!(
+            self,
+            ConnectError::UnsupportedUrl { .. } | ConnectError::InvalidUrl { .. }
+        )
     }
 }
 
@@ -90,6 +109,13 @@ fn parse<'a>(url: &'a str, what: &'static str) -> Result<Target<'a>, ConnectErro
     }
     let redis = ["redis://", "rediss://", "redis+unix://", "unix://"];
     if redis.iter().any(|scheme| url.starts_with(scheme)) {
+        // Its keys are checked before anything connects, so a bad value is reported as
+        // the URL's fault.
+        RedisOptions::from_url(url).map_err(|e| ConnectError::InvalidUrl {
+            what,
+            url: url.to_string(),
+            reason: e.to_string(),
+        })?;
         return Ok(Target::Redis(url));
     }
     Err(ConnectError::UnsupportedUrl {

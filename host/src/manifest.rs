@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::time;
 use crate::model::{Capabilities, Limits};
 use crate::rate_limit::RateLimit;
 
@@ -70,11 +71,12 @@ impl LimitsSection {
         if let Some(mib) = self.memory_mib {
             limits.memory_bytes = mib << 20;
         }
+        // Checked when the manifest was parsed ([`LimitsSection::validate`]).
         if let Some(secs) = self.time_limit {
-            limits.time_limit = Duration::from_secs_f64(secs.max(0.0));
+            limits.time_limit = time::saturating_seconds(secs);
         }
         if let Some(secs) = self.soft_time_limit {
-            limits.soft_time_limit = Some(Duration::from_secs_f64(secs.max(0.0)));
+            limits.soft_time_limit = Some(time::saturating_seconds(secs));
         }
         if let Some(kib) = self.output_kib {
             limits.output_bytes = kib << 10;
@@ -83,6 +85,24 @@ impl LimitsSection {
             limits.log_bytes = kib << 10;
         }
         limits
+    }
+
+    /// Checks the seconds values through [`time::seconds`].
+    ///
+    /// # Errors
+    /// A message naming the key and what is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        check_seconds("limits", "time_limit", self.time_limit)?;
+        check_seconds("limits", "soft_time_limit", self.soft_time_limit)
+    }
+}
+
+/// `[section] key` is a valid number of seconds (finite, zero or more, at most
+/// [`time::MAX_SECONDS`]), when given.
+fn check_seconds(section: &str, key: &str, value: Option<f64>) -> Result<(), String> {
+    match value.map(time::seconds) {
+        Some(Err(e)) => Err(format!("[{section}] {key}: {e}")),
+        _ => Ok(()),
     }
 }
 
@@ -141,14 +161,24 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// The delay before retry number `retries + 1`: exponential, capped, with jitter.
+    /// The delay before retry number `retries + 1`: exponential, capped, with jitter;
+    /// never more than [`time::MAX_SECONDS`].
     pub fn backoff_for(&self, retries: u32) -> Duration {
         let base = self.backoff.max(0.0) * 2f64.powi(retries.min(30) as i32);
         let mut secs = base.min(self.backoff_max.max(0.0));
         if self.jitter {
             secs *= rand::random_range(0.5..=1.0);
         }
-        Duration::from_secs_f64(secs)
+        time::saturating_seconds(secs)
+    }
+
+    /// Checks `backoff` and `backoff_max` through [`time::seconds`].
+    ///
+    /// # Errors
+    /// A message naming the key and what is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        check_seconds("retry", "backoff", Some(self.backoff))?;
+        check_seconds("retry", "backoff_max", Some(self.backoff_max))
     }
 }
 
@@ -188,6 +218,8 @@ impl Manifest {
     pub fn parse(text: &str) -> Result<Manifest, String> {
         let manifest: Manifest =
             toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+        manifest.limits.validate()?;
+        manifest.retry.validate()?;
         manifest.capabilities.validate()?;
         Ok(manifest)
     }
@@ -202,6 +234,47 @@ mod tests {
         let err = Manifest::parse("queue = \"q\"\n[limits]\nfuell = 5\n").unwrap_err();
         assert!(err.contains("fuell"), "{err}");
         assert!(err.contains("line 3"), "{err}");
+    }
+
+    /// Every seconds value is checked (model::time): the error names the key.
+    #[test]
+    fn seconds_values_out_of_range_name_their_key() {
+        for (text, want) in [
+            (
+                "[limits]\ntime_limit = inf\n",
+                "[limits] time_limit: inf s is not a finite",
+            ),
+            ("[limits]\ntime_limit = nan\n", "[limits] time_limit: NaN s"),
+            (
+                "[limits]\nsoft_time_limit = -1\n",
+                "[limits] soft_time_limit: -1.0 s is negative",
+            ),
+            (
+                "[limits]\nsoft_time_limit = 1e300\n",
+                "[limits] soft_time_limit: 1e300 s is more than",
+            ),
+            (
+                "[retry]\nbackoff = 1e300\n",
+                "[retry] backoff: 1e300 s is more than",
+            ),
+            (
+                "[retry]\nbackoff_max = -inf\n",
+                "[retry] backoff_max: -inf s",
+            ),
+            (
+                "[capabilities]\nhttp_timeout = 1e300\n",
+                "[capabilities] http_timeout: 1e300 s is more than",
+            ),
+        ] {
+            let err = Manifest::parse(text).unwrap_err();
+            assert!(err.starts_with(want), "{text:?}: {err}");
+        }
+        // The largest values allowed still give finite, non-overflowing delays.
+        let m = Manifest::parse(
+            "[retry]\nbackoff = 3155760000\nbackoff_max = 3155760000\njitter = false\n",
+        )
+        .unwrap();
+        assert_eq!(m.retry.backoff_for(30), time::MAX_DURATION);
     }
 
     #[test]

@@ -16,6 +16,8 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio::time::Instant;
 
+use crate::model::time;
+
 /// How many jobs of one task a worker may start per unit of time.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateLimit {
@@ -55,9 +57,14 @@ impl RateUnit {
 }
 
 impl RateLimit {
-    /// The time between two job starts.
+    /// The time between two job starts (a hand-built rate of 0 or less saturates at
+    /// [`time::MAX_SECONDS`]; parsing rejects it).
     pub fn interval(&self) -> Duration {
-        Duration::from_secs_f64(self.per.seconds() / self.count)
+        if self.count > 0.0 {
+            time::saturating_seconds(self.per.seconds() / self.count)
+        } else {
+            time::MAX_DURATION
+        }
     }
 }
 
@@ -83,8 +90,9 @@ impl FromStr for RateLimit {
             _ => return Err(bad()),
         };
         let count: f64 = number.parse().map_err(|_| bad())?;
-        // The interval must be representable: at most one job per ~31 years.
-        if !(count.is_finite() && count > 0.0 && per.seconds() / count < 1e9) {
+        // The interval must be a valid duration (model::time): at most one job per 100
+        // years.
+        if !(count.is_finite() && count > 0.0) || time::seconds(per.seconds() / count).is_err() {
             return Err(bad());
         }
         Ok(RateLimit { count, per })

@@ -21,7 +21,7 @@ use std::time::Duration;
 use crate::support::{WorkerProcess, cache_dir, redis_db_test, repo_root, sprout_bin, tasks_dir};
 
 /// The venv with `celery[redis]`, created once per test run.
-fn venv() -> &'static PathBuf {
+pub(crate) fn venv() -> &'static PathBuf {
     static VENV: OnceLock<PathBuf> = OnceLock::new();
     VENV.get_or_init(|| {
         let script = repo_root().join("tests/python/setup_venv.sh");
@@ -48,18 +48,24 @@ fn queue(what: &str) -> String {
     format!("interop-{what}-{}", uuid::Uuid::new_v4().simple())
 }
 
+/// Where [`log_file`] puts the log named `name`.
+pub(crate) fn log_path(name: &str) -> PathBuf {
+    repo_root()
+        .join("target/celery-interop-logs")
+        .join(format!("{name}.log"))
+}
+
 /// A log file for a worker process of this test run (kept for reading after a failure).
 fn log_file(name: &str) -> (PathBuf, Stdio) {
-    let dir = repo_root().join("target/celery-interop-logs");
-    std::fs::create_dir_all(&dir).expect("log dir");
-    let path = dir.join(format!("{name}.log"));
+    let path = log_path(name);
+    std::fs::create_dir_all(path.parent().expect("a log dir")).expect("log dir");
     let file = std::fs::File::create(&path).expect("log file");
     (path, Stdio::from(file))
 }
 
 /// `sprout worker` on Redis, consuming `queue` (its log goes to a file under
-/// `target/celery-interop-logs/`).
-fn sprout_worker(broker: &str, queue: &str) -> WorkerProcess {
+/// `target/celery-interop-logs/`, see [`log_file`]).
+pub(crate) fn sprout_worker(broker: &str, queue: &str) -> WorkerProcess {
     let (log, stderr) = log_file(queue);
     eprintln!("sprout worker log: {}", log.display());
     let tasks = tasks_dir().display().to_string();

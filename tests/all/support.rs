@@ -134,7 +134,12 @@ impl Workdir {
 
     /// Starts `sprout worker --tasks <tasks> ARGS` in the background.
     pub fn worker(&self, args: &[&str]) -> WorkerProcess {
-        let tasks = tasks_dir().display().to_string();
+        self.worker_with_tasks(tasks_dir(), args)
+    }
+
+    /// Starts `sprout worker --tasks TASKS ARGS` in the background.
+    pub fn worker_with_tasks(&self, tasks: &Path, args: &[&str]) -> WorkerProcess {
+        let tasks = tasks.display().to_string();
         let mut all = vec!["worker", "--tasks", &tasks];
         all.extend_from_slice(args);
         let child = self

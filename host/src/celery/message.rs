@@ -3,6 +3,10 @@
 //! Decoding is strict where a wrong guess would run the wrong thing (a serializer other
 //! than JSON, a protocol v1 body, a nested canvas in the embed) and lenient everywhere
 //! else: only the `task` and `id` headers are required (docs/PROTOCOL.md §3), the rest default.
+//! Time values from outside are checked through `model::time` — `timelimit` (seconds),
+//! `eta` and `expires` (at most `MAX_SECONDS` ahead), and the time options of every
+//! signature in the embed ([`workflow::check_embed_times`]): out of range is a
+//! [`DecodeError`] naming the value, so the worker dead-letters the message.
 //!
 //! Encoding writes what a Celery 5.7 client writes, key for key, so a real Celery worker
 //! accepts what `sprout send --broker redis://…` publishes.
@@ -37,8 +41,9 @@ use chrono::{SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::{isotime, keys, pyjson};
+use super::{isotime, keys, pyjson, workflow};
 use crate::model::DecodeError;
+use crate::model::time;
 use crate::model::{CeleryContext, DEFAULT_QUEUE, Job, LimitOverrides};
 
 /// A decoded list element.
@@ -271,10 +276,12 @@ pub fn decode(raw: &[u8], queue: Option<&str>) -> Result<Incoming, DecodeError> 
         ));
     };
 
+    let now = Utc::now();
     let time = |name: &str| -> Result<Option<chrono::DateTime<Utc>>, DecodeError> {
         match headers.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => isotime::parse(s)
+                .and_then(|at| time::instant(at, now).map_err(|e| e.to_string()))
                 .map(Some)
                 .map_err(|e| fail(format!("bad `{name}` header: {e}"), &id)),
             Some(other) => Err(fail(
@@ -285,12 +292,22 @@ pub fn decode(raw: &[u8], queue: Option<&str>) -> Result<Incoming, DecodeError> 
     };
     let mut eta = time("eta")?;
     let mut expires = time("expires")?;
+    workflow::check_embed_times(&embed).map_err(|r| fail(r, &id))?;
 
     let mut limits = LimitOverrides::default();
     if let Some(Value::Array(tl)) = headers.get("timelimit") {
-        let positive = |v: Option<&Value>| v.and_then(Value::as_f64).filter(|s| *s > 0.0);
-        limits.time_limit = positive(tl.first());
-        limits.soft_time_limit = positive(tl.get(1));
+        // Seconds, checked (model::time); 0, like null, is no limit (as in Celery).
+        let limit = |v: Option<&Value>| -> Result<Option<f64>, DecodeError> {
+            match v.and_then(Value::as_f64) {
+                None => Ok(None),
+                Some(0.0) => Ok(None),
+                Some(secs) => time::seconds(secs)
+                    .map(|_| Some(secs))
+                    .map_err(|e| fail(format!("bad `timelimit` header: {e}"), &id)),
+            }
+        };
+        limits.time_limit = limit(tl.first())?;
+        limits.soft_time_limit = limit(tl.get(1))?;
     }
     let mut max_retries = None;
     if let Some(Value::Object(sp)) = headers.get("sprout") {
@@ -868,5 +885,57 @@ mod tests {
         let err = decode(no_task.to_string().as_bytes(), None).unwrap_err();
         assert!(err.reason.contains("task"), "{}", err.reason);
         assert!(decode(b"not json", None).unwrap_err().id.is_none());
+    }
+
+    /// Time values out of range are decode errors naming the value (dead letters), never
+    /// a panic once the job runs.
+    #[test]
+    fn rejects_time_values_out_of_range() {
+        let env = |headers: Value, embed: Value| {
+            let mut h = json!({"task": "add", "id": "t1"});
+            h.as_object_mut()
+                .unwrap()
+                .extend(headers.as_object().unwrap().clone());
+            let body = json!([[1, 2], {}, embed]).to_string();
+            json!({"body": body, "content-type": "application/json", "headers": h}).to_string()
+        };
+        let reason = |headers: Value, embed: Value| {
+            let err = decode(env(headers, embed).as_bytes(), None).unwrap_err();
+            assert_eq!(err.id.as_deref(), Some("t1"));
+            err.reason
+        };
+        let r = reason(json!({"timelimit": [1e300, null]}), Value::Null);
+        assert!(
+            r.contains("`timelimit` header: 1e300 s is more than"),
+            "{r}"
+        );
+        let r = reason(json!({"timelimit": [null, -1]}), Value::Null);
+        assert!(r.contains("-1.0 s is negative"), "{r}");
+        let r = reason(json!({"eta": "9999-01-01T00:00:00+00:00"}), Value::Null);
+        assert!(
+            r.contains("bad `eta` header") && r.contains("from now"),
+            "{r}"
+        );
+        let link = json!({"callbacks": [{"task": "echo", "options": {"countdown": 1e15}}]});
+        let r = reason(json!({}), link);
+        assert!(
+            r.contains("embed.callbacks: echo: `countdown` option"),
+            "{r}"
+        );
+        let nested = json!({"chain": [{"task": "echo", "options": {
+            "link_error": {"task": "log", "options": {"expires": "soon"}}}}]});
+        let r = reason(json!({}), nested);
+        assert!(r.contains("embed.chain: log: `expires` option"), "{r}");
+
+        // 0 (like null) is no limit, as in Celery; a past expiry is fine (REVOKED).
+        let ok = env(
+            json!({"timelimit": [0, 2.5], "expires": "2001-01-01T00:00:00"}),
+            json!({"callbacks": [{"task": "echo", "options": {"countdown": -5}}]}),
+        );
+        let job = decode(ok.as_bytes(), None).unwrap().job;
+        assert_eq!(
+            (job.limits.time_limit, job.limits.soft_time_limit),
+            (None, Some(2.5))
+        );
     }
 }

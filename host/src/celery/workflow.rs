@@ -20,6 +20,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 
 use super::{isotime, result};
+use crate::model::time;
 use crate::model::{CeleryContext, DEFAULT_QUEUE, Job};
 use crate::model::{CeleryResultMeta, ChordMembership, ErrorInfo, ResultRecord, State};
 
@@ -71,15 +72,117 @@ fn sig_list(v: Option<&Value>) -> Value {
     }
 }
 
-fn time_option(v: Option<&Value>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    match v? {
-        Value::Number(n) => {
-            let secs = n.as_f64()?;
-            Some(now + chrono::Duration::milliseconds((secs * 1000.0) as i64))
+/// A signature's `countdown`, `eta` or `expires` option: seconds from `now` (a number;
+/// negative is in the past, as in Celery) or an ISO-8601 timestamp, at most
+/// [`time::MAX_SECONDS`] ahead.
+fn time_option(
+    opts: &Map<String, Value>,
+    key: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, String> {
+    let at = match opts.get(key) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Number(n)) => {
+            let secs = n.as_f64().unwrap_or(f64::NAN);
+            time::offset(now, secs)
         }
-        Value::String(s) => isotime::parse(s).ok(),
-        _ => None,
+        Some(Value::String(s)) => {
+            let at = isotime::parse(s).map_err(|e| format!("`{key}` option: {e}"))?;
+            time::instant(at, now)
+        }
+        Some(other) => {
+            return Err(format!(
+                "`{key}` option: {other} is not seconds or a timestamp"
+            ));
+        }
+    };
+    at.map(Some).map_err(|e| format!("`{key}` option: {e}"))
+}
+
+/// A signature's `time_limit` or `soft_time_limit` option, in seconds (0, like `None`, is
+/// no limit, as in Celery).
+fn limit_option(opts: &Map<String, Value>, key: &str) -> Result<Option<f64>, String> {
+    match opts.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(0.0) => Ok(None),
+            Some(secs) => time::seconds(secs)
+                .map(|_| Some(secs))
+                .map_err(|e| format!("`{key}` option: {e}")),
+            None => Err(format!("`{key}` option: {n} is not a number of seconds")),
+        },
+        Some(other) => Err(format!(
+            "`{key}` option: {other} is not a number of seconds"
+        )),
     }
+}
+
+/// The time options of a signature, checked: (eta, expires, time_limit,
+/// soft_time_limit). `eta` wins over `countdown`, as in Celery.
+type TimeOptions = (
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+    Option<f64>,
+    Option<f64>,
+);
+
+fn time_options(opts: &Map<String, Value>, now: DateTime<Utc>) -> Result<TimeOptions, String> {
+    let eta = time_option(opts, "eta", now)?;
+    let countdown = time_option(opts, "countdown", now)?;
+    Ok((
+        eta.or(countdown),
+        time_option(opts, "expires", now)?,
+        limit_option(opts, "time_limit")?,
+        limit_option(opts, "soft_time_limit")?,
+    ))
+}
+
+/// Checks the time options (`countdown`, `eta`, `expires`, `time_limit`,
+/// `soft_time_limit`) of every signature in a message's embed — callbacks, errbacks,
+/// chain steps, the chord body, and the signatures in their own `link`, `link_error`
+/// and `chord` options — so that a follow-up never fails on them after its parent ran.
+/// Decoders call it: an out-of-range value makes the message a dead letter.
+///
+/// # Errors
+/// Which signature and which option is out of range, and why.
+pub fn check_embed_times(embed: &Value) -> Result<(), String> {
+    let now = Utc::now();
+    for field in ["callbacks", "errbacks", "chain", "chord"] {
+        let sigs = match embed.get(field) {
+            Some(Value::Array(sigs)) => sigs.as_slice(),
+            Some(sig @ Value::Object(_)) => std::slice::from_ref(sig),
+            _ => continue,
+        };
+        for sig in sigs {
+            check_signature_times(sig, now, 0)
+                .map_err(|e| format!("a signature in embed.{field}: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// How deep [`check_embed_times`] follows signatures inside signatures' options.
+const MAX_SIGNATURE_DEPTH: usize = 32;
+
+fn check_signature_times(sig: &Value, now: DateTime<Utc>, depth: usize) -> Result<(), String> {
+    let Some(opts) = sig.get("options").and_then(Value::as_object) else {
+        return Ok(());
+    };
+    let task = sig.get("task").and_then(Value::as_str).unwrap_or("?");
+    time_options(opts, now).map_err(|e| format!("{task}: {e}"))?;
+    if depth >= MAX_SIGNATURE_DEPTH {
+        return Err(format!(
+            "{task}: signatures nested more than {MAX_SIGNATURE_DEPTH} deep"
+        ));
+    }
+    for key in ["link", "link_error", "chord"] {
+        if let Value::Array(nested) = sig_list(opts.get(key)) {
+            for inner in &nested {
+                check_signature_times(inner, now, depth + 1)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Builds the job a serialized signature stands for, sent as a follow-up of `parent`:
@@ -90,7 +193,8 @@ fn time_option(v: Option<&Value>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
 /// `link`, `link_error`, `chord`, `ignore_result`, `shadow`, `reply_to`.
 ///
 /// # Errors
-/// The value is not a signature of a plain task.
+/// The value is not a signature of a plain task, or a time option is out of range
+/// ([`check_embed_times`] rejects those when the message is decoded).
 pub fn signature_job(sig: &Value, args_prefix: Vec<Value>, parent: &Job) -> Result<Job, String> {
     signature_job_after(sig, args_prefix, &parent.id, &root_of(parent))
 }
@@ -151,11 +255,12 @@ fn signature_job_after(
         .and_then(Value::as_i64)
         .unwrap_or(0)
         .clamp(0, 9) as u8;
-    let now = Utc::now();
-    job.eta = time_option(opts.get("eta"), now).or_else(|| time_option(opts.get("countdown"), now));
-    job.expires = time_option(opts.get("expires"), now);
-    job.limits.time_limit = opts.get("time_limit").and_then(Value::as_f64);
-    job.limits.soft_time_limit = opts.get("soft_time_limit").and_then(Value::as_f64);
+    (
+        job.eta,
+        job.expires,
+        job.limits.time_limit,
+        job.limits.soft_time_limit,
+    ) = time_options(opts, Utc::now()).map_err(|e| format!("{task}: {e}"))?;
 
     let mut extra = Map::new();
     for key in ["group_index", "ignore_result", "shadow", "reply_to"] {
@@ -178,9 +283,37 @@ fn signature_job_after(
     Ok(job)
 }
 
+/// The FAILURE stored under a follow-up's id (when the signature names one) that could
+/// not be built, so that whoever waits on it hears why instead of waiting forever.
+fn unbuildable(sig: &Value, reason: &str) -> Option<ResultRecord> {
+    let id = sig.get("options")?.get("task_id")?.as_str()?;
+    let task = sig.get("task").and_then(Value::as_str).unwrap_or_default();
+    let mut record = ResultRecord::new(id, task, State::Failure);
+    record.error = Some(ErrorInfo {
+        kind: "ValueError".into(),
+        message: format!("follow-up signature not sent: {reason}"),
+        traceback: None,
+    });
+    Some(record)
+}
+
+/// Follow-ups of a settled job, and FAILUREs of the ones that could not be built.
+#[derive(Default)]
+struct Followups {
+    publish: Vec<Job>,
+    failed: Vec<ResultRecord>,
+}
+
+impl Followups {
+    fn cannot_build(&mut self, parent: &Job, sig: &Value, what: &str, reason: &str) {
+        tracing::warn!(task_id = %parent.id, "{what}: {reason}");
+        self.failed.extend(unbuildable(sig, reason));
+    }
+}
+
 /// Sends `sigs` as Celery sends several callbacks or errbacks: one signature alone, more
 /// as a one-off group (a fresh group id, `group_index` 0, 1, …).
-fn send_all(sigs: &[Value], prefix: &Value, parent: &Job, as_group: bool, out: &mut Vec<Job>) {
+fn send_all(sigs: &[Value], prefix: &Value, parent: &Job, as_group: bool, out: &mut Followups) {
     let gid = as_group.then(|| uuid::Uuid::new_v4().to_string());
     for (i, sig) in sigs.iter().enumerate() {
         match signature_job(sig, vec![prefix.clone()], parent) {
@@ -191,9 +324,9 @@ fn send_all(sigs: &[Value], prefix: &Value, parent: &Job, as_group: bool, out: &
                         extra.insert("group_index".into(), json!(i));
                     }
                 }
-                out.push(job);
+                out.publish.push(job);
             }
-            Err(e) => tracing::warn!(task_id = %parent.id, "skipping follow-up: {e}"),
+            Err(e) => out.cannot_build(parent, sig, "skipping follow-up", &e),
         }
     }
 }
@@ -202,7 +335,11 @@ fn send_all(sigs: &[Value], prefix: &Value, parent: &Job, as_group: bool, out: &
 /// table): callbacks and the next chain step on SUCCESS, errbacks on FAILURE, nothing
 /// otherwise or for jobs without Celery context.
 pub fn followups(job: &Job, record: &ResultRecord) -> Vec<Job> {
-    let mut out = Vec::new();
+    followups_of(job, record).publish
+}
+
+fn followups_of(job: &Job, record: &ResultRecord) -> Followups {
+    let mut out = Followups::default();
     if job.celery.is_none() {
         return out;
     }
@@ -218,9 +355,15 @@ pub fn followups(job: &Job, record: &ResultRecord) -> Vec<Job> {
                         if let Some(ctx) = step.celery.as_mut() {
                             ctx.embed["chain"] = Value::Array(rest.to_vec());
                         }
-                        out.push(step);
+                        out.publish.push(step);
                     }
-                    Err(e) => tracing::warn!(task_id = %job.id, "chain stops here: {e}"),
+                    Err(e) => {
+                        // The later steps never run either: each gets the failure, so
+                        // that waiting on the chain's last result raises.
+                        out.cannot_build(job, next, "chain stops here", &e);
+                        out.failed
+                            .extend(rest.iter().filter_map(|sig| unbuildable(sig, &e)));
+                    }
                 }
             }
         }
@@ -243,11 +386,14 @@ pub fn followups(job: &Job, record: &ResultRecord) -> Vec<Job> {
 /// [`followups`], the record annotated with the job's parent, group, children and
 /// ignore_result, and — on FAILURE — the same failure under every remaining chain
 /// step's id, so that waiting on the chain's last result raises instead of hanging.
+/// A follow-up that cannot be built (a time option out of range in a message that was
+/// not checked by [`check_embed_times`]) is not sent: a FAILURE (`ValueError`, with the
+/// reason) is stored under its id when the signature names one.
 ///
 /// For jobs without Celery context it returns `record` alone, so a worker can call it
 /// for every job whatever the broker.
 pub fn settle(job: &Job, mut record: ResultRecord) -> Settlement {
-    let publish = followups(job, &record);
+    let Followups { publish, failed } = followups_of(job, &record);
     let Some(ctx) = job.celery.as_ref() else {
         return Settlement {
             publish,
@@ -299,6 +445,7 @@ pub fn settle(job: &Job, mut record: ResultRecord) -> Settlement {
         }
     }
     store.insert(0, record);
+    store.extend(failed);
     Settlement { publish, store }
 }
 
@@ -495,6 +642,29 @@ mod tests {
         let ctx = s.publish[0].celery.as_ref().unwrap();
         assert!(ctx.group_id.is_some());
         assert_eq!(ctx.extra["group_index"], json!(0));
+    }
+
+    /// A follow-up whose time option is out of range (in a job no decoder checked) is
+    /// not sent and never panics: its id gets a FAILURE saying why.
+    #[test]
+    fn unbuildable_follow_ups_fail_instead_of_panicking() {
+        let job = job_with(json!({
+            "callbacks": [{"task": "log", "options": {"task_id": "cb", "countdown": 1e15}}],
+            "chain": [
+                {"task": "last", "options": {"task_id": "t3"}},
+                {"task": "next", "options": {"task_id": "t2", "eta": f64::MAX}},
+            ],
+        }));
+        assert!(check_embed_times(&job.celery.as_ref().unwrap().embed).is_err());
+        let mut ok = ResultRecord::new(&job.id, "add", State::Success);
+        ok.result = Some(json!(3));
+        let s = settle(&job, ok);
+        assert!(s.publish.is_empty(), "{:?}", s.publish);
+        let failed: Vec<&str> = s.store[1..].iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(failed, ["cb", "t2", "t3"]);
+        let error = s.store[1].error.as_ref().unwrap();
+        assert!(error.message.contains("`countdown` option"), "{error:?}");
+        assert_eq!(s.store[0].state, State::Success);
     }
 
     #[test]

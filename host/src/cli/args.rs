@@ -4,8 +4,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use sprout::connect::ConnectOptions;
+use sprout::model::time;
 
 /// Sprout: a WebAssembly sandboxed task runner with Celery-style workers.
 #[derive(Debug, Parser)]
@@ -75,12 +77,12 @@ pub struct LimitArgs {
     /// Default fuel budget per job (manifests may change it per task).
     #[arg(long, env = "SPROUT_FUEL")]
     pub fuel: Option<u64>,
-    /// Default hard time limit in seconds.
-    #[arg(long, env = "SPROUT_TIME_LIMIT")]
-    pub time_limit: Option<f64>,
-    /// Default soft time limit in seconds.
-    #[arg(long, env = "SPROUT_SOFT_TIME_LIMIT")]
-    pub soft_time_limit: Option<f64>,
+    /// Default hard time limit in seconds (or with a unit: `90s`, `30m`).
+    #[arg(long, env = "SPROUT_TIME_LIMIT", value_parser = parse_duration)]
+    pub time_limit: Option<Duration>,
+    /// Default soft time limit in seconds (or with a unit).
+    #[arg(long, env = "SPROUT_SOFT_TIME_LIMIT", value_parser = parse_duration)]
+    pub soft_time_limit: Option<Duration>,
     /// Default memory cap in MiB.
     #[arg(long, env = "SPROUT_MEMORY")]
     pub memory: Option<u64>,
@@ -163,11 +165,11 @@ pub struct WorkerArgs {
     #[arg(short = 'n', long)]
     pub hostname: Option<String>,
     /// Seconds running jobs get to finish on warm shutdown before they are released.
-    #[arg(long, default_value_t = 60.0)]
-    pub grace: f64,
-    /// Lease (visibility timeout) in seconds; extended while a job runs.
-    #[arg(long, default_value_t = 30.0)]
-    pub lease: f64,
+    #[arg(long, default_value = "60", value_parser = parse_duration)]
+    pub grace: Duration,
+    /// Lease (visibility timeout) in seconds, at least 1; extended while a job runs.
+    #[arg(long, default_value = "30", value_parser = parse_duration)]
+    pub lease: Duration,
     /// Delete stored results this long after their last update (Celery's
     /// `result_expires`): seconds, or a number with a unit (`90s`, `30m`, `12h`, `1d`);
     /// `0` keeps them forever. Default: 1d. The worker sweeps the embedded SQLite
@@ -217,14 +219,14 @@ pub struct SendArgs {
     #[arg(long, default_value_t = 0)]
     pub priority: u8,
     /// Run no earlier than this many seconds from now.
-    #[arg(long, conflicts_with = "eta")]
-    pub countdown: Option<f64>,
+    #[arg(long, conflicts_with = "eta", value_parser = parse_duration)]
+    pub countdown: Option<Duration>,
     /// Run no earlier than this time (RFC 3339, e.g. 2030-01-02T03:04:05Z).
-    #[arg(long)]
-    pub eta: Option<String>,
+    #[arg(long, value_parser = parse_eta)]
+    pub eta: Option<DateTime<Utc>>,
     /// Revoke the job if it has not started within this many seconds.
-    #[arg(long)]
-    pub expires: Option<f64>,
+    #[arg(long, value_parser = parse_duration)]
+    pub expires: Option<Duration>,
     /// Most retries for this job.
     #[arg(long)]
     pub retries: Option<u32>,
@@ -232,8 +234,8 @@ pub struct SendArgs {
     #[arg(long)]
     pub fuel: Option<u64>,
     /// Lower the hard time limit (seconds) for this job.
-    #[arg(long)]
-    pub time_limit: Option<f64>,
+    #[arg(long, value_parser = parse_duration)]
+    pub time_limit: Option<Duration>,
     /// Lower the memory cap (MiB) for this job.
     #[arg(long)]
     pub memory: Option<u64>,
@@ -244,8 +246,8 @@ pub struct SendArgs {
     #[arg(short, long)]
     pub wait: bool,
     /// Seconds to wait with `--wait`.
-    #[arg(long, default_value_t = 60.0)]
-    pub timeout: f64,
+    #[arg(long, default_value = "60", value_parser = parse_duration)]
+    pub timeout: Duration,
     /// Broker.
     #[command(flatten)]
     pub broker: BrokerArgs,
@@ -260,8 +262,8 @@ pub struct ResultArgs {
     #[arg(short, long)]
     pub wait: bool,
     /// Seconds to wait with `--wait`.
-    #[arg(long, default_value_t = 60.0)]
-    pub timeout: f64,
+    #[arg(long, default_value = "60", value_parser = parse_duration)]
+    pub timeout: Duration,
     /// Broker.
     #[command(flatten)]
     pub broker: BrokerArgs,
@@ -316,35 +318,45 @@ pub struct ChildArgs {
     pub options: String,
 }
 
-/// Parses a duration flag: plain seconds (`86400`, `0.5`), or a number with one unit,
-/// `ms`, `s`, `m`, `h` or `d` (`250ms`, `90s`, `30m`, `12h`, `1d`).
+/// Parses every duration flag (time limits, countdown, expiry, lease, grace, timeouts,
+/// result expiry): plain seconds (`86400`, `0.5`, `1e3`), or a number with one unit,
+/// `ms`, `s`, `m`, `h` or `d` (`250ms`, `90s`, `30m`, `12h`, `1d`), checked through
+/// [`time::seconds`]: at most [`time::MAX_SECONDS`] (100 years), never negative, NaN
+/// or infinite. A bad value is a usage error naming the flag (clap, exit code 2).
 ///
 /// # Errors
-/// Not a non-negative number, or an unknown unit; the message says what is accepted.
+/// Not a number with a known unit, or out of range; the message says what is accepted.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let scale = match unit.trim() {
-        "" | "s" => 1.0,
-        "ms" => 0.001,
-        "m" => 60.0,
-        "h" => 3_600.0,
-        "d" => 86_400.0,
-        _ => f64::NAN,
-    };
-    let value: f64 = number.parse().unwrap_or(f64::NAN);
-    let secs = value * scale;
-    if secs.is_finite() && secs >= 0.0 {
-        Duration::try_from_secs_f64(secs).map_err(|e| format!("{text:?}: {e}"))
-    } else {
-        Err(format!(
+    let units = [
+        ("ms", 0.001),
+        ("s", 1.0),
+        ("m", 60.0),
+        ("h", 3_600.0),
+        ("d", 86_400.0),
+    ];
+    let (number, scale) = units
+        .iter()
+        .find_map(|(unit, scale)| Some((text.strip_suffix(unit)?, *scale)))
+        .unwrap_or((text, 1.0));
+    let Ok(value) = number.trim().parse::<f64>() else {
+        return Err(format!(
             "{text:?} is not a duration: give seconds (86400) or a number with a unit \
              (250ms, 90s, 30m, 12h, 1d)"
-        ))
-    }
+        ));
+    };
+    time::seconds(value * scale).map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// Parses `--eta`: an RFC 3339 time (`2030-01-02T03:04:05Z`), at most
+/// [`time::MAX_SECONDS`] from now ([`time::instant`]).
+///
+/// # Errors
+/// Not RFC 3339, or too far ahead.
+pub fn parse_eta(text: &str) -> Result<DateTime<Utc>, String> {
+    let at = DateTime::parse_from_rfc3339(text.trim())
+        .map_err(|e| format!("{text:?} is not RFC 3339 (2030-01-02T03:04:05Z): {e}"))?;
+    time::instant(at.with_timezone(&Utc), Utc::now()).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -361,8 +373,33 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1_500)));
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        for bad in ["", "d", "-1", "1w", "one day", "1 d x", "1e3"] {
+        assert_eq!(parse_duration("1e3"), Ok(Duration::from_secs(1_000)));
+        for bad in ["", "d", "-1", "1w", "one day", "1 d x", "s1"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
         }
+    }
+
+    /// Every out-of-range value is refused with a message naming it (model::time).
+    #[test]
+    fn durations_out_of_range_are_refused() {
+        for (bad, want) in [
+            ("inf", "not a finite number"),
+            ("nan", "not a finite number"),
+            ("-1", "is negative"),
+            ("-0.5s", "is negative"),
+            ("1e13", "10000000000000.0 s is more than the maximum"),
+            ("1e300d", "is more than the maximum"),
+        ] {
+            let err = parse_duration(bad).unwrap_err();
+            assert!(err.contains(want), "{bad:?}: {err}");
+        }
+        assert!(parse_duration("3155760000").is_ok());
+        assert!(parse_eta("2030-01-02T03:04:05Z").is_ok());
+        assert!(
+            parse_eta("9999-01-02T03:04:05Z")
+                .unwrap_err()
+                .contains("from now")
+        );
+        assert!(parse_eta("tomorrow").is_err());
     }
 }

@@ -9,6 +9,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::time;
+
 /// Prefix of the environment variables that carry `[capabilities] config` values to the
 /// guest: `config = { api_url = "…" }` is `SPROUT_CONFIG_api_url`.
 pub const CONFIG_ENV_PREFIX: &str = "SPROUT_CONFIG_";
@@ -112,10 +114,14 @@ impl Capabilities {
     /// A message naming the key and what is wrong.
     pub fn validate(&self) -> Result<(), String> {
         AllowList::parse(&self.allowed_hosts).map_err(|e| format!("[capabilities] {e}"))?;
-        if let Some(secs) = self.http_timeout.filter(|s| !(s.is_finite() && *s > 0.0)) {
-            return Err(format!(
-                "[capabilities] http_timeout must be a positive number of seconds, not {secs}"
-            ));
+        if let Some(secs) = self.http_timeout {
+            time::seconds(secs).map_err(|e| format!("[capabilities] http_timeout: {e}"))?;
+            if secs == 0.0 {
+                return Err(
+                    "[capabilities] http_timeout must be a positive number of seconds, not 0"
+                        .into(),
+                );
+            }
         }
         if self.http_max_response_kib == Some(0) {
             return Err("[capabilities] http_max_response_kib must be at least 1".into());

@@ -8,6 +8,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::model::time;
+
 /// The queue a job goes to when nobody names one (Celery's default queue name).
 pub const DEFAULT_QUEUE: &str = "celery";
 
@@ -83,12 +85,34 @@ impl Job {
         serde_json::to_vec(self).expect("a Job always serialises")
     }
 
-    /// Parses the JSON form the embedded broker stores.
+    /// Parses the JSON form the embedded broker stores, and checks its time values
+    /// ([`Job::check_times`]).
     ///
     /// # Errors
-    /// The bytes are not a JSON job; the message says which field is wrong.
+    /// The bytes are not a JSON job, or a time value is out of range; the message says
+    /// which field is wrong.
     pub fn from_json(bytes: &[u8]) -> Result<Job, serde_json::Error> {
-        serde_json::from_slice(bytes)
+        let job: Job = serde_json::from_slice(bytes)?;
+        job.check_times(Utc::now())
+            .map_err(<serde_json::Error as serde::de::Error>::custom)?;
+        Ok(job)
+    }
+
+    /// Checks the time values a job brings from outside, through [`time`]: its time
+    /// limits must be valid seconds ([`LimitOverrides::check`]), its `eta` and `expires`
+    /// at most [`time::MAX_SECONDS`] after `now`. Decoders call it, so that an
+    /// out-of-range value makes the message a dead letter instead of a panic later.
+    ///
+    /// # Errors
+    /// The field and why it is out of range.
+    pub fn check_times(&self, now: DateTime<Utc>) -> Result<(), String> {
+        self.limits.check()?;
+        for (name, at) in [("eta", self.eta), ("expires", self.expires)] {
+            if let Some(at) = at {
+                time::instant(at, now).map_err(|e| format!("`{name}`: {e}"))?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -128,6 +152,22 @@ impl LimitOverrides {
     pub fn is_empty(&self) -> bool {
         *self == LimitOverrides::default()
     }
+
+    /// Checks the time limits through [`time::seconds`].
+    ///
+    /// # Errors
+    /// Which limit is out of range, and why.
+    pub fn check(&self) -> Result<(), String> {
+        for (name, secs) in [
+            ("time_limit", self.time_limit),
+            ("soft_time_limit", self.soft_time_limit),
+        ] {
+            if let Some(secs) = secs {
+                time::seconds(secs).map_err(|e| format!("`{name}`: {e}"))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Celery protocol-v2 context a job carries so that the worker can continue a workflow
@@ -151,4 +191,37 @@ pub struct CeleryContext {
     /// correlation_id, ignore_result, ...), verbatim.
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub extra: Value,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stored job with an out-of-range time value does not decode (the broker
+    /// dead-letters it) instead of panicking when the worker runs it.
+    #[test]
+    fn stored_jobs_with_out_of_range_times_do_not_decode() {
+        let mut job = Job::new("add", vec![], Map::new());
+        job.limits.time_limit = Some(1e300);
+        let err = Job::from_json(&job.to_json()).unwrap_err().to_string();
+        assert!(err.contains("`time_limit`: 1e300 s is more than"), "{err}");
+
+        let mut job = Job::new("add", vec![], Map::new());
+        job.limits.soft_time_limit = Some(-1.0);
+        let err = Job::from_json(&job.to_json()).unwrap_err().to_string();
+        assert!(
+            err.contains("`soft_time_limit`: -1.0 s is negative"),
+            "{err}"
+        );
+
+        let mut job = Job::new("add", vec![], Map::new());
+        job.eta = Some(Utc::now() + chrono::TimeDelta::days(365 * 200));
+        let err = Job::from_json(&job.to_json()).unwrap_err().to_string();
+        assert!(err.contains("`eta`: "), "{err}");
+
+        let mut job = Job::new("add", vec![], Map::new());
+        job.limits.time_limit = Some(2.5);
+        job.expires = Some(Utc::now() - chrono::TimeDelta::days(1));
+        assert_eq!(Job::from_json(&job.to_json()).unwrap(), job);
+    }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::model::LimitOverrides;
+use crate::model::time;
 
 /// The limits a job runs under.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,9 +49,11 @@ impl Default for Limits {
 
 impl Limits {
     /// These limits, lowered by what a job asks for. A request above a limit is ignored:
-    /// jobs can tighten limits, never loosen them.
+    /// jobs can tighten limits, never loosen them. A time limit that is not a valid
+    /// number of seconds ([`time::seconds`]: the job's decoder rejects those, see
+    /// [`LimitOverrides::check`]) is ignored too, never a panic.
     pub fn lowered_by(&self, job: &LimitOverrides) -> Limits {
-        let secs = |s: f64| Duration::from_secs_f64(s.max(0.0));
+        let secs = |s: f64| time::seconds(s).ok();
         let mut limits = self.clone();
         if let Some(fuel) = job.fuel {
             limits.fuel = limits.fuel.min(fuel);
@@ -58,11 +61,10 @@ impl Limits {
         if let Some(memory) = job.memory_bytes {
             limits.memory_bytes = limits.memory_bytes.min(memory);
         }
-        if let Some(hard) = job.time_limit.filter(|s| s.is_finite()) {
-            limits.time_limit = limits.time_limit.min(secs(hard));
+        if let Some(hard) = job.time_limit.and_then(secs) {
+            limits.time_limit = limits.time_limit.min(hard);
         }
-        if let Some(soft) = job.soft_time_limit.filter(|s| s.is_finite()) {
-            let soft = secs(soft);
+        if let Some(soft) = job.soft_time_limit.and_then(secs) {
             limits.soft_time_limit = Some(limits.soft_time_limit.map_or(soft, |s| s.min(soft)));
         }
         if let Some(output) = job.output_bytes {
@@ -98,5 +100,15 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(raised, base);
+
+        // Out-of-range values (rejected by decoders) are ignored here, never a panic.
+        for bad in [1e300, f64::INFINITY, f64::NAN, -1.0] {
+            let job = LimitOverrides {
+                time_limit: Some(bad),
+                soft_time_limit: Some(bad),
+                ..Default::default()
+            };
+            assert_eq!(base.lowered_by(&job), base, "{bad}");
+        }
     }
 }

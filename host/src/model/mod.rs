@@ -9,12 +9,15 @@
 //! - [`capabilities`] — what a task may touch outside its sandbox ([`Capabilities`]).
 //! - [`outcome`] — how one attempt ended ([`Outcome`], [`Execution`]).
 //! - [`state`] — job states and result records ([`State`], [`ResultRecord`]).
+//! - [`time`] — the one checked conversion for seconds, milliseconds and timestamps from
+//!   outside ([`time::seconds`], [`time::MAX_SECONDS`], [`TimeError`]).
 
 pub mod capabilities;
 pub mod job;
 pub mod limits;
 pub mod outcome;
 pub mod state;
+pub mod time;
 
 pub use capabilities::{AllowList, CONFIG_ENV_PREFIX, Capabilities, HostPattern, PatternError};
 pub use job::{CeleryContext, DEFAULT_QUEUE, DecodeError, Job, LimitOverrides};
@@ -23,3 +26,4 @@ pub use outcome::{Execution, Outcome, RetryRequest, TimeLimitKind, human_bytes};
 pub use state::{
     CeleryResultMeta, ChordMembership, DEFAULT_RESULT_EXPIRES, ErrorInfo, ResultRecord, State,
 };
+pub use time::TimeError;

@@ -206,8 +206,10 @@ mod duration_secs {
         s.serialize_f64(d.as_secs_f64())
     }
 
+    /// Through [`time::seconds`](crate::model::time::seconds): an out-of-range value (from
+    /// a prefork child, say) is a decoding error, never a panic.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        Ok(Duration::from_secs_f64(f64::deserialize(d)?.max(0.0)))
+        crate::model::time::seconds(f64::deserialize(d)?).map_err(serde::de::Error::custom)
     }
 }
 
@@ -223,7 +225,32 @@ mod opt_duration_secs {
         }
     }
 
+    /// As `duration_secs::deserialize`, for an optional value.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        Ok(Option::<f64>::deserialize(d)?.map(|s| Duration::from_secs_f64(s.max(0.0))))
+        Option::<f64>::deserialize(d)?
+            .map(crate::model::time::seconds)
+            .transpose()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A prefork parent decodes outcomes from its children: an out-of-range duration is
+    /// a decoding error, not a panic.
+    #[test]
+    fn out_of_range_durations_do_not_decode() {
+        let ok: RetryRequest = serde_json::from_str(r#"{"countdown": 1.5}"#).unwrap();
+        assert_eq!(ok.countdown, Some(Duration::from_millis(1500)));
+        for bad in ["1e300", "-1"] {
+            let text = format!(r#"{{"countdown": {bad}}}"#);
+            let err = serde_json::from_str::<RetryRequest>(&text).unwrap_err();
+            assert!(err.to_string().contains(bad), "{err}");
+        }
+        let text = r#"{"outcome": {"outcome": "success", "value": 1}, "fuel_used": 0,
+            "duration": 1e300, "logs": ""}"#;
+        assert!(serde_json::from_str::<Execution>(text).is_err());
     }
 }

@@ -30,6 +30,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 use super::http_pool::{self, Timeouts};
+use crate::model::time;
 use crate::model::{AllowList, Capabilities, HostPattern};
 
 /// Default per-phase timeout of an outgoing request (connect, first byte, between bytes).
@@ -84,10 +85,13 @@ impl HttpPolicy {
         };
         HttpPolicy {
             allow: Arc::new(allow),
+            // Checked when the manifest was parsed; a hand-built value out of range
+            // (model::time) gives the default.
             timeout: capabilities
                 .http_timeout
-                .filter(|s| s.is_finite() && *s > 0.0)
-                .map_or(DEFAULT_TIMEOUT, Duration::from_secs_f64),
+                .and_then(|s| time::seconds(s).ok())
+                .filter(|d| !d.is_zero())
+                .unwrap_or(DEFAULT_TIMEOUT),
             max_response_bytes: capabilities
                 .http_max_response_kib
                 .map_or(DEFAULT_MAX_RESPONSE_BYTES, |k| k.saturating_mul(1024)),

@@ -24,6 +24,7 @@ use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
 
 use crate::model::Limits;
+use crate::model::time;
 use crate::model::{CONFIG_ENV_PREFIX, Capabilities};
 use crate::model::{Execution, Outcome, RetryRequest, TimeLimitKind};
 
@@ -418,8 +419,10 @@ impl Sandbox {
             Ok(Ok(Err(guest))) => Outcome::GuestError {
                 kind: guest.kind,
                 message: guest.message,
+                // A guest's countdown (u64 ms) is clamped to time::MAX_SECONDS (100
+                // years), documented in the guest SDK: never an error, never an overflow.
                 retry: guest.retry.map(|r| RetryRequest {
-                    countdown: r.countdown_ms.map(Duration::from_millis),
+                    countdown: r.countdown_ms.map(time::clamp_millis),
                 }),
             },
             Ok(Ok(Ok(json))) => parse_output(json.as_bytes(), false, limits.output_bytes),

@@ -7,13 +7,17 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::model::DEFAULT_RESULT_EXPIRES;
+use crate::model::time;
 
 /// Why Redis settings are unusable, or the server cannot be reached.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OptionsError {
-    /// Not a Redis URL, or a query key with a bad value.
+    /// Not a Redis URL.
     #[error("unsupported Redis URL {0}")]
     Url(String),
+    /// One of Sprout's query keys has a bad value (`visibility_timeout=1e300`).
+    #[error("Redis URL key {0}")]
+    Key(String),
     /// Settings given beside the URL contradict it.
     #[error("invalid Redis settings: {0}")]
     Conflict(String),
@@ -74,13 +78,14 @@ impl Default for RedisOptions {
     }
 }
 
+/// A query key's value in seconds, checked through [`time::seconds`] (at most
+/// [`time::MAX_SECONDS`]).
 fn seconds(key: &str, value: &str) -> Result<Duration, OptionsError> {
-    value
+    let bad = |why: String| OptionsError::Key(format!("`{key}={value}`: {why}"));
+    let secs = value
         .parse::<f64>()
-        .ok()
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(Duration::from_secs_f64)
-        .ok_or_else(|| OptionsError::Url(format!("{key}={value}: expected seconds")))
+        .map_err(|_| bad("expected seconds".into()))?;
+    time::seconds(secs).map_err(|e| bad(e.to_string()))
 }
 
 impl RedisOptions {
@@ -89,7 +94,7 @@ impl RedisOptions {
     /// `sweep_interval`, `result_expires`).
     ///
     /// # Errors
-    /// [`OptionsError::Url`] for another scheme or a bad value.
+    /// [`OptionsError::Url`] for another scheme, [`OptionsError::Key`] for a bad value.
     pub fn from_url(url: &str) -> Result<RedisOptions, OptionsError> {
         Self::parse(url).map(|(opts, _)| opts)
     }
@@ -218,6 +223,33 @@ mod tests {
         assert_eq!(o.key("unacked"), "t1:unacked");
         assert!(RedisOptions::from_url("amqp://x").is_err());
         assert!(RedisOptions::from_url("redis://x/0?visibility_timeout=soon").is_err());
+    }
+
+    /// Durations in the URL are checked (model::time); the error names the key.
+    #[test]
+    fn url_durations_out_of_range_name_the_key() {
+        for (query, want) in [
+            (
+                "visibility_timeout=1e300",
+                "`visibility_timeout=1e300`: 1e300 s is more than",
+            ),
+            (
+                "sweep_interval=inf",
+                "`sweep_interval=inf`: inf s is not a finite",
+            ),
+            (
+                "result_expires=-1",
+                "`result_expires=-1`: -1.0 s is negative",
+            ),
+            (
+                "visibility_timeout=soon",
+                "`visibility_timeout=soon`: expected seconds",
+            ),
+        ] {
+            let e = RedisOptions::from_url(&format!("redis://x/0?{query}")).unwrap_err();
+            assert!(matches!(e, OptionsError::Key(_)), "{e}");
+            assert!(e.to_string().contains(want), "{e}");
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@ use super::settle::{Ending, Settle};
 use super::{Count, Shared};
 use crate::broker::Delivery;
 use crate::celery;
+use crate::model::time;
 use crate::model::{ErrorInfo, Execution, Job, Outcome, ResultRecord, State};
 use crate::registry::TaskEntry;
 use crate::sandbox::RunRequest;
@@ -150,7 +151,10 @@ async fn run_job(shared: &Shared, job: &Job, permit: OwnedSemaphorePermit) -> En
     tracing::debug!(id = %job.id, task = %job.task, elapsed = ?started.elapsed(), outcome = ?execution.outcome.error_kind(), "job finished");
 
     if let Some(delay) = retry_delay(job, &entry, &execution.outcome) {
-        let eta = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+        // The delay is at most time::MAX_SECONDS (a guest's countdown is clamped, a
+        // manifest's backoff checked); clamped again so the eta can never overflow.
+        let now = Utc::now();
+        let eta = time::eta_after(now, time::clamp(delay)).unwrap_or(now);
         let next = celery::retry_job(job, Some(eta));
         let mut record = base_record(shared, job, State::Retry);
         apply_execution(&mut record, &execution);

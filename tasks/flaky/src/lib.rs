@@ -1,16 +1,17 @@
-//! `flaky(times)`: asks to be retried until the job has been retried `times` times.
+//! `flaky(times, countdown_ms=10)`: asks to be retried until the job has been retried
+//! `times` times.
 
 use sprout_guest::{TaskError, job, task};
 use std::time::Duration;
 
-/// Fails with a retry request (kind `Retry`, countdown 10 ms) while the job has been retried
-/// fewer than `times` times; then returns the number of retries.
+/// Fails with a retry request (kind `Retry`, countdown `countdown_ms`, default 10 ms) while
+/// the job has been retried fewer than `times` times; then returns the number of retries.
 #[task]
-fn flaky(times: u32) -> Result<u32, TaskError> {
+fn flaky(times: u32, countdown_ms: Option<u64>) -> Result<u32, TaskError> {
     let retries = job().retries;
     if retries < times {
         Err(TaskError::retry_after(
-            Duration::from_millis(10),
+            Duration::from_millis(countdown_ms.unwrap_or(10)),
             format!("flaky: attempt {}", retries + 1),
         ))
     } else {
@@ -31,7 +32,7 @@ mod tests {
             retries: 0,
             ..JobInfo::default()
         });
-        let err = flaky(2).unwrap_err();
+        let err = flaky(2, None).unwrap_err();
         assert_eq!(err.kind, "Retry");
         assert_eq!(err.message, "flaky: attempt 1");
         assert_eq!(
@@ -43,7 +44,7 @@ mod tests {
             retries: 2,
             ..JobInfo::default()
         });
-        assert_eq!(flaky(2), Ok(2));
+        assert_eq!(flaky(2, Some(5)), Ok(2));
         assert_eq!(TASKS.run("flaky", "[1]", "{}").unwrap(), "2");
     }
 }

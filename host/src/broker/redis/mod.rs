@@ -78,6 +78,7 @@ impl From<OptionsError> for BrokerError {
     fn from(e: OptionsError) -> Self {
         match e {
             OptionsError::Url(url) => BrokerError::UnsupportedUrl(url),
+            OptionsError::Key(m) => BrokerError::InvalidSettings(m),
             OptionsError::Conflict(m) => BrokerError::InvalidSettings(m),
             OptionsError::Connection(m) => BrokerError::Connection(m),
         }

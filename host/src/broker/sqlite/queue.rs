@@ -7,6 +7,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, TransactionBehavior, params};
 
 use crate::broker::{DeadLetter, Delivery, DeliveryTag, QueueStats};
+use crate::celery::workflow;
 use crate::model::DecodeError;
 use crate::model::Job;
 use crate::storage::sqlite::schema::{READY, SCHEDULED};
@@ -61,10 +62,18 @@ pub(super) struct LeasedRow {
 
 impl LeasedRow {
     pub(super) fn into_delivery(self) -> Delivery {
-        let job = Job::from_json(&self.body).map_err(|e| DecodeError {
-            reason: e.to_string(),
-            id: self.job_id.or_else(|| id_from_body(&self.body)),
-        });
+        // The job, with its time values and its signatures' checked (model::time): out of
+        // range is a dead letter here, not a panic once it runs.
+        let job = Job::from_json(&self.body)
+            .map_err(|e| e.to_string())
+            .and_then(|job| match &job.celery {
+                Some(ctx) => workflow::check_embed_times(&ctx.embed).map(|()| job),
+                None => Ok(job),
+            })
+            .map_err(|reason| DecodeError {
+                reason,
+                id: self.job_id.or_else(|| id_from_body(&self.body)),
+            });
         Delivery {
             tag: make_tag(self.id, self.token),
             queue: self.queue,

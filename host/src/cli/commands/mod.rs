@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 use serde_json::{Map, Value};
 
 use crate::cli::args::LimitArgs;
+use sprout::connect::ConnectError;
 use sprout::model::Limits;
 use sprout::sandbox::{ArtifactCache, EngineSettings, Sandbox};
 
@@ -51,11 +52,11 @@ pub fn default_limits(args: &LimitArgs) -> Limits {
     if let Some(fuel) = args.fuel {
         limits.fuel = fuel;
     }
-    if let Some(secs) = args.time_limit {
-        limits.time_limit = std::time::Duration::from_secs_f64(secs.max(0.0));
+    if let Some(limit) = args.time_limit {
+        limits.time_limit = limit;
     }
-    if let Some(secs) = args.soft_time_limit {
-        limits.soft_time_limit = Some(std::time::Duration::from_secs_f64(secs.max(0.0)));
+    if let Some(soft) = args.soft_time_limit {
+        limits.soft_time_limit = Some(soft);
     }
     if let Some(mib) = args.memory {
         limits.memory_bytes = mib << 20;
@@ -117,7 +118,16 @@ pub fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
         Ok(code) if code == ExitCode::SUCCESS && crate::cli::output::failed() => ExitCode::from(1),
         Ok(code) => code,
         Err(error) => {
-            let code = error.downcast_ref::<ExitError>().map_or(1, |e| e.code);
+            // A broker or backend URL that cannot be right (unknown scheme, a bad value
+            // for one of its keys) is bad usage, like a bad flag.
+            let bad_url = error
+                .downcast_ref::<ConnectError>()
+                .is_some_and(ConnectError::is_usage_error);
+            let code = match error.downcast_ref::<ExitError>() {
+                Some(e) => e.code,
+                None if bad_url => EXIT_USAGE,
+                None => 1,
+            };
             crate::errln!("error: {error:#}");
             ExitCode::from(code)
         }

@@ -1,7 +1,6 @@
 //! `sprout result ID [--wait]`: print a job's record as JSON.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 
@@ -23,9 +22,7 @@ pub async fn run(args: ResultArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot open broker {}", args.broker.broker))?;
     let record = if args.wait {
-        client
-            .wait(&args.id, Duration::from_secs_f64(args.timeout.max(0.0)))
-            .await?
+        client.wait(&args.id, args.timeout).await?
     } else {
         client.result(&args.id).await?
     };

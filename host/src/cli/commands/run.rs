@@ -1,7 +1,6 @@
 //! `sprout run FILE TASK [ARGS]`: one task, locally, no broker.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use crate::cli::args::RunArgs;
 use sprout::model::Outcome;
@@ -46,11 +45,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(fuel) = args.limits.fuel {
         limits.fuel = fuel;
     }
-    if let Some(secs) = args.limits.time_limit {
-        limits.time_limit = Duration::from_secs_f64(secs.max(0.0));
+    if let Some(limit) = args.limits.time_limit {
+        limits.time_limit = limit;
     }
-    if let Some(secs) = args.limits.soft_time_limit {
-        limits.soft_time_limit = Some(Duration::from_secs_f64(secs.max(0.0)));
+    if let Some(soft) = args.limits.soft_time_limit {
+        limits.soft_time_limit = Some(soft);
     }
     if let Some(mib) = args.limits.memory {
         limits.memory_bytes = mib << 20;

@@ -5,13 +5,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::args::SendArgs;
 use sprout::client::Client;
 use sprout::manifest::Manifest;
 use sprout::model::State;
+use sprout::model::time;
 use sprout::model::{Job, LimitOverrides};
 use sprout::registry::{manifest_path, task_files};
 
@@ -75,7 +76,7 @@ pub async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let timeout = Duration::from_secs_f64(args.timeout.max(0.0));
+    let timeout = args.timeout;
     let mut failed = 0;
     for id in &ids {
         let record = client.wait(id, timeout).await?;
@@ -127,23 +128,24 @@ fn build_job(args: &SendArgs) -> anyhow::Result<Job> {
     }
     job.priority = args.priority.min(9);
     job.max_retries = args.retries;
+    // The flags were checked by their parser (model::time): at most MAX_SECONDS.
     let now = Utc::now();
-    if let Some(secs) = args.countdown {
-        job.eta = Some(now + chrono::Duration::milliseconds((secs * 1e3) as i64));
+    let after = |flag: &str, d: Duration| {
+        time::eta_after(now, d).map_err(|e| ExitError::new(EXIT_USAGE, format!("{flag}: {e}")))
+    };
+    if let Some(countdown) = args.countdown {
+        job.eta = Some(after("--countdown", countdown)?);
     }
-    if let Some(eta) = &args.eta {
-        let eta = DateTime::parse_from_rfc3339(eta).map_err(|e| {
-            ExitError::new(EXIT_USAGE, format!("--eta {eta:?} is not RFC 3339: {e}"))
-        })?;
-        job.eta = Some(eta.with_timezone(&Utc));
+    if let Some(eta) = args.eta {
+        job.eta = Some(eta);
     }
-    if let Some(secs) = args.expires {
-        job.expires = Some(now + chrono::Duration::milliseconds((secs * 1e3) as i64));
+    if let Some(expires) = args.expires {
+        job.expires = Some(after("--expires", expires)?);
     }
     job.limits = LimitOverrides {
         fuel: args.fuel,
         memory_bytes: args.memory.map(|m| m << 20),
-        time_limit: args.time_limit,
+        time_limit: args.time_limit.map(|d| d.as_secs_f64()),
         ..Default::default()
     };
     Ok(job)

@@ -118,8 +118,8 @@ pub async fn run(args: WorkerArgs, log_filter: &str) -> anyhow::Result<ExitCode>
             reservations: pool
                 .concurrency()
                 .saturating_mul(args.prefetch_multiplier.max(1)),
-            lease: Duration::from_secs_f64(args.lease.max(1.0)),
-            grace: Duration::from_secs_f64(args.grace.max(0.0)),
+            lease: args.lease.max(Duration::from_secs(1)),
+            grace: args.grace,
             track_started: args.track_started,
             max_jobs: args.max_jobs,
         };
