@@ -14,6 +14,7 @@ mod http;
 mod loading;
 mod outcomes;
 mod plugins;
+mod poison;
 mod prefork;
 mod redis_backend;
 mod redis_broker;

@@ -165,6 +165,13 @@ impl WorkerProcess {
         self.child.as_ref().expect("running").id() as i32
     }
 
+    /// Whether the process is still running (it has not exited by itself).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// Sends `signal` (libc constant).
     pub fn signal(&self, signal: i32) {
         // SAFETY: kill(2) on our own child's pid.
