@@ -126,6 +126,10 @@ fn a_planted_artifact_is_not_loaded_unless_it_is_private_and_ours() {
     if chown(&math_artifact, Some(65534), Some(65534)).is_ok() {
         let out = run(&w, &cache, "math", "add", "[1, 2]");
         assert_eq!(stdout(&out).trim(), "3", "{}", stderr(&out));
-        assert!(stderr(&out).contains("is owned by uid 65534"), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("is owned by uid 65534"),
+            "{}",
+            stderr(&out)
+        );
     }
 }

@@ -122,6 +122,7 @@ pub async fn run(args: WorkerArgs, log_filter: &str) -> anyhow::Result<ExitCode>
             grace: Duration::from_secs_f64(args.grace.max(0.0)),
             track_started: args.track_started,
             max_jobs: args.max_jobs,
+            unknown_task_grace: Duration::from_secs_f64(args.unknown_task_grace.max(0.0)),
         };
         let worker = Worker::new(
             connection.broker.clone(),
