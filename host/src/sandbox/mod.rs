@@ -558,9 +558,9 @@ fn grant(builder: &mut WasiCtxBuilder, req: &RunRequest) {
     deny::deny_sockets(builder, &req.job_id, &req.task);
 }
 
-/// Reads a cached artifact into memory. Artifacts are deliberately not mmapped
-/// (`deserialize_file`): a cache file truncated or rewritten in place by someone else
-/// would then crash the process with SIGBUS.
+// Reads a cached artifact into memory. Artifacts are deliberately not mmapped
+// (`deserialize_file`): a cache file truncated or rewritten in place by someone else
+// would then crash the process with SIGBUS.
 
 /// Runs `call` under the soft and hard wall-clock limits; `Err` is the time-limit
 /// outcome. Dropping the future stops the guest at its next fuel yield or host await.
