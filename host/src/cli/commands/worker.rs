@@ -122,7 +122,9 @@ pub async fn run(args: WorkerArgs, log_filter: &str) -> anyhow::Result<ExitCode>
             grace: Duration::from_secs_f64(args.grace.max(0.0)),
             track_started: args.track_started,
             max_jobs: args.max_jobs,
-            unknown_task_grace: Duration::from_secs_f64(args.unknown_task_grace.max(0.0)),
+            // Out of range (huge, infinite): no end to the grace rather than a panic.
+            unknown_task_grace: Duration::try_from_secs_f64(args.unknown_task_grace.max(0.0))
+                .unwrap_or(Duration::MAX),
         };
         let worker = Worker::new(
             connection.broker.clone(),
