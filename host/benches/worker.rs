@@ -55,6 +55,7 @@ fn main() {
             grace: Duration::from_secs(10),
             track_started: false,
             max_jobs: Some(jobs as u64),
+            unknown_task_grace: std::time::Duration::ZERO,
         };
         let (_tx, rx) = tokio::sync::watch::channel(Shutdown::Running);
         let worker = Worker::new(store.broker.clone(), store.backend.clone(), registry, pool, config);

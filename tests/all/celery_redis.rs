@@ -71,7 +71,17 @@ pub(crate) fn sprout_worker(broker: &str, queue: &str) -> WorkerProcess {
     let tasks = tasks_dir().display().to_string();
     let child = Command::new(sprout_bin())
         .args([
-            "worker", "--broker", broker, "--tasks", &tasks, "-Q", queue, "-c", "50",
+            "worker",
+            "--broker",
+            broker,
+            "--tasks",
+            &tasks,
+            "-Q",
+            queue,
+            "-c",
+            "50",
+            "--unknown-task-grace",
+            "0",
         ])
         .env("SPROUT_CACHE_DIR", cache_dir())
         .env("SPROUT_LOG", "warn")

@@ -8,6 +8,7 @@ mod celery_fixtures;
 mod celery_redis;
 mod cli;
 mod concurrency;
+mod deploy;
 mod edges;
 mod fuzz;
 mod http;

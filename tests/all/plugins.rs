@@ -107,7 +107,11 @@ fn workdir_with_task(wasm: PathBuf, file: &str) -> (Workdir, PathBuf) {
 async fn a_running_worker_picks_up_new_changed_broken_and_removed_files() {
     let (w, dir) = workdir_with_task(support::task("echo"), "echo.wasm");
     let store = SqliteStore::open(w.path("sprout.db")).await.unwrap();
-    let _worker = start_worker(&w, &dir, &["-c", "8", "--track-started"]);
+    let _worker = start_worker(
+        &w,
+        &dir,
+        &["-c", "8", "--track-started", "--unknown-task-grace", "0"],
+    );
     until_result(
         &store,
         "echo",

@@ -325,6 +325,7 @@ async fn killed_child_is_replaced_and_its_job_retried_or_failed() {
             grace: Duration::from_secs(10),
             track_started: false,
             max_jobs: None,
+            unknown_task_grace: std::time::Duration::ZERO,
         },
     );
     let worker = tokio::spawn(worker.run(stopped));

@@ -88,6 +88,7 @@ async fn run_worker(
         grace: Duration::from_secs(5),
         track_started: false,
         max_jobs: Some(jobs as u64),
+        unknown_task_grace: std::time::Duration::ZERO,
     };
     let (_tx, rx) = tokio::sync::watch::channel(Shutdown::Running);
     let worker = Worker::new(

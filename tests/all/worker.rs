@@ -113,7 +113,7 @@ async fn retries_expiry_and_eta() {
         .publish(&[flaky.clone(), hog.clone(), expired.clone(), unknown.clone()])
         .await
         .unwrap();
-    let _worker = dir.worker(&["-c", "4"]);
+    let _worker = dir.worker(&["-c", "4", "--unknown-task-grace", "0"]);
 
     let r = store
         .wait(&flaky.id, Duration::from_secs(20))

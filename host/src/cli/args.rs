@@ -39,7 +39,9 @@ pub enum Command {
     /// Prints the JSON result on stdout, and the fuel used and duration on stderr.
     ///
     /// Exit codes: 0 the task succeeded; 1 the task failed (its error, a trap, a limit);
-    /// 2 bad usage or arguments; 3 the task file cannot be loaded or lacks the task.
+    /// 2 bad usage or arguments, or a task file over the module caps (`--module-caps`:
+    /// refused before compiling, like an argument out of range); 3 the task file cannot
+    /// be loaded otherwise, or lacks the task.
     Run(RunArgs),
     /// List the tasks a directory or file provides, with their limits.
     Tasks(TasksArgs),
@@ -96,6 +98,13 @@ pub struct LimitArgs {
     /// into a task directory).
     #[arg(long, env = "SPROUT_MAX_TASK_FILE_SIZE", default_value_t = 64)]
     pub max_task_file_size: u64,
+    /// Caps on a task file's shape, checked before it is compiled, as
+    /// `name=value,...` over the defaults: functions (100000), code-bytes (64 MiB),
+    /// function-bytes (4 MiB), data-segments (100000), imports (10000), tables (100),
+    /// table-elements (10000000), memories (100), modules (1000; nested in a
+    /// component). Totals over the whole file. A file over a cap is refused, naming it.
+    #[arg(long, env = "SPROUT_MODULE_CAPS", value_parser = sprout::sandbox::ShapeCaps::parse)]
+    pub module_caps: Option<sprout::sandbox::ShapeCaps>,
 }
 
 /// A task call's arguments, shared by `send` and `run`.
@@ -185,6 +194,11 @@ pub struct WorkerArgs {
     /// Stop after this many jobs (for benchmarks and tests).
     #[arg(long, hide = true)]
     pub max_jobs: Option<u64>,
+    /// Seconds a job for an unknown task (no loaded file provides it) is requeued, with
+    /// backoff (1 s doubling to 10 s), before it fails `NotRegistered`: covers a task file
+    /// still being deployed, and fleets where only some workers have it. 0 = fail at once.
+    #[arg(long, env = "SPROUT_UNKNOWN_TASK_GRACE", default_value = "60", value_parser = parse_duration)]
+    pub unknown_task_grace: Duration,
     /// Broker.
     #[command(flatten)]
     pub broker: BrokerArgs,

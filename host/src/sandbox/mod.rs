@@ -39,10 +39,12 @@ pub(crate) mod http_pool;
 pub(crate) mod limiter;
 pub(crate) mod module;
 pub(crate) mod output;
+pub mod shape;
 
 pub use cache::ArtifactCache;
 pub use engine::EngineSettings;
 pub use module::{LoadError, ModuleKind, TaskModule};
+pub use shape::{ShapeCaps, ShapeError};
 
 use classify::{Observed, classify};
 use command::{COMMAND_FAILED, CommandState, INVALID_OUTPUT};
@@ -103,6 +105,7 @@ struct Inner {
     disk_cache: Option<ArtifactCache>,
     loaded: Mutex<HashMap<String, Arc<TaskModule>>>,
     max_task_file_bytes: AtomicU64,
+    shape_caps: Mutex<ShapeCaps>,
 }
 
 /// Why [`Sandbox::new`] failed: the engine or its linkers could not be built.
@@ -149,6 +152,7 @@ impl Sandbox {
                 disk_cache,
                 loaded: Mutex::new(HashMap::new()),
                 max_task_file_bytes: AtomicU64::new(DEFAULT_MAX_TASK_FILE_BYTES),
+                shape_caps: Mutex::new(ShapeCaps::default()),
             }),
         })
     }
@@ -171,6 +175,26 @@ impl Sandbox {
     /// The task-file size cap in force.
     pub fn max_task_file_bytes(&self) -> u64 {
         self.inner.max_task_file_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Sets the caps on a task file's shape (functions, code size, ...), checked before
+    /// anything is compiled (default [`ShapeCaps::default`]). They apply to
+    /// [`Sandbox::load`] and [`Sandbox::load_file`] alike.
+    pub fn set_shape_caps(&self, caps: ShapeCaps) {
+        *self
+            .inner
+            .shape_caps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = caps;
+    }
+
+    /// The shape caps in force.
+    pub fn shape_caps(&self) -> ShapeCaps {
+        *self
+            .inner
+            .shape_caps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Loads a task file from disk. See [`Sandbox::load`].
@@ -200,6 +224,9 @@ impl Sandbox {
     /// Validates, compiles (off the async threads, or from the artifact cache) and
     /// pre-links task-file bytes; components are instantiated once to list their tasks.
     /// The same bytes load once per process (content-hash cache).
+    ///
+    /// Before compiling, the file's shape is checked against [`Sandbox::shape_caps`]: a
+    /// file over a cap is [`LoadError::Shape`], and costs no compile.
     ///
     /// # Errors
     /// [`LoadError`] with a readable reason; nothing is cached then.
@@ -236,6 +263,7 @@ impl Sandbox {
     /// Blocking: compile or deserialize, then pre-link.
     fn compile(&self, hash: &str, bytes: &[u8]) -> Result<ModuleKind, LoadError> {
         let format = sniff(bytes)?;
+        shape::check_shape(bytes, &self.shape_caps())?;
         let engine = &self.inner.engine;
         let cached = || self.inner.disk_cache.as_ref().and_then(|c| c.load(hash));
         let compile_err = |e: wasmtime::Error| LoadError::Compile(format!("{e:#}"));

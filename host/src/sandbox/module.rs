@@ -82,6 +82,10 @@ pub enum LoadError {
         /// The limit.
         max: u64,
     },
+    /// Over one of the worker's [`ShapeCaps`](super::ShapeCaps) (too many functions,
+    /// too much code, ...): refused before compiling.
+    #[error("refused before compiling: {0}")]
+    Shape(#[from] super::ShapeError),
     /// Not a WebAssembly binary at all.
     #[error("not a WebAssembly file: {0}")]
     NotWasm(String),

@@ -116,6 +116,9 @@ async fn run_job(shared: &Shared, job: &Job, permit: OwnedSemaphorePermit) -> En
         _ => Some(permit),
     };
     let Some(entry) = shared.registry.lookup(&job.task) else {
+        if let Some(ending) = requeue_unknown(shared, job) {
+            return ending;
+        }
         tracing::warn!(id = %job.id, task = %job.task, "unknown task");
         let execution = Execution::not_started(Outcome::UnknownTask {
             task: job.task.clone(),
@@ -182,6 +185,58 @@ async fn run_job(shared: &Shared, job: &Job, permit: OwnedSemaphorePermit) -> En
     apply_execution(&mut record, &execution);
     record.started_at = Some(started_at);
     complete(job, record)
+}
+
+/// The header (kept in `celery.extra`, so it survives a republish on every broker)
+/// that remembers when a worker first met a job whose task no loaded file provides.
+pub(crate) const UNKNOWN_SINCE_HEADER: &str = "sprout_unknown_task_since";
+
+/// A job for a task no loaded file provides, within the worker's
+/// `unknown_task_grace` since a worker first met it: requeued after a backoff (1 s
+/// doubling to 10 s, never past the end of the grace), for this worker once the file
+/// arrives, or for another worker that has it. Not a task retry: `retries` is unchanged
+/// and nothing is stored (a client sees PENDING, as for a job still in the queue).
+/// `None`: the grace is over (or zero), and the job fails `NotRegistered`.
+fn requeue_unknown(shared: &Shared, job: &Job) -> Option<Ending> {
+    let grace = shared.config.unknown_task_grace;
+    if grace.is_zero() {
+        return None;
+    }
+    let now = Utc::now();
+    let since = job
+        .celery
+        .as_ref()
+        .and_then(|c| c.extra.get(UNKNOWN_SINCE_HEADER))
+        .and_then(|v| v.as_str())
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&Utc))
+        .filter(|t| *t <= now)
+        .unwrap_or(now);
+    let waited = (now - since).to_std().unwrap_or_default();
+    if waited >= grace {
+        return None;
+    }
+    let delay = waited
+        .clamp(Duration::from_secs(1), Duration::from_secs(10))
+        .min(grace - waited);
+    let mut next = job.clone();
+    next.eta = Some(now + chrono::Duration::from_std(delay).unwrap_or_default());
+    let ctx = next.celery.get_or_insert_with(Default::default);
+    if !ctx.extra.is_object() {
+        ctx.extra = serde_json::Value::Object(Default::default());
+    }
+    if let Some(extra) = ctx.extra.as_object_mut() {
+        extra.insert(
+            UNKNOWN_SINCE_HEADER.into(),
+            serde_json::Value::String(since.to_rfc3339()),
+        );
+        extra.remove("redelivered");
+    }
+    tracing::info!(id = %job.id, task = %job.task, "unknown task: requeued for {delay:?} (waiting {waited:?} of the {grace:?} grace for its file)");
+    Some(Ending::Retry {
+        records: Vec::new(),
+        next: Box::new(next),
+    })
 }
 
 /// Whether (and after how long) a failed attempt is retried: a guest's own retry

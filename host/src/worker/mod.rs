@@ -77,6 +77,11 @@ pub struct WorkerConfig {
     pub track_started: bool,
     /// Stop (warm) after this many settled jobs.
     pub max_jobs: Option<u64>,
+    /// How long a job for a task no loaded file provides is requeued (with backoff, 1 s
+    /// doubling to 10 s) before it fails `NotRegistered`: a job sent just before its
+    /// task file is deployed, or to a fleet where only some workers have it, still runs.
+    /// Zero fails it at once.
+    pub unknown_task_grace: Duration,
 }
 
 /// What a worker did, reported when it stops.

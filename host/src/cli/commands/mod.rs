@@ -23,7 +23,9 @@ pub mod worker;
 pub const EXIT_TASK_FAILED: u8 = 1;
 /// Exit code: bad usage or arguments.
 pub const EXIT_USAGE: u8 = 2;
-/// Exit code: the task file cannot be loaded or does not provide the task.
+/// Exit code: the task file cannot be loaded or does not provide the task (a file over
+/// the module caps is [`EXIT_USAGE`] instead: refused before compiling, by a limit the
+/// command line sets).
 pub const EXIT_INVALID_TASK: u8 = 3;
 
 /// An error that carries its own exit code.
@@ -79,6 +81,9 @@ pub fn build_sandbox(args: &LimitArgs, max_instances: usize) -> anyhow::Result<S
     let sandbox =
         Sandbox::new(settings, cache_dir.as_deref()).context("cannot build the wasm engine")?;
     sandbox.set_max_task_file_bytes(args.max_task_file_size.saturating_mul(1 << 20));
+    if let Some(caps) = args.module_caps {
+        sandbox.set_shape_caps(caps);
+    }
     Ok(sandbox)
 }
 

@@ -9,6 +9,33 @@ use sprout::sandbox::RunRequest;
 
 use super::{EXIT_INVALID_TASK, EXIT_TASK_FAILED, ExitError};
 
+/// A task file over the module caps exits [`super::EXIT_USAGE`] with the cap it broke,
+/// before anything is compiled (other load errors are left to the loader).
+fn refuse_over_caps(
+    sandbox: &sprout::sandbox::Sandbox,
+    file: &std::path::Path,
+) -> anyhow::Result<()> {
+    let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+    if size > sandbox.max_task_file_bytes() {
+        return Ok(());
+    }
+    let Ok(bytes) = std::fs::read(file) else {
+        return Ok(());
+    };
+    match sprout::sandbox::shape::check_shape(&bytes, &sandbox.shape_caps()) {
+        Ok(()) => Ok(()),
+        Err(e) => Err(ExitError::new(
+            super::EXIT_USAGE,
+            format!(
+                "{}: refused before compiling: {e}; raise the cap with --module-caps {}=N if the file is trusted",
+                file.display(),
+                e.name
+            ),
+        )
+        .into()),
+    }
+}
+
 /// Runs the command.
 ///
 /// # Errors
@@ -19,6 +46,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let kwargs = super::parse_kwargs(&args.call.kwargs)?;
     let sandbox = super::build_sandbox(&args.limits, 1)?;
     let defaults = super::default_limits(&args.limits);
+    refuse_over_caps(&sandbox, &args.file)?;
     let entries = registry::load_file(&sandbox, &args.file, &defaults)
         .await
         .map_err(|reason| {

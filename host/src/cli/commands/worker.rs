@@ -122,6 +122,7 @@ pub async fn run(args: WorkerArgs, log_filter: &str) -> anyhow::Result<ExitCode>
             grace: args.grace,
             track_started: args.track_started,
             max_jobs: args.max_jobs,
+            unknown_task_grace: args.unknown_task_grace,
         };
         let worker = Worker::new(
             connection.broker.clone(),

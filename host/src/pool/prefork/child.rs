@@ -201,6 +201,8 @@ async fn serve(options: ChildOptions, input: pipe::Receiver, output: pipe::Sende
             return ExitCode::from(EXIT_START_FAILED);
         }
     };
+    // Every file comes from the parent, which checked its shape against its own caps.
+    sandbox.set_shape_caps(crate::sandbox::ShapeCaps::UNLIMITED);
     let peak = if options.report_memory {
         match PeakRss::open() {
             Ok(peak) => Some(Arc::new(peak)),
