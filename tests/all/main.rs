@@ -9,6 +9,7 @@ mod celery_redis;
 mod cli;
 mod concurrency;
 mod http;
+mod liveness;
 mod loading;
 mod outcomes;
 mod plugins;
