@@ -295,3 +295,130 @@ fn liveness_sqlite_long_job_on_live_worker_not_restored() {
     let args = ["--heartbeat-interval", "500ms", "--worker-dead-after", "3s"];
     long_job_runs_once(&url, 12.0, &args, &|| sqlite_live_workers(&path));
 }
+
+/// A version-1 file (before liveness) is upgraded in place: `jobs.owner` and `workers`
+/// appear and waiting jobs stay.
+#[test]
+fn liveness_sqlite_schema_v1_upgrades() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("sprout.db");
+    let url = format!("sqlite:{}", path.display());
+    let job = sleep_job(0.0);
+    rt.block_on(async {
+        let conn = connect(&url).await.expect("connect");
+        conn.broker
+            .publish(std::slice::from_ref(&job))
+            .await
+            .unwrap();
+    });
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "ALTER TABLE jobs DROP COLUMN owner; DROP TABLE workers; PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    }
+    let broker = rt
+        .block_on(sprout::broker::sqlite::SqliteBroker::open(&path))
+        .expect("open a v1 file");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
+    let owners: i64 = conn
+        .query_row("SELECT count(owner) FROM jobs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(owners, 0);
+    assert_eq!(sqlite_live_workers(&path), 0);
+    use sprout::broker::Broker;
+    let got = rt
+        .block_on(broker.fetch(
+            &["celery".to_string()],
+            10,
+            Duration::from_secs(30),
+            Duration::ZERO,
+        ))
+        .unwrap();
+    assert_eq!(got.len(), 1);
+}
+
+/// Broker level, on Redis: reservations of a live broker are tagged, settling removes
+/// the tag, a live owner's reservations are never swept, a dead owner's are restored
+/// at once, and untagged reservations (no liveness, as a Celery worker's) are left to
+/// the visibility timeout.
+#[test]
+fn liveness_redis_tags_and_sweep() {
+    use sprout::broker::Broker;
+    use sprout::broker::redis::RedisBroker;
+    use sprout::storage::redis::RedisOptions;
+    let Some(redis) = RedisServer::start("liveness_redis_tags_and_sweep") else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let opts = RedisOptions::from_url(&redis.url()).unwrap();
+        let a = RedisBroker::connect(opts.clone()).await.unwrap();
+        let b = RedisBroker::connect(opts.clone()).await.unwrap();
+        let plain = RedisBroker::connect(opts).await.unwrap();
+        let mut raw = redis::Client::open(redis.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let queues = ["celery".to_string()];
+        let lease = Duration::from_secs(3600);
+        let jobs: Vec<Job> = (0..4).map(|_| sleep_job(0.0)).collect();
+        a.publish(&jobs).await.unwrap();
+        a.go_live(Duration::from_secs(10)).await.unwrap();
+        let got = a.fetch(&queues, 3, lease, Duration::ZERO).await.unwrap();
+        assert_eq!(got.len(), 3);
+        let untagged = plain
+            .fetch(&queues, 1, lease, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(untagged.len(), 1);
+        let probe = raw.clone();
+        let tagged = || {
+            let mut conn = probe.clone();
+            async move {
+                let n: usize = redis::cmd("HLEN")
+                    .arg("sprout.reserved_by")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                n
+            }
+        };
+        assert_eq!(tagged().await, 3);
+        a.ack(&[got[0].tag.clone()]).await.unwrap();
+        assert_eq!(tagged().await, 2);
+        // A is live: nothing is restored.
+        assert_eq!(b.sweep_dead().await.unwrap(), 0);
+        // A dies (its key lapses): B restores A's two, not the untagged one.
+        let key = format!("sprout.worker.{}", a.identity().unwrap());
+        let _: () = redis::cmd("DEL")
+            .arg(&key)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert_eq!(b.sweep_dead().await.unwrap(), 2);
+        assert_eq!(tagged().await, 0);
+        let again = b.fetch(&queues, 10, lease, Duration::ZERO).await.unwrap();
+        assert_eq!(again.len(), 2);
+        assert!(again.iter().all(|d| d.delivery_count == 2));
+        let unacked: usize = redis::cmd("HLEN")
+            .arg("unacked")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert_eq!(unacked, 3, "B's two and the untagged one stay reserved");
+        // Sign-off removes the record (A re-joined first, so there is one).
+        a.go_live(Duration::from_secs(10)).await.unwrap();
+        assert_eq!(redis.live_workers(), 1);
+        a.sign_off().await.unwrap();
+        a.sign_off().await.unwrap();
+        assert_eq!(redis.live_workers(), 0);
+    });
+}
