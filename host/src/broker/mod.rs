@@ -6,6 +6,23 @@
 //! lease (visibility timeout) runs out, so a job whose worker dies is delivered again.
 //! `crate::connect` turns a broker URL into the right implementation. A broker never
 //! builds or calls a result backend.
+//!
+//! # Liveness: fast recovery of a dead worker's jobs
+//! The lease alone makes a crashed worker's jobs wait for it to run out (on Redis the
+//! visibility timeout, kombu's default an hour). So each broker has a process-unique
+//! identity ([`BrokerIdentity`]: host, pid, random) and, once a worker calls
+//! [`Broker::go_live`], keeps a *liveness record* for it in the broker, refreshed by
+//! [`Broker::heartbeat`] (the worker's default: every
+//! [`DEFAULT_HEARTBEAT_INTERVAL`], valid for [`DEFAULT_DEAD_AFTER`]). While live, the
+//! broker tags every reservation it makes with its identity, and any live broker's sweep
+//! (run from `fetch` and from `heartbeat`) restores at once the reservations whose
+//! owner's record has lapsed. A live worker's long job is never restored: its record
+//! stays fresh. Reservations made without liveness (producers, library users who never
+//! call `go_live`, Celery workers) carry no tag and come back after their lease only,
+//! as before. [`Broker::sign_off`] removes the record at a clean shutdown. Each broker's
+//! module docs say where the records and tags live. A worker that stalls (not crashes)
+//! for longer than its dead-after has its jobs restored while it still runs them: they
+//! then run twice (at-least-once), so keep `dead_after` well above any pause.
 
 use std::time::Duration;
 
@@ -16,6 +33,74 @@ use crate::model::{DecodeError, Job};
 
 pub mod redis;
 pub mod sqlite;
+
+/// How often a live worker refreshes its liveness record by default.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+/// After how long without a heartbeat a worker counts as dead by default.
+pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(10);
+
+/// The identity a broker tags its reservations with: `HOST.PID.RANDOM`, unique per
+/// broker instance (so per process in practice).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BrokerIdentity(pub String);
+
+impl BrokerIdentity {
+    /// A fresh identity for this process.
+    pub fn new() -> BrokerIdentity {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into());
+        let random = &uuid::Uuid::new_v4().simple().to_string()[..12];
+        BrokerIdentity(format!("{host}.{}.{random}", std::process::id()))
+    }
+}
+
+impl Default for BrokerIdentity {
+    fn default() -> Self {
+        BrokerIdentity::new()
+    }
+}
+
+impl std::fmt::Display for BrokerIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The liveness bookkeeping both brokers share: how many workers of this process are
+/// live on the broker, and the longest dead-after they asked for.
+#[derive(Debug, Default)]
+pub(crate) struct LivenessUsers {
+    users: usize,
+    dead_after: Duration,
+}
+
+impl LivenessUsers {
+    /// One more user; returns the dead-after to write.
+    pub(crate) fn join(&mut self, dead_after: Duration) -> Duration {
+        self.users += 1;
+        self.dead_after = self.dead_after.max(dead_after);
+        self.dead_after
+    }
+
+    /// The dead-after to refresh with, or `None` when nobody is live.
+    pub(crate) fn current(&self) -> Option<Duration> {
+        (self.users > 0).then_some(self.dead_after)
+    }
+
+    /// One user less; true when it was the last (the record goes).
+    pub(crate) fn leave(&mut self) -> bool {
+        self.users = self.users.saturating_sub(1);
+        if self.users == 0 {
+            self.dead_after = Duration::ZERO;
+            true
+        } else {
+            false
+        }
+    }
+}
 
 /// Identifies one delivery of one message, for ack/requeue/dead-letter. Opaque to callers.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -182,6 +267,44 @@ pub trait Broker: Send + Sync {
     /// # Errors
     /// [`BrokerError`]; held messages then come back after their lease.
     async fn shutdown(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    /// The identity this broker tags its reservations with while live, if it supports
+    /// liveness. The default: none.
+    fn identity(&self) -> Option<&BrokerIdentity> {
+        None
+    }
+
+    /// Joins liveness (see the module docs): writes this process's liveness record,
+    /// valid for `dead_after`, and from then on tags new reservations with
+    /// [`Broker::identity`]. Each call must be matched by one [`Broker::sign_off`];
+    /// several workers on one broker share the record (the longest `dead_after` wins).
+    /// The default does nothing.
+    ///
+    /// # Errors
+    /// [`BrokerError`]; then the caller is not live (its reservations are not tagged).
+    async fn go_live(&self, dead_after: Duration) -> Result<(), BrokerError> {
+        let _ = dead_after;
+        Ok(())
+    }
+
+    /// Refreshes the liveness record (call well within `dead_after`, e.g. every fifth of
+    /// it) and runs the sweep for dead workers' reservations if it is due. Does nothing
+    /// when nobody on this broker is live. The default does nothing.
+    ///
+    /// # Errors
+    /// [`BrokerError`]; retry at the next interval.
+    async fn heartbeat(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    /// Leaves liveness; the last to leave deletes the liveness record (call after
+    /// releasing what is in flight). The default does nothing.
+    ///
+    /// # Errors
+    /// [`BrokerError`]; the record then lapses after its `dead_after`.
+    async fn sign_off(&self) -> Result<(), BrokerError> {
         Ok(())
     }
 }

@@ -25,7 +25,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Consume jobs from a broker and run them.
-    Worker(WorkerArgs),
+    Worker(Box<WorkerArgs>),
     /// Send a job (or many) to a queue.
     Send(SendArgs),
     /// Show (or wait for) the result of a job.
@@ -179,6 +179,18 @@ pub struct WorkerArgs {
     /// Lease (visibility timeout) in seconds, at least 1; extended while a job runs.
     #[arg(long, default_value = "30", value_parser = parse_duration)]
     pub lease: Duration,
+    /// How often the worker refreshes its liveness record in the broker: seconds, or a
+    /// number with a unit (`500ms`, `2s`). Default: 2s.
+    #[arg(long, env = "SPROUT_HEARTBEAT_INTERVAL", value_parser = parse_duration,
+          default_value = "2s")]
+    pub heartbeat_interval: Duration,
+    /// After how long without a heartbeat a worker counts as dead, and any other
+    /// worker restores its reserved jobs at once instead of waiting for their lease
+    /// (Redis: the visibility timeout). Must exceed `--heartbeat-interval`; `0` turns
+    /// liveness off. Default: 10s.
+    #[arg(long, env = "SPROUT_WORKER_DEAD_AFTER", value_parser = parse_duration,
+          default_value = "10s")]
+    pub worker_dead_after: Duration,
     /// Delete stored results this long after their last update (Celery's
     /// `result_expires`): seconds, or a number with a unit (`90s`, `30m`, `12h`, `1d`);
     /// `0` keeps them forever. Default: 1d. The worker sweeps the embedded SQLite

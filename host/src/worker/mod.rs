@@ -13,6 +13,12 @@
 //! `concurrency × prefetch_multiplier`. Leases of running jobs are extended in the
 //! background so long jobs are not delivered twice, until they are settled.
 //!
+//! Liveness: the worker joins the broker's liveness (`Broker::go_live`) before it
+//! fetches, heartbeats every [`Liveness::interval`] beside the lease keeper, and signs
+//! off after releasing what is left, so if the process dies its reservations are
+//! restored by other workers within about [`Liveness::dead_after`] instead of after
+//! their lease (see [`crate::broker`]).
+//!
 //! Shutdown: [`Shutdown::Warm`] stops fetching and lets running jobs finish within the
 //! grace period, then releases what is left; [`Shutdown::Cold`] stops running jobs at
 //! once and releases them, so they are redelivered immediately on restart.
@@ -84,6 +90,25 @@ pub struct WorkerConfig {
     pub unknown_task_grace: Duration,
 }
 
+/// How a worker tells the broker it is alive (see [`crate::broker`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Liveness {
+    /// How often the liveness record is refreshed.
+    pub interval: Duration,
+    /// How long after the last heartbeat the worker counts as dead and its
+    /// reservations are restored by others.
+    pub dead_after: Duration,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Liveness {
+            interval: crate::broker::DEFAULT_HEARTBEAT_INTERVAL,
+            dead_after: crate::broker::DEFAULT_DEAD_AFTER,
+        }
+    }
+}
+
 /// What a worker did, reported when it stops.
 #[derive(Debug, Clone, Default)]
 pub struct WorkerReport {
@@ -118,6 +143,7 @@ pub struct Worker {
     registry: Arc<Registry>,
     pool: Arc<dyn Pool>,
     config: WorkerConfig,
+    liveness: Option<Liveness>,
 }
 
 /// State shared by the loop and the per-job tasks.
@@ -188,7 +214,15 @@ impl Worker {
             registry,
             pool,
             config,
+            liveness: Some(Liveness::default()),
         }
+    }
+
+    /// Sets how the worker heartbeats (default: [`Liveness::default`]); `None` turns
+    /// liveness off, so a dead worker's jobs come back only after their lease.
+    pub fn liveness(mut self, liveness: Option<Liveness>) -> Self {
+        self.liveness = liveness;
+        self
     }
 
     /// Consumes until `shutdown` asks to stop (or `max_jobs` is reached).
@@ -213,6 +247,19 @@ impl Worker {
             in_flight: in_flight.clone(),
         });
         let settling = tokio::spawn(settle_loop(settler.clone(), rx));
+        let heart = match self.liveness {
+            Some(live) => match self.broker.go_live(live.dead_after).await {
+                Ok(()) => Some(tokio::spawn(heartbeat(self.broker.clone(), live.interval))),
+                Err(e) => {
+                    tracing::warn!(
+                        "could not join broker liveness ({e}); if this worker dies its jobs \
+                         come back only after their lease"
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
         let shared = Arc::new(Shared {
             broker: self.broker,
             backend: self.backend,
@@ -344,6 +391,13 @@ impl Worker {
         if let Err(e) = broker.shutdown().await {
             tracing::warn!("broker shutdown: {e}; held jobs return after their lease");
         }
+        if let Some(heart) = heart {
+            heart.abort();
+            let _ = heart.await;
+            if let Err(e) = broker.sign_off().await {
+                tracing::warn!("could not remove the liveness record: {e}");
+            }
+        }
         if let Some(e) = fatal {
             return Err(WorkerError::Broker(e));
         }
@@ -397,6 +451,17 @@ async fn settle_loop(settler: Arc<Settler>, mut rx: mpsc::UnboundedReceiver<Sett
             for tag in &tags {
                 in_flight.remove(tag);
             }
+        }
+    }
+}
+
+/// Refreshes the broker's liveness record every `interval` (the broker also sweeps dead
+/// workers' reservations from here, so even a worker too busy to fetch recovers them).
+async fn heartbeat(broker: Arc<dyn Broker>, interval: Duration) {
+    loop {
+        tokio::time::sleep(interval).await;
+        if let Err(e) = broker.heartbeat().await {
+            tracing::warn!("heartbeat failed: {e}");
         }
     }
 }

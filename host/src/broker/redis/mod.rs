@@ -28,6 +28,24 @@
 //!   re-checks each score in a script, so an entry extended or acked meanwhile stays.
 //! - **release** puts messages back the same way at once (warm shutdown).
 //!
+//! # Liveness (fast recovery of a dead worker's jobs)
+//! See the [broker docs](super#liveness-fast-recovery-of-a-dead-workers-jobs). A live
+//! broker's record is the key `sprout.worker.<identity>` (`SET … PX <dead_after>`,
+//! refreshed by every heartbeat, deleted at sign-off), and [`scripts::RESERVE`] tags
+//! each reservation it makes in the hash `sprout.reserved_by` (tag → identity) in the
+//! same atomic step. Every path that ends a reservation (ack, retry, dead-letter,
+//! release, the sweeps) removes the tag. The sweep (from fetch and from heartbeat, every
+//! `sweep_interval`) also reads `sprout.reserved_by`, checks which owners' keys are
+//! gone, and restores their reservations with [`scripts::RESTORE_DEAD`], which
+//! re-checks atomically that the tag is still reserved, still that owner's, and the
+//! owner's key still absent. kombu's `unacked`/`unacked_index` are untouched in format:
+//! Celery workers sharing the queue ignore the extra keys and still restore anything
+//! after the visibility timeout, which stays the last resort for reservations without
+//! a tag (Celery workers', non-live Sprout processes'). Known limit: if a dead Sprout
+//! worker's reservation is restored by a Celery worker's sweep (no Sprout worker swept
+//! for a whole visibility timeout) and reserved again by a Celery worker, the stale tag
+//! can make a Sprout sweep restore it once more (it runs twice).
+//!
 //! # eta and countdown
 //! A message with a future eta is reserved like any other (it stays in `unacked`, as a
 //! Celery worker keeps it) but is not returned: the broker holds it in memory under a
@@ -85,10 +103,18 @@ impl From<OptionsError> for BrokerError {
     }
 }
 
-use super::{Broker, BrokerError, DeadLetter, Delivery, DeliveryTag, QueueStats};
+use super::{
+    Broker, BrokerError, BrokerIdentity, DeadLetter, Delivery, DeliveryTag, LivenessUsers,
+    QueueStats,
+};
 use crate::celery::{isotime, keys, message, pyjson, result};
 use crate::model::DecodeError;
 use crate::model::Job;
+
+/// The hash of live-tagged reservations: tag → owner identity.
+const RESERVED_BY: &str = "sprout.reserved_by";
+/// The prefix of liveness keys: `sprout.worker.<identity>`.
+const WORKER_PREFIX: &str = "sprout.worker.";
 
 /// How many stale reservations one sweep round restores at most.
 const SWEEP_BATCH: usize = 1000;
@@ -116,6 +142,8 @@ struct State {
     bound: HashSet<String>,
     /// Rotates the queue order between fetches, like kombu, for fairness.
     rotation: usize,
+    /// Workers of this process that are live on the broker.
+    liveness: LivenessUsers,
 }
 
 /// A [`Broker`] on Redis, wire-compatible with Celery 5 (kombu's Redis transport).
@@ -123,12 +151,14 @@ pub struct RedisBroker {
     conn: ConnectionManager,
     opts: RedisOptions,
     state: Arc<Mutex<State>>,
+    identity: BrokerIdentity,
 }
 
 impl std::fmt::Debug for RedisBroker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisBroker")
             .field("opts", &self.opts)
+            .field("identity", &self.identity)
             .finish_non_exhaustive()
     }
 }
@@ -237,7 +267,12 @@ impl RedisBroker {
             held_lease(&opts),
             opts.visibility_timeout,
         ));
-        Ok(RedisBroker { conn, opts, state })
+        Ok(RedisBroker {
+            conn,
+            opts,
+            state,
+            identity: BrokerIdentity::new(),
+        })
     }
 
     /// The options this broker runs with.
@@ -303,14 +338,20 @@ impl RedisBroker {
         score: f64,
     ) -> Result<Vec<(String, Vec<u8>, String)>, BrokerError> {
         let list_keys = keys::consume_order(queues);
+        let owner = if self.lock().liveness.current().is_some() {
+            self.identity.0.as_str()
+        } else {
+            ""
+        };
         let mut call = scripts::RESERVE.prepare_invoke();
         call.key(self.key(keys::UNACKED))
             .key(self.key(keys::UNACKED_INDEX))
-            .key(self.key("sprout.tag_seq"));
+            .key(self.key("sprout.tag_seq"))
+            .key(self.key(RESERVED_BY));
         for k in &list_keys {
             call.key(self.key(k));
         }
-        call.arg(max).arg(score);
+        call.arg(max).arg(score).arg(owner);
         for k in &list_keys {
             call.arg(keys::queue_of_key(k));
         }
@@ -366,8 +407,109 @@ impl RedisBroker {
         };
         if sweep {
             self.sweep().await?;
+            self.sweep_dead().await?;
         }
         Ok(())
+    }
+
+    /// The liveness key of `owner`.
+    fn worker_key(&self, owner: &str) -> String {
+        self.key(&format!("{WORKER_PREFIX}{owner}"))
+    }
+
+    /// Restores every live-tagged reservation whose owner's liveness key is gone (see
+    /// the module docs). Returns how many messages went back to their queues.
+    ///
+    /// # Errors
+    /// [`BrokerError`] from Redis.
+    pub async fn sweep_dead(&self) -> Result<usize, BrokerError> {
+        let tagged: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(self.key(RESERVED_BY))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(broker_error)?;
+        if tagged.is_empty() {
+            return Ok(0);
+        }
+        let owners: Vec<&str> = tagged
+            .iter()
+            .map(|(_, o)| o.as_str())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let mut pipe = redis::pipe();
+        for owner in &owners {
+            pipe.exists(self.worker_key(owner));
+        }
+        let alive: Vec<bool> = pipe
+            .query_async(&mut self.conn())
+            .await
+            .map_err(broker_error)?;
+        let dead: HashSet<&str> = owners
+            .iter()
+            .zip(alive)
+            .filter(|(_, alive)| !alive)
+            .map(|(o, _)| *o)
+            .collect();
+        if dead.is_empty() {
+            return Ok(0);
+        }
+        let orphaned: Vec<(&str, &str)> = tagged
+            .iter()
+            .filter(|(_, o)| dead.contains(o.as_str()))
+            .map(|(t, o)| (t.as_str(), o.as_str()))
+            .collect();
+        let mut total = 0;
+        for batch in orphaned.chunks(SWEEP_BATCH) {
+            let tags: Vec<&str> = batch.iter().map(|(t, _)| *t).collect();
+            let entries = self.entries(&tags).await?;
+            let mut call = scripts::RESTORE_DEAD.prepare_invoke();
+            call.key(self.key(keys::UNACKED))
+                .key(self.key(keys::UNACKED_INDEX))
+                .key(self.key(RESERVED_BY));
+            for ((tag, owner), entry) in batch.iter().zip(entries) {
+                let (list, env) = entry
+                    .as_deref()
+                    .and_then(|e| self.restore_target(e))
+                    .unwrap_or_default();
+                call.key(self.worker_key(owner)).key(if list.is_empty() {
+                    self.key(RESERVED_BY)
+                } else {
+                    list
+                });
+                call.arg(*tag).arg(*owner).arg(env);
+            }
+            let restored: usize = call
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(broker_error)?;
+            total += restored;
+        }
+        if total > 0 {
+            tracing::warn!(
+                restored = total,
+                workers = dead.len(),
+                "restored the reservations of dead workers"
+            );
+        }
+        Ok(total)
+    }
+
+    /// Where an `unacked` entry goes back to, and the envelope marked redelivered; `None`
+    /// when the entry is unreadable.
+    fn restore_target(&self, entry: &str) -> Option<(String, String)> {
+        let (mut env, rk) = parse_entry(entry).filter(|(env, _)| env.is_object())?;
+        let (route, priority) = message::route_of(&env);
+        let queue = if rk.is_empty() {
+            route.unwrap_or(crate::model::DEFAULT_QUEUE).to_string()
+        } else {
+            rk
+        };
+        message::mark_redelivered(&mut env);
+        Some((
+            self.key(&keys::queue_key(&queue, priority)),
+            pyjson::to_string(&env),
+        ))
     }
 
     /// Restores every reservation whose lease has expired (any worker's). Returns how
@@ -427,24 +569,18 @@ impl RedisBroker {
     ) -> Result<usize, BrokerError> {
         let mut call = scripts::RESTORE.prepare_invoke();
         call.key(self.key(keys::UNACKED))
-            .key(self.key(keys::UNACKED_INDEX));
+            .key(self.key(keys::UNACKED_INDEX))
+            .key(self.key(RESERVED_BY));
         call.arg(cutoff.map(|c| c.to_string()).unwrap_or_default());
         let mut broken = Vec::new();
         let mut count = 0;
         for (tag, entry) in entries {
-            let Some((mut env, rk)) = parse_entry(entry).filter(|(env, _)| env.is_object()) else {
+            let Some((list, env)) = self.restore_target(entry) else {
                 broken.push((tag.clone(), entry.clone()));
                 continue;
             };
-            let (route, priority) = message::route_of(&env);
-            let queue = if rk.is_empty() {
-                route.unwrap_or(crate::model::DEFAULT_QUEUE).to_string()
-            } else {
-                rk
-            };
-            message::mark_redelivered(&mut env);
-            call.key(self.key(&keys::queue_key(&queue, priority)));
-            call.arg(tag).arg(pyjson::to_string(&env));
+            call.key(list);
+            call.arg(tag).arg(env);
             count += 1;
         }
         let restored = if count > 0 {
@@ -460,7 +596,8 @@ impl RedisBroker {
             // An index entry without a message (as kombu does: drop it).
             let mut call = scripts::DROP_ORPHANS.prepare_invoke();
             call.key(self.key(keys::UNACKED))
-                .key(self.key(keys::UNACKED_INDEX));
+                .key(self.key(keys::UNACKED_INDEX))
+                .key(self.key(RESERVED_BY));
             for (tag, _) in &orphans {
                 call.arg(tag);
             }
@@ -510,6 +647,7 @@ impl RedisBroker {
             .arg(pyjson::to_string(&record))
             .arg(self.opts.dead_letter_cap.max(1))
             .arg(meta)
+            .key(self.key(RESERVED_BY))
             .arg(self.opts.result_ttl_secs())
             .invoke_async(&mut self.conn())
             .await
@@ -647,6 +785,19 @@ impl RedisBroker {
         Ok(out)
     }
 
+    /// Writes this broker's liveness key, valid for `ttl`.
+    async fn write_liveness(&self, ttl: Duration) -> Result<(), BrokerError> {
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        redis::cmd("SET")
+            .arg(self.worker_key(&self.identity.0))
+            .arg(std::process::id())
+            .arg("PX")
+            .arg(ms)
+            .query_async::<()>(&mut self.conn())
+            .await
+            .map_err(broker_error)
+    }
+
     /// Looks up the `unacked` entries of `tags`.
     async fn entries(&self, tags: &[&str]) -> Result<Vec<Option<String>>, BrokerError> {
         if tags.is_empty() {
@@ -737,6 +888,7 @@ impl Broker for RedisBroker {
         pipe.atomic();
         pipe.zrem(self.key(keys::UNACKED_INDEX), &tags).ignore();
         pipe.hdel(self.key(keys::UNACKED), &tags).ignore();
+        pipe.hdel(self.key(RESERVED_BY), &tags).ignore();
         pipe.query_async::<()>(&mut self.conn())
             .await
             .map_err(broker_error)
@@ -765,6 +917,7 @@ impl Broker for RedisBroker {
             .key(self.key(keys::UNACKED))
             .key(self.key(keys::UNACKED_INDEX))
             .key(self.key(&out.key))
+            .key(self.key(RESERVED_BY))
             .arg(&tag.0)
             .arg(&out.envelope)
             .invoke_async(&mut self.conn())
@@ -868,6 +1021,38 @@ impl Broker for RedisBroker {
         }
         tracing::info!(count = held.len(), "putting back held eta messages");
         self.release(&held).await
+    }
+
+    fn identity(&self) -> Option<&BrokerIdentity> {
+        Some(&self.identity)
+    }
+
+    async fn go_live(&self, dead_after: Duration) -> Result<(), BrokerError> {
+        let ttl = self.lock().liveness.join(dead_after);
+        if let Err(e) = self.write_liveness(ttl).await {
+            self.lock().liveness.leave();
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn heartbeat(&self) -> Result<(), BrokerError> {
+        let Some(ttl) = self.lock().liveness.current() else {
+            return Ok(());
+        };
+        self.write_liveness(ttl).await?;
+        self.maintain().await
+    }
+
+    async fn sign_off(&self) -> Result<(), BrokerError> {
+        if !self.lock().liveness.leave() {
+            return Ok(());
+        }
+        redis::cmd("DEL")
+            .arg(self.worker_key(&self.identity.0))
+            .query_async::<()>(&mut self.conn())
+            .await
+            .map_err(broker_error)
     }
 }
 

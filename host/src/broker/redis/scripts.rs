@@ -19,8 +19,14 @@ macro_rules! lua {
 /// atomic step, so a crash can never lose a popped message: it is either still in its
 /// list or already in `unacked`, where the visibility sweep finds it.
 ///
-/// KEYS: `unacked`, `unacked_index`, tag sequence, then the list keys.
-/// ARGV: max, score, then the routing key (queue name) of each list key.
+/// When an owner is given (a live broker's identity) each tag is also recorded in
+/// `sprout.reserved_by` (tag → owner), for the liveness sweep ([`RESTORE_DEAD`]);
+/// without one, any stale tag there is removed.
+///
+/// KEYS: `unacked`, `unacked_index`, tag sequence, `sprout.reserved_by`, then the list
+/// keys.
+/// ARGV: max, score, owner ("" = none), then the routing key (queue name) of each list
+/// key.
 /// Returns a flat array: (list index from 1, envelope, delivery tag) per message.
 ///
 /// The delivery tag is read from the envelope's end, where every Celery 5 producer
@@ -31,19 +37,27 @@ pub static RESERVE: LazyLock<Script> = lua!(
 local max = tonumber(ARGV[1])
 local score = ARGV[2]
 local out = {}
+local owner = ARGV[3]
 local fields = {}
 local scores = {}
+local owned = {}
 local n = 0
 -- One variadic HSET and ZADD per 500 messages: a redis.call costs about a microsecond.
 local function flush()
   if #fields > 0 then
     redis.call('HSET', KEYS[1], unpack(fields))
     redis.call('ZADD', KEYS[2], unpack(scores))
+    if owner ~= '' then
+      redis.call('HSET', KEYS[4], unpack(owned))
+    else
+      redis.call('HDEL', KEYS[4], unpack(owned))
+    end
     fields = {}
     scores = {}
+    owned = {}
   end
 end
-for i = 4, #KEYS do
+for i = 5, #KEYS do
   if n >= max then break end
   local items = redis.call('RPOP', KEYS[i], max - n)
   if items then
@@ -79,8 +93,10 @@ for i = 4, #KEYS do
       fields[#fields + 1] = entry
       scores[#scores + 1] = score
       scores[#scores + 1] = tag
+      owned[#owned + 1] = tag
+      if owner ~= '' then owned[#owned + 1] = owner end
       n = n + 1
-      out[#out + 1] = i - 3
+      out[#out + 1] = i - 4
       out[#out + 1] = raw
       out[#out + 1] = tag
       if #fields >= 1000 then flush() end
@@ -136,15 +152,16 @@ return 1
 /// only if its score is still at or below the cutoff (not extended or re-reserved since
 /// it was read). Nothing is restored twice.
 ///
-/// KEYS: `unacked`, `unacked_index`, then one target list per message.
+/// KEYS: `unacked`, `unacked_index`, `sprout.reserved_by`, then one target list per
+/// message.
 /// ARGV: cutoff score ("" = unconditional), then (tag, envelope) per message.
 /// Returns how many were restored.
 pub static RESTORE: LazyLock<Script> = lua!(
     r#"
 local n = 0
-for i = 3, #KEYS do
-  local tag = ARGV[2 * (i - 2)]
-  local env = ARGV[2 * (i - 2) + 1]
+for i = 4, #KEYS do
+  local tag = ARGV[2 * (i - 3)]
+  local env = ARGV[2 * (i - 3) + 1]
   local ok = true
   if ARGV[1] ~= '' then
     local s = redis.call('ZSCORE', KEYS[2], tag)
@@ -152,8 +169,43 @@ for i = 3, #KEYS do
   end
   if ok and redis.call('HDEL', KEYS[1], tag) == 1 then
     redis.call('ZREM', KEYS[2], tag)
+    redis.call('HDEL', KEYS[3], tag)
     redis.call('RPUSH', KEYS[i], env)
     n = n + 1
+  end
+end
+return n
+"#
+);
+
+/// Liveness restore: put back reservations whose owner is dead — each only if it is
+/// still reserved, still tagged with that owner, and the owner's liveness key is still
+/// absent (all re-checked here, atomically), so a live worker's job is never restored
+/// and nothing is restored twice. Tags no longer in `unacked` (settled by a path that
+/// left the tag behind) are dropped from `sprout.reserved_by`.
+///
+/// KEYS: `unacked`, `unacked_index`, `sprout.reserved_by`, then per message its owner's
+/// liveness key and its target list.
+/// ARGV: (tag, owner, envelope) per message; an empty envelope only drops a stale tag.
+/// Returns how many were restored.
+pub static RESTORE_DEAD: LazyLock<Script> = lua!(
+    r#"
+local n = 0
+local j = 1
+for i = 4, #KEYS, 2 do
+  local tag, owner, env = ARGV[j], ARGV[j + 1], ARGV[j + 2]
+  j = j + 3
+  if redis.call('HGET', KEYS[3], tag) == owner and redis.call('EXISTS', KEYS[i]) == 0 then
+    if env == '' then
+      if redis.call('HEXISTS', KEYS[1], tag) == 0 then
+        redis.call('HDEL', KEYS[3], tag)
+      end
+    elseif redis.call('HDEL', KEYS[1], tag) == 1 then
+      redis.call('ZREM', KEYS[2], tag)
+      redis.call('HDEL', KEYS[3], tag)
+      redis.call('RPUSH', KEYS[i + 1], env)
+      n = n + 1
+    end
   end
 end
 return n
@@ -163,12 +215,14 @@ return n
 /// Drop index entries that have no message in `unacked` (still none now: a tag can be
 /// reserved again, since a restored message keeps its tag).
 ///
-/// KEYS: `unacked`, `unacked_index`. ARGV: the tags. Returns how many were dropped.
+/// KEYS: `unacked`, `unacked_index`, `sprout.reserved_by`. ARGV: the tags. Returns how
+/// many were dropped.
 pub static DROP_ORPHANS: LazyLock<Script> = lua!(
     r#"
 local n = 0
 for _, tag in ipairs(ARGV) do
   if redis.call('HEXISTS', KEYS[1], tag) == 0 then
+    redis.call('HDEL', KEYS[3], tag)
     n = n + redis.call('ZREM', KEYS[2], tag)
   end
 end
@@ -197,7 +251,8 @@ return out
 /// Retry: replace a reservation by a new message (LPUSH, the end of the line) in one
 /// step, only if the reservation is still ours.
 ///
-/// KEYS: `unacked`, `unacked_index`, target list. ARGV: tag, envelope.
+/// KEYS: `unacked`, `unacked_index`, target list, `sprout.reserved_by`.
+/// ARGV: tag, envelope.
 /// Returns 1, or 0 when the tag was not reserved.
 pub static REPLACE: LazyLock<Script> = lua!(
     r#"
@@ -205,6 +260,7 @@ if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then
   return 0
 end
 redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
 redis.call('LPUSH', KEYS[3], ARGV[2])
 return 1
 "#
@@ -213,7 +269,7 @@ return 1
 /// Dead-letter: move a reservation to `sprout.dead` (capped) and, when a result key is
 /// given and holds nothing yet, store and publish a FAILURE there.
 ///
-/// KEYS: `unacked`, `unacked_index`, dead list, result key.
+/// KEYS: `unacked`, `unacked_index`, dead list, result key, `sprout.reserved_by`.
 /// ARGV: tag, dead-letter record, cap, result JSON ("" = none), result TTL seconds
 /// (0 = none).
 /// Returns 1, or 0 when the tag was not reserved.
@@ -223,6 +279,7 @@ if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then
   return 0
 end
 redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[5], ARGV[1])
 redis.call('LPUSH', KEYS[3], ARGV[2])
 redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[3]) - 1)
 if ARGV[4] ~= '' then

@@ -1,14 +1,28 @@
 //! The embedded broker: queues, leases and dead letters in the SQLite file
 //! ([`Database`]). [`SqliteBroker`] is the async face of `queue`: each method runs one
 //! `queue` function on the blocking pool with the writer (or a reader) connection.
+//!
+//! # Liveness
+//! See the [broker docs](super#liveness-fast-recovery-of-a-dead-workers-jobs). A live
+//! broker upserts its row in `workers` (`expires_at` = now + dead-after) at
+//! [`Broker::go_live`] and every [`Broker::heartbeat`], deletes it at the last
+//! [`Broker::sign_off`], and writes its identity into `jobs.owner` of every row it
+//! leases. Every [`SWEEP_INTERVAL`], from `fetch` and from `heartbeat`, a broker looks
+//! for expired `workers` rows; if there are any it makes their leased rows ready at once
+//! and deletes the expired `workers` rows, in one transaction. Rows leased without
+//! liveness (`owner` NULL) come back when their lease runs out, as before.
 
 mod queue;
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use crate::broker::{Broker, BrokerError, DeadLetter, Delivery, DeliveryTag, QueueStats};
+use crate::broker::{
+    Broker, BrokerError, BrokerIdentity, DeadLetter, Delivery, DeliveryTag, LivenessUsers,
+    QueueStats,
+};
 use crate::model::Job;
 use crate::storage::sqlite::{Database, Failure, OpenError, duration_ms, now_ms};
 use queue::{LeasedRow, NewRow, parse_tag};
@@ -17,10 +31,23 @@ use queue::{LeasedRow, NewRow, parse_tag};
 /// leases that came due. Jobs published in this process wake it at once. Default: 5 ms.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(5);
 
-/// The embedded broker on one SQLite [`Database`]. Cheap to clone.
+/// How often a broker looks for dead workers' leased rows.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Liveness state of one broker.
+#[derive(Debug, Default)]
+struct Live {
+    users: LivenessUsers,
+    last_sweep: Option<Instant>,
+}
+
+/// The embedded broker on one SQLite [`Database`]. Cheap to clone (clones share their
+/// identity and liveness).
 #[derive(Debug, Clone)]
 pub struct SqliteBroker {
     db: Database,
+    identity: Arc<BrokerIdentity>,
+    live: Arc<Mutex<Live>>,
 }
 
 impl From<Failure> for BrokerError {
@@ -46,7 +73,62 @@ impl From<OpenError> for BrokerError {
 impl SqliteBroker {
     /// The broker on an open database (shared with its result backend, if any).
     pub fn new(db: Database) -> SqliteBroker {
-        SqliteBroker { db }
+        SqliteBroker {
+            db,
+            identity: Arc::new(BrokerIdentity::new()),
+            live: Arc::default(),
+        }
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, Live> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Restores the leased rows of dead workers if a sweep is due (every
+    /// [`SWEEP_INTERVAL`]).
+    async fn maintain(&self) -> Result<(), BrokerError> {
+        let now = Instant::now();
+        {
+            let mut live = self.live();
+            if live.last_sweep.is_some_and(|t| now < t + SWEEP_INTERVAL) {
+                return Ok(());
+            }
+            live.last_sweep = Some(now);
+        }
+        self.sweep_dead().await.map(|_| ())
+    }
+
+    /// Makes the leased rows of workers whose liveness lapsed ready again at once;
+    /// returns how many.
+    ///
+    /// # Errors
+    /// [`BrokerError`] from the database.
+    pub async fn sweep_dead(&self) -> Result<usize, BrokerError> {
+        let (restored, workers) = self
+            .db
+            .run(|inner| Ok(queue::restore_dead(&mut inner.writer())?))
+            .await?;
+        if restored > 0 {
+            tracing::warn!(
+                restored,
+                workers,
+                "restored the leased jobs of dead workers"
+            );
+            self.db.inner().wake.notify_waiters();
+        }
+        Ok(restored)
+    }
+
+    /// Upserts this broker's `workers` row, valid for `ttl`.
+    async fn write_liveness(&self, ttl: Duration) -> Result<(), BrokerError> {
+        let id = self.identity.0.clone();
+        self.db
+            .run(move |inner| {
+                let expires = now_ms().saturating_add(duration_ms(ttl));
+                Ok(queue::heartbeat(&inner.writer(), &id, expires)?)
+            })
+            .await
+            .map_err(BrokerError::from)
     }
 
     /// Opens (creating if needed) the database file at `path`; see [`Database::open`].
@@ -93,9 +175,16 @@ impl SqliteBroker {
         lease_ms: i64,
     ) -> Result<Vec<Delivery>, BrokerError> {
         let queues = queues.to_vec();
+        let owner = self.live().users.current().map(|_| self.identity.0.clone());
         self.db
             .run(move |inner| {
-                let rows = queue::lease_rows(&mut inner.writer(), &queues, max, lease_ms)?;
+                let rows = queue::lease_rows(
+                    &mut inner.writer(),
+                    &queues,
+                    max,
+                    lease_ms,
+                    owner.as_deref(),
+                )?;
                 Ok(rows.into_iter().map(LeasedRow::into_delivery).collect())
             })
             .await
@@ -147,6 +236,7 @@ impl Broker for SqliteBroker {
             let woken = self.db.inner().wake.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
+            self.maintain().await?;
             let got = if max == 0 || queues.is_empty() {
                 Vec::new()
             } else {
@@ -248,6 +338,38 @@ impl Broker for SqliteBroker {
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, BrokerError> {
         self.db
             .run(move |inner| inner.read(|conn| Ok(queue::dead_letters(conn, limit)?)))
+            .await
+            .map_err(BrokerError::from)
+    }
+
+    fn identity(&self) -> Option<&BrokerIdentity> {
+        Some(&self.identity)
+    }
+
+    async fn go_live(&self, dead_after: Duration) -> Result<(), BrokerError> {
+        let ttl = self.live().users.join(dead_after);
+        if let Err(e) = self.write_liveness(ttl).await {
+            self.live().users.leave();
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn heartbeat(&self) -> Result<(), BrokerError> {
+        let Some(ttl) = self.live().users.current() else {
+            return Ok(());
+        };
+        self.write_liveness(ttl).await?;
+        self.maintain().await
+    }
+
+    async fn sign_off(&self) -> Result<(), BrokerError> {
+        if !self.live().users.leave() {
+            return Ok(());
+        }
+        let id = self.identity.0.clone();
+        self.db
+            .run(move |inner| Ok(queue::sign_off(&inner.writer(), &id)?))
             .await
             .map_err(BrokerError::from)
     }

@@ -170,6 +170,7 @@ pub(super) fn lease_rows(
     queues: &[String],
     max: usize,
     lease_ms: i64,
+    owner: Option<&str>,
 ) -> rusqlite::Result<Vec<LeasedRow>> {
     if !has_work(conn, queues, now_ms())? {
         return Ok(Vec::new());
@@ -205,14 +206,14 @@ pub(super) fn lease_rows(
     let mut leased = Vec::with_capacity(picked.len());
     {
         let mut take = tx.prepare_cached(
-            "UPDATE jobs SET state = 2, visible_at = ?2, lease_token = ?3,
+            "UPDATE jobs SET state = 2, visible_at = ?2, lease_token = ?3, owner = ?4,
                              delivery_count = delivery_count + 1
              WHERE id = ?1
              RETURNING queue, job_id, delivery_count, body",
         )?;
         for (_, id) in picked {
             let token: i64 = rand::random();
-            let row = take.query_row(params![id, lease_until, token], |r| {
+            let row = take.query_row(params![id, lease_until, token, owner], |r| {
                 Ok(LeasedRow {
                     id,
                     token,
@@ -227,6 +228,50 @@ pub(super) fn lease_rows(
     }
     tx.commit()?;
     Ok(leased)
+}
+
+/// Writes (or refreshes) the liveness row of worker `id`, valid until `expires_at`.
+pub(super) fn heartbeat(conn: &Connection, id: &str, expires_at: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO workers (id, expires_at) VALUES (?1, ?2)
+         ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at",
+    )?
+    .execute(params![id, expires_at])?;
+    Ok(())
+}
+
+/// Deletes the liveness row of worker `id` (clean shutdown).
+pub(super) fn sign_off(conn: &Connection, id: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached("DELETE FROM workers WHERE id = ?1")?
+        .execute([id])?;
+    Ok(())
+}
+
+/// Makes the rows leased by workers whose liveness row has expired ready again at
+/// once, and deletes those workers' rows, in one transaction. Returns (rows restored,
+/// workers buried). A read-only probe first, so the common case (nobody died) takes no
+/// write lock.
+pub(super) fn restore_dead(conn: &mut Connection) -> rusqlite::Result<(usize, usize)> {
+    let any: bool = conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM workers WHERE expires_at <= ?1)")?
+        .query_row([now_ms()], |r| r.get(0))?;
+    if !any {
+        return Ok((0, 0));
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // Re-read the clock under the lock: a worker may have heartbeaten meanwhile.
+    let now = now_ms();
+    let restored = tx
+        .prepare_cached(
+            "UPDATE jobs SET state = 0, visible_at = ?1, lease_token = NULL, owner = NULL
+             WHERE state = 2 AND owner IN (SELECT id FROM workers WHERE expires_at <= ?1)",
+        )?
+        .execute([now])?;
+    let buried = tx
+        .prepare_cached("DELETE FROM workers WHERE expires_at <= ?1")?
+        .execute([now])?;
+    tx.commit()?;
+    Ok((restored, buried))
 }
 
 /// Runs `sql` once per parsable tag (`?1` = row id, `?2` = lease token and, if the

@@ -24,7 +24,7 @@ use sprout::pool::{
 };
 use sprout::registry::Registry;
 use sprout::sandbox::{ArtifactCache, Sandbox};
-use sprout::worker::{Shutdown, Worker, WorkerConfig, WorkerReport};
+use sprout::worker::{Liveness, Shutdown, Worker, WorkerConfig, WorkerReport};
 
 use super::{EXIT_USAGE, ExitError};
 
@@ -38,6 +38,7 @@ const DEFAULT_ASYNC_CONCURRENCY: usize = 100;
 /// not run.
 pub async fn run(args: WorkerArgs, log_filter: &str) -> anyhow::Result<ExitCode> {
     let (specs, named) = plan_pools(&args).map_err(|e| ExitError::new(EXIT_USAGE, e))?;
+    let liveness = liveness(&args).map_err(|e| ExitError::new(EXIT_USAGE, e))?;
     let async_slots: usize = specs
         .iter()
         .filter(|s| s.kind == PoolKind::Async)
@@ -130,7 +131,8 @@ pub async fn run(args: WorkerArgs, log_filter: &str) -> anyhow::Result<ExitCode>
             registry.clone(),
             pool.clone(),
             config,
-        );
+        )
+        .liveness(liveness);
         let name = spec.name.clone();
         let shutdown = shutdown_rx.clone();
         workers.spawn(async move { (name, worker.run(shutdown).await) });
@@ -381,6 +383,23 @@ async fn forward_signals(tx: Arc<watch::Sender<Shutdown>>) {
         }
         let _ = tx.send(next);
     }
+}
+
+/// The worker's liveness settings: off when `--worker-dead-after` is 0.
+fn liveness(args: &WorkerArgs) -> Result<Option<Liveness>, String> {
+    if args.worker_dead_after.is_zero() {
+        return Ok(None);
+    }
+    if args.heartbeat_interval.is_zero() || args.heartbeat_interval >= args.worker_dead_after {
+        return Err(format!(
+            "--heartbeat-interval ({:?}) must be above zero and below --worker-dead-after ({:?})",
+            args.heartbeat_interval, args.worker_dead_after
+        ));
+    }
+    Ok(Some(Liveness {
+        interval: args.heartbeat_interval,
+        dead_after: args.worker_dead_after,
+    }))
 }
 
 fn default_hostname() -> String {

@@ -20,6 +20,12 @@
 //! number drawn at every fetch and is part of the delivery tag, so a worker whose lease
 //! expired cannot ack, extend or dead-letter the job after someone else fetched it.
 //!
+//! `jobs.owner` (version 2) is the identity of the live worker that leased the row, or
+//! NULL; `workers` (version 2) holds one row per live worker (`id` = its
+//! [`BrokerIdentity`](crate::broker::BrokerIdentity), `expires_at` = last heartbeat +
+//! its dead-after, in ms). A leased row whose owner's `workers` row has expired is
+//! restored by any live worker's sweep (see `broker::sqlite`).
+//!
 //! `dead_letters` keeps the body, the reason and the time. `results` holds one JSON
 //! [`ResultRecord`](crate::model::ResultRecord) per job id, plus the columns the
 //! upsert rule and `sprout status` need. It is a rowid table with a unique index on the
@@ -34,7 +40,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use super::{BUSY_TIMEOUT, Failure};
 
 /// The schema this code writes. Bump it and add a step to [`migrate`] for every change.
-pub(crate) const VERSION: i64 = 1;
+pub(crate) const VERSION: i64 = 2;
 
 /// `jobs.state` of a job that can be fetched now.
 pub(crate) const READY: i64 = 0;
@@ -79,6 +85,15 @@ CREATE TABLE results (
     record     BLOB    NOT NULL
 );
 CREATE INDEX results_updated ON results (updated_at);
+";
+
+/// Version 2: liveness (who leased a row; live workers).
+const V2: &str = "
+ALTER TABLE jobs ADD COLUMN owner TEXT;
+CREATE TABLE workers (
+    id         TEXT    PRIMARY KEY,
+    expires_at INTEGER NOT NULL
+);
 ";
 
 /// Opens one connection with Sprout's settings: WAL (readers never block the writer and
@@ -126,7 +141,9 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), Failure> {
                 ));
             }
             tx.execute_batch(V1)?;
+            tx.execute_batch(V2)?;
         }
+        1 => tx.execute_batch(V2)?,
         VERSION => return Ok(()),
         newer => {
             return Err(Failure::Schema(format!(
