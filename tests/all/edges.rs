@@ -334,7 +334,8 @@ async fn manifests_with_out_of_range_seconds_are_rejected_naming_file_and_key() 
     let add = job("add", json!([2, 3]));
     let echo = job("echo", json!(["x"]));
     store.publish(&[echo.clone(), add.clone()]).await.unwrap();
-    let mut worker = dir.worker_with_tasks(&tasks, &[]);
+    // The rejected task is not waited for (the deploy grace is for files on their way).
+    let mut worker = dir.worker_with_tasks(&tasks, &["--unknown-task-grace", "0"]);
     let done = result_in(&store, &add.id, &[State::Success], Duration::from_secs(60)).await;
     assert_eq!(done.result, Some(json!(5)));
     let rejected = result_in(&store, &echo.id, &[State::Failure], Duration::from_secs(10)).await;

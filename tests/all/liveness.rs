@@ -27,7 +27,7 @@ const JOB_SECONDS: f64 = 2.0;
 struct RedisServer {
     child: Child,
     port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for RedisServer {
@@ -54,27 +54,55 @@ impl RedisServer {
             .expect("free port")
             .port();
         let dir = tempfile::tempdir().expect("tempdir");
-        let child = Command::new("redis-server")
+        let child = Self::spawn(port, dir.path());
+        let server = RedisServer { child, port, dir };
+        server.wait_up();
+        Some(server)
+    }
+
+    fn spawn(port: u16, dir: &Path) -> Child {
+        Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--appendonly", "yes", "--save", ""])
             .arg("--dir")
-            .arg(dir.path())
+            .arg(dir)
             .stdout(Stdio::null())
             .spawn()
-            .expect("spawn redis-server");
-        let server = RedisServer {
-            child,
-            port,
-            _dir: dir,
-        };
+            .expect("spawn redis-server")
+    }
+
+    fn wait_up(&self) {
         let up = wait_until(Duration::from_secs(10), || {
-            redis::Client::open(server.url())
+            redis::Client::open(self.url())
                 .and_then(|c| c.get_connection())
                 .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
                 .is_ok()
         });
-        assert!(up, "redis-server on port {port} did not come up");
-        Some(server)
+        assert!(up, "redis-server on port {} did not come up", self.port);
+    }
+
+    /// Stops the server (SIGTERM: it writes its append-only file, as a restart by an
+    /// operator would) and starts it again on the same port and data directory.
+    fn restart(&mut self, down_for: Duration) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        std::thread::sleep(down_for);
+        self.child = Self::spawn(self.port, self.dir.path());
+        self.wait_up();
+    }
+
+    /// `CLIENT KILL TYPE normal`: drops every client connection at once.
+    fn kill_clients(&self) -> i64 {
+        let mut conn = redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .expect("redis");
+        redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("normal")
+            .query(&mut conn)
+            .unwrap_or(0)
     }
 
     fn url(&self) -> String {
@@ -421,4 +449,55 @@ fn liveness_redis_tags_and_sweep() {
         a.sign_off().await.unwrap();
         assert_eq!(redis.live_workers(), 0);
     });
+}
+
+/// A Redis restart and a kill of every client connection, each in the middle of a run
+/// of a real worker: nothing is lost, and every job ends with its one terminal result.
+#[test]
+fn liveness_redis_restart_and_client_kill_lose_nothing() {
+    let Some(mut redis) = RedisServer::start("liveness_redis_restart_and_client_kill_lose_nothing")
+    else {
+        return;
+    };
+    let url = redis.url();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let wd = Workdir::new();
+    let conn = rt.block_on(connect(&url)).expect("connect");
+    let jobs: Vec<Job> = (0..3_000).map(|_| sleep_job(0.01)).collect();
+    let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+    rt.block_on(conn.broker.publish(&jobs)).expect("publish");
+    let log = wd.path("worker.log");
+    let mut w = worker(&wd, &url, &log, &["-c", "50"]);
+    let reached =
+        |n: usize| wait_until(Duration::from_secs(60), || successes(&rt, &conn, &ids) >= n);
+    assert!(reached(500), "the worker did not get going: {}", read(&log));
+    assert!(
+        redis.kill_clients() >= 1,
+        "the worker's connections were killed"
+    );
+    assert!(
+        reached(1_200),
+        "no progress after CLIENT KILL: {}",
+        read(&log)
+    );
+    redis.restart(Duration::from_millis(500));
+    let conn = rt.block_on(connect(&url)).expect("reconnect");
+    assert!(
+        wait_until(Duration::from_secs(120), || successes(&rt, &conn, &ids)
+            == ids.len()),
+        "{} of {} jobs ended SUCCESS after the restart: {}",
+        successes(&rt, &conn, &ids),
+        ids.len(),
+        read(&log)
+    );
+    assert!(
+        w.is_running(),
+        "the worker stopped by itself: {}",
+        read(&log)
+    );
+    assert_eq!(leased(&rt, &conn), 0, "nothing stays reserved");
+    w.signal(libc::SIGTERM);
+    let (code, _) = w.wait(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{}", read(&log));
+    assert!(!read(&log).contains("panicked"), "{}", read(&log));
 }
