@@ -9,7 +9,8 @@
 # every result stored), and the worker's wall time including start-up.
 # Needs redis-server at 127.0.0.1:6379 (db 12 is used; keys of the run are deleted).
 # Env: SPROUT_BIN (default target/release/sprout, built if missing), TASKS_DIR
-# (default target/tasks, built with tasks/build.sh).
+# (default target/tasks, built with tasks/build.sh), WORKER_ARGS (more worker flags,
+# e.g. `--worker-dead-after 0` to measure without the liveness heartbeat).
 set -euo pipefail
 
 jobs="${1:-50000}"
@@ -35,7 +36,7 @@ export SPROUT_LOG=warn SPROUT_CACHE_DIR="$repo/target/bench-cache"
 
 start=$(now)
 "$bin" worker --broker "$broker" --tasks "$tasks" -Q "$queue" -c "$concurrency" \
-    --max-jobs "$jobs" >/dev/null 2>&1 &
+    --max-jobs "$jobs" ${WORKER_ARGS:-} >/dev/null 2>&1 &
 worker=$!
 while [ "$(rcli LLEN "$queue")" -ge "$jobs" ]; do sleep 0.005; done
 first=$(now)

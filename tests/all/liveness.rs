@@ -463,11 +463,11 @@ fn liveness_redis_restart_and_client_kill_lose_nothing() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let wd = Workdir::new();
     let conn = rt.block_on(connect(&url)).expect("connect");
-    let jobs: Vec<Job> = (0..3_000).map(|_| sleep_job(0.01)).collect();
+    let jobs: Vec<Job> = (0..3_000).map(|_| sleep_job(0.05)).collect();
     let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
     rt.block_on(conn.broker.publish(&jobs)).expect("publish");
     let log = wd.path("worker.log");
-    let mut w = worker(&wd, &url, &log, &["-c", "50"]);
+    let mut w = worker(&wd, &url, &log, &["-c", "20"]);
     let reached =
         |n: usize| wait_until(Duration::from_secs(60), || successes(&rt, &conn, &ids) >= n);
     assert!(reached(500), "the worker did not get going: {}", read(&log));
