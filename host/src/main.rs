@@ -28,6 +28,7 @@ fn main() -> ExitCode {
     // A prefork child builds its own single-threaded runtime.
     let command = match command {
         Command::Child(args) => return commands::worker::run_child(args),
+        Command::Compile(args) => return sprout::sandbox::compile::child_main(&args.request),
         command => command,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -49,7 +50,9 @@ fn main() -> ExitCode {
             Command::Result(args) => commands::result::run(args).await,
             Command::Status(args) => commands::status::run(args).await,
             Command::Purge(args) => commands::purge::run(args).await,
-            Command::Child(_) => unreachable!("handled before the runtime starts"),
+            Command::Child(_) | Command::Compile(_) => {
+                unreachable!("handled before the runtime starts")
+            }
         }
     });
     commands::exit_code(result)

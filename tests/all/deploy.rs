@@ -238,3 +238,67 @@ async fn a_compile_bomb_is_refused_and_the_tasks_beside_it_keep_serving() {
         "{err}"
     );
 }
+
+/// A file that passes the shape caps still cannot exhaust the worker: it is compiled in
+/// a child process, which is stopped when its memory passes `--compile-memory`, and the
+/// file is rejected naming that limit. Here the caps are raised so the million-function
+/// bomb gets past them (it needs gigabytes to compile); the worker's own memory stays
+/// small and the task beside it keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_under_the_caps_is_compiled_under_a_memory_limit() {
+    let w = Workdir::new();
+    let store = SqliteStore::open(w.path("sprout.db")).await.unwrap();
+    std::fs::create_dir_all(w.path("tasks")).unwrap();
+    deploy_math(&w.path("tasks"));
+    let limits = [
+        "--module-caps",
+        "functions=2000000",
+        "--compile-memory",
+        "256",
+        "--no-cache",
+    ];
+    let mut args = vec!["-c", "2", "--unknown-task-grace", "0"];
+    args.extend_from_slice(&limits);
+    let (worker, dir) = start_worker(&w, &args);
+    let first = job("add", json!([1, 2]));
+    send(&store, &first).await;
+    let r = result(&store, &first.id, Duration::from_secs(20)).await;
+    assert_eq!(r.state, State::Success);
+
+    let bomb = compile_bomb(1_000_000);
+    std::fs::write(dir.join("bomb.wasm"), &bomb).unwrap();
+    let rejected = |log: &str| {
+        log.lines()
+            .find(|l| {
+                l.contains("rejected task file")
+                    && l.contains("bomb.wasm")
+                    && l.contains("compiling needed more than 256 MiB")
+            })
+            .map(str::to_string)
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || rejected(&worker_log(&w))
+            .is_some()),
+        "no rejection for the compile memory limit:\n{}",
+        worker_log(&w)
+    );
+    let after = job("add", json!([20, 22]));
+    send(&store, &after).await;
+    let r = result(&store, &after.id, Duration::from_secs(20)).await;
+    assert_eq!((r.state, r.result), (State::Success, Some(json!(42))));
+    let peak = peak_rss(worker.pid());
+    eprintln!("bomb under raised caps: worker peak RSS {} MiB", peak >> 20);
+    assert!(peak < 512 << 20, "worker peak RSS {} MiB", peak >> 20);
+
+    // `sprout run` compiles under the same limit: exit 3 (the file cannot be loaded).
+    let file = dir.join("bomb.wasm").display().to_string();
+    let mut run_args = vec!["run", file.as_str(), "x"];
+    run_args.extend_from_slice(&limits);
+    let out = w.run(&run_args);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("compiling needed more than 256 MiB"),
+        "{}",
+        stderr(&out)
+    );
+}

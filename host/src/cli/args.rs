@@ -49,6 +49,10 @@ pub enum Command {
     /// frames on stdin/stdout, not a command to type).
     #[command(hide = true)]
     Child(ChildArgs),
+    /// Compiles one task file read from stdin for a worker, which limits its memory and
+    /// time (started by the worker; not a command to type).
+    #[command(hide = true)]
+    Compile(CompileArgs),
 }
 
 /// Where the broker is.
@@ -105,6 +109,22 @@ pub struct LimitArgs {
     /// component). Totals over the whole file. A file over a cap is refused, naming it.
     #[arg(long, env = "SPROUT_MODULE_CAPS", value_parser = sprout::sandbox::ShapeCaps::parse)]
     pub module_caps: Option<sprout::sandbox::ShapeCaps>,
+    /// Task files are compiled in a child process; it is stopped, and the file
+    /// rejected, when its resident memory passes this many MiB. Default: 2048.
+    #[arg(long, env = "SPROUT_COMPILE_MEMORY", default_value_t = 2048,
+          value_parser = clap::value_parser!(u64).range(16..))]
+    pub compile_memory: u64,
+    /// The longest a task file may take to compile (in the child process). Default: 300.
+    #[arg(long, env = "SPROUT_COMPILE_TIMEOUT", default_value = "300", value_parser = parse_duration)]
+    pub compile_timeout: Duration,
+}
+
+/// `sprout compile` (hidden).
+#[derive(Debug, Args)]
+pub struct CompileArgs {
+    /// What to compile, as the worker wrote it (JSON).
+    #[arg(long)]
+    pub request: String,
 }
 
 /// A task call's arguments, shared by `send` and `run`.

@@ -31,6 +31,7 @@ use crate::model::{Execution, Outcome, RetryRequest, TimeLimitKind};
 pub(crate) mod cache;
 pub(crate) mod classify;
 pub(crate) mod command;
+pub mod compile;
 pub(crate) mod component;
 pub(crate) mod deny;
 pub(crate) mod engine;
@@ -42,6 +43,7 @@ pub(crate) mod output;
 pub mod shape;
 
 pub use cache::ArtifactCache;
+pub use compile::CompileLimits;
 pub use engine::EngineSettings;
 pub use module::{LoadError, ModuleKind, TaskModule};
 pub use shape::{ShapeCaps, ShapeError};
@@ -106,6 +108,8 @@ struct Inner {
     loaded: Mutex<HashMap<String, Arc<TaskModule>>>,
     max_task_file_bytes: AtomicU64,
     shape_caps: Mutex<ShapeCaps>,
+    /// Compile out of process under these limits; `None` compiles in process.
+    compile_limits: Mutex<Option<CompileLimits>>,
 }
 
 /// Why [`Sandbox::new`] failed: the engine or its linkers could not be built.
@@ -153,6 +157,7 @@ impl Sandbox {
                 loaded: Mutex::new(HashMap::new()),
                 max_task_file_bytes: AtomicU64::new(DEFAULT_MAX_TASK_FILE_BYTES),
                 shape_caps: Mutex::new(ShapeCaps::default()),
+                compile_limits: Mutex::new(None),
             }),
         })
     }
@@ -186,6 +191,32 @@ impl Sandbox {
             .shape_caps
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = caps;
+    }
+
+    /// Compiles task files in a child process under `limits` (see [`compile`]), or in
+    /// this process with `None` (the default).
+    pub fn set_compile_limits(&self, limits: Option<CompileLimits>) {
+        *self
+            .inner
+            .compile_limits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = limits;
+    }
+
+    /// Precompiles `bytes` (a component, else a core module) here or in a child.
+    fn precompile(&self, component: bool, bytes: &[u8]) -> wasmtime::Result<Vec<u8>> {
+        let limits = self
+            .inner
+            .compile_limits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match limits {
+            Some(limits) => compile::precompile(&limits, &self.inner.settings, component, bytes)
+                .map_err(wasmtime::Error::msg),
+            None if component => self.inner.engine.precompile_component(bytes),
+            None => self.inner.engine.precompile_module(bytes),
+        }
     }
 
     /// The shape caps in force.
@@ -315,16 +346,17 @@ impl Sandbox {
     }
 
     fn compile_component(&self, hash: &str, bytes: &[u8]) -> wasmtime::Result<Component> {
-        let artifact = self.inner.engine.precompile_component(bytes)?;
+        let artifact = self.precompile(true, bytes)?;
         if let Some(cache) = &self.inner.disk_cache {
             cache.store(hash, &artifact);
         }
-        // SAFETY: the artifact was produced by this engine a moment ago.
+        // SAFETY: the artifact was produced a moment ago by this engine or by this
+        // program's own `sprout compile` child with the same settings.
         unsafe { Component::deserialize(&self.inner.engine, &artifact) }
     }
 
     fn compile_module(&self, hash: &str, bytes: &[u8]) -> wasmtime::Result<Module> {
-        let artifact = self.inner.engine.precompile_module(bytes)?;
+        let artifact = self.precompile(false, bytes)?;
         if let Some(cache) = &self.inner.disk_cache {
             cache.store(hash, &artifact);
         }

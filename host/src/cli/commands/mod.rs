@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use crate::cli::args::LimitArgs;
 use sprout::connect::ConnectError;
 use sprout::model::Limits;
-use sprout::sandbox::{ArtifactCache, EngineSettings, Sandbox};
+use sprout::sandbox::{ArtifactCache, CompileLimits, EngineSettings, Sandbox};
 
 pub mod purge;
 pub mod result;
@@ -83,6 +83,15 @@ pub fn build_sandbox(args: &LimitArgs, max_instances: usize) -> anyhow::Result<S
     sandbox.set_max_task_file_bytes(args.max_task_file_size.saturating_mul(1 << 20));
     if let Some(caps) = args.module_caps {
         sandbox.set_shape_caps(caps);
+    }
+    // Compile in a child of our own binary, under a memory and time limit.
+    match std::env::current_exe() {
+        Ok(program) => sandbox.set_compile_limits(Some(CompileLimits {
+            program,
+            max_rss_bytes: args.compile_memory.saturating_mul(1 << 20),
+            timeout: args.compile_timeout,
+        })),
+        Err(e) => tracing::warn!("compiling task files in process (no executable path: {e})"),
     }
     Ok(sandbox)
 }
