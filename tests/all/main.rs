@@ -12,6 +12,7 @@ mod deploy;
 mod edges;
 mod fuzz;
 mod http;
+mod layers;
 mod liveness;
 mod loading;
 mod outcomes;
