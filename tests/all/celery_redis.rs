@@ -294,7 +294,12 @@ fn sprout_send_to_celery_worker() {
         stderr.contains("FAILURE") && stderr.contains("ValueError: nope"),
         "{stderr}"
     );
-    let out = send(&broker, &q, &["add", "[1, 1]", "--expires", "0.001"]);
+    // Expired before its eta: deterministic, unlike a 1 ms expiry a fast worker can beat.
+    let out = send(
+        &broker,
+        &q,
+        &["add", "[1, 1]", "--countdown", "1", "--expires", "0.2"],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("REVOKED") && stderr.contains("TaskRevokedError"),

@@ -2,9 +2,7 @@
 //! arrived yet wait for it (`--unknown-task-grace`), and hostile files (a compile bomb)
 //! are refused before they are compiled while the files beside them keep serving.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -18,21 +16,11 @@ use crate::support::{self, SqliteStore, Workdir, WorkerProcess, stderr, wait_unt
 fn start_worker(w: &Workdir, args: &[&str]) -> (WorkerProcess, PathBuf) {
     let dir = w.path("tasks");
     std::fs::create_dir_all(&dir).unwrap();
-    let dir_arg = dir.display().to_string();
-    let mut all = vec!["worker", "--tasks", &dir_arg];
-    all.extend_from_slice(args);
-    let child = w
-        .sprout(&all)
-        .env("SPROUT_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(File::create(w.path("worker.log")).unwrap())
-        .spawn()
-        .expect("spawn worker");
-    (WorkerProcess { child: Some(child) }, dir)
+    (w.worker_logged(&dir, args), dir)
 }
 
 fn worker_log(w: &Workdir) -> String {
-    std::fs::read_to_string(w.path("worker.log")).unwrap_or_default()
+    w.worker_log()
 }
 
 fn job(task: &str, args: serde_json::Value) -> Job {

@@ -2,9 +2,7 @@
 //! removed task files without a restart; `sprout tasks` shows versions, limits and
 //! grants; manifests' rate limits hold.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,21 +21,11 @@ use crate::support::{self, Workdir, WorkerProcess, stdout, wait_until};
 
 /// Starts `sprout worker --tasks DIR ARGS` with its log in `<workdir>/worker.log`.
 fn start_worker(w: &Workdir, dir: &Path, args: &[&str]) -> WorkerProcess {
-    let dir = dir.display().to_string();
-    let mut all = vec!["worker", "--tasks", &dir];
-    all.extend_from_slice(args);
-    let child = w
-        .sprout(&all)
-        .env("SPROUT_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(File::create(w.path("worker.log")).unwrap())
-        .spawn()
-        .expect("spawn worker");
-    WorkerProcess { child: Some(child) }
+    w.worker_logged(dir, args)
 }
 
 fn worker_log(w: &Workdir) -> String {
-    std::fs::read_to_string(w.path("worker.log")).unwrap_or_default()
+    w.worker_log()
 }
 
 async fn send(store: &SqliteStore, task: &str, args: Value) -> Job {

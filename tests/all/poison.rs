@@ -221,10 +221,16 @@ async fn redis_queue_with_garbage_among_good_jobs_survives_kill_9() {
     let good = good_jobs();
     let bad = bad_messages(12);
     let mut redis = raw(&opts).await;
+    // Good and bad interleaved, as a producer bug would leave them.
     let mut bad_messages = bad.iter();
-    for chunk in good.chunks(GOOD / bad.len() + 1) {
-        conn.broker.publish(chunk).await.unwrap();
-        if let Some(bytes) = bad_messages.next() {
+    let mut chunks = good.chunks(GOOD / bad.len() + 1);
+    loop {
+        let chunk = chunks.next();
+        if let Some(chunk) = chunk {
+            conn.broker.publish(chunk).await.unwrap();
+        }
+        let bytes = bad_messages.next();
+        if let Some(bytes) = bytes {
             let _: () = redis::cmd("LPUSH")
                 .arg(opts.key("celery"))
                 .arg(bytes.as_slice())
@@ -232,14 +238,9 @@ async fn redis_queue_with_garbage_among_good_jobs_survives_kill_9() {
                 .await
                 .unwrap();
         }
-    }
-    for bytes in bad_messages {
-        let _: () = redis::cmd("LPUSH")
-            .arg(opts.key("celery"))
-            .arg(bytes.as_slice())
-            .query_async(&mut redis)
-            .await
-            .unwrap();
+        if chunk.is_none() && bytes.is_none() {
+            break;
+        }
     }
     let args = ["-c", "20", "--broker", url.as_str(), "--lease", "3"];
     kill_mid_run_and_check(&w, &conn, &good, bad.len(), &args).await;

@@ -137,6 +137,27 @@ impl Workdir {
         self.worker_with_tasks(tasks_dir(), args)
     }
 
+    /// Starts `sprout worker --tasks TASKS ARGS` logging at `info` into
+    /// [`Workdir::worker_log`]'s file.
+    pub fn worker_logged(&self, tasks: &Path, args: &[&str]) -> WorkerProcess {
+        let tasks = tasks.display().to_string();
+        let mut all = vec!["worker", "--tasks", &tasks];
+        all.extend_from_slice(args);
+        let child = self
+            .sprout(&all)
+            .env("SPROUT_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.path("worker.log")).expect("log file"))
+            .spawn()
+            .expect("spawn worker");
+        WorkerProcess { child: Some(child) }
+    }
+
+    /// What the worker started by [`Workdir::worker_logged`] has logged so far.
+    pub fn worker_log(&self) -> String {
+        std::fs::read_to_string(self.path("worker.log")).unwrap_or_default()
+    }
+
     /// Starts `sprout worker --tasks TASKS ARGS` in the background.
     pub fn worker_with_tasks(&self, tasks: &Path, args: &[&str]) -> WorkerProcess {
         let tasks = tasks.display().to_string();
