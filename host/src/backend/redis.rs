@@ -5,7 +5,7 @@
 //! - **store** writes a whole batch in one script call: for each record, a `GET` guard
 //!   (Celery's: a stored SUCCESS is never overwritten, nor any final state by a
 //!   non-final one), then `SET … EX` and `PUBLISH`. Records whose
-//!   [`CeleryResultMeta::ignore_result`](super::CeleryResultMeta::ignore_result) is set are not written at all.
+//!   [`CeleryResultMeta::ignore_result`](crate::model::CeleryResultMeta::ignore_result) is set are not written at all.
 //! - **get** reads and decodes one key; **wait** subscribes to the channel first (RESP3
 //!   push on a dedicated connection) and then reads, so no state change can slip
 //!   between; if subscribing fails it polls.

@@ -12,7 +12,7 @@
 //! - [`workflow`] — what to publish and store after a job settles: chain steps,
 //!   link callbacks, errbacks, chain failure propagation, retries, chord pieces (§7–§8).
 //! - [`keys`] — Redis key names: queues and priority buckets, `unacked`, results (§1, §4).
-//! - [`isotime`], [`pyjson`] — timestamps and JSON exactly as Python writes them.
+//! - [`isotime`], `pyjson` — timestamps and JSON exactly as Python writes them.
 //!
 //! # What the worker loop must do for Celery jobs
 //! 1. Before running: a job whose `expires` has passed is stored REVOKED

@@ -56,7 +56,7 @@ fn distrust(path: &Path, meta: &std::fs::Metadata) -> Option<String> {
 impl ArtifactCache {
     /// A cache in `dir` for artifacts of `engine`. Creates the directory (`0700`) if it
     /// is missing; refuses it, with a warning, if another user owns it or others may
-    /// write it (see the [module docs](self)).
+    /// write it (see the `sandbox::cache` module docs).
     pub fn new(dir: impl Into<PathBuf>, engine: &Engine) -> Self {
         let mut hasher = DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);

@@ -53,7 +53,7 @@ const FETCH_WAIT: Duration = Duration::from_millis(200);
 /// Fetch failures in a row, other than connection failures, after which the worker
 /// stops with the error: a broker that refuses every fetch is misconfigured or broken,
 /// and retrying forever would hide it.
-const MAX_FETCH_FAILURES: u32 = 5;
+pub const MAX_FETCH_FAILURES: u32 = 5;
 
 /// Shutdown requests, in escalating order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

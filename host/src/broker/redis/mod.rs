@@ -11,7 +11,7 @@
 //! the other way round.
 //!
 //! # Reservation, ack, redelivery
-//! - **fetch** runs one Lua script ([`scripts::RESERVE`]) that pops up to `max`
+//! - **fetch** runs one Lua script (`scripts::RESERVE`) that pops up to `max`
 //!   messages and writes them to `unacked`/`unacked_index` in the same atomic step —
 //!   unlike kombu's BRPOP-then-MULTI, a crash between the two cannot lose a message.
 //!   Because BRPOP would take a message out before it is recorded, an idle fetch polls
@@ -31,12 +31,12 @@
 //! # Liveness (fast recovery of a dead worker's jobs)
 //! See the [broker docs](super#liveness-fast-recovery-of-a-dead-workers-jobs). A live
 //! broker's record is the key `sprout.worker.<identity>` (`SET … PX <dead_after>`,
-//! refreshed by every heartbeat, deleted at sign-off), and [`scripts::RESERVE`] tags
+//! refreshed by every heartbeat, deleted at sign-off), and `scripts::RESERVE` tags
 //! each reservation it makes in the hash `sprout.reserved_by` (tag → identity) in the
 //! same atomic step. Every path that ends a reservation (ack, retry, dead-letter,
 //! release, the sweeps) removes the tag. The sweep (from fetch and from heartbeat, every
 //! `sweep_interval`) also reads `sprout.reserved_by`, checks which owners' keys are
-//! gone, and restores their reservations with [`scripts::RESTORE_DEAD`], which
+//! gone, and restores their reservations with `scripts::RESTORE_DEAD`, which
 //! re-checks atomically that the tag is still reserved, still that owner's, and the
 //! owner's key still absent. kombu's `unacked`/`unacked_index` are untouched in format:
 //! Celery workers sharing the queue ignore the extra keys and still restore anything
@@ -330,7 +330,7 @@ impl RedisBroker {
         Ok(())
     }
 
-    /// Runs [`scripts::RESERVE`] once over `queues`.
+    /// Runs `scripts::RESERVE` once over `queues`.
     async fn reserve(
         &self,
         queues: &[String],
