@@ -426,6 +426,35 @@ fn cli_flags_and_url_keys_out_of_range_are_usage_errors() {
             vec!["tasks", &tasks, "--soft-time-limit", "nan"],
             vec!["--soft-time-limit"],
         ),
+        // The flags of the deploy grace, liveness and the bounded compile.
+        (
+            vec!["worker", "--unknown-task-grace", "inf"],
+            vec!["--unknown-task-grace", "not a finite"],
+        ),
+        (
+            vec!["worker", "--heartbeat-interval", "nan"],
+            vec!["--heartbeat-interval", "not a finite"],
+        ),
+        (
+            vec!["worker", "--worker-dead-after", "1e300"],
+            vec!["--worker-dead-after", more],
+        ),
+        (
+            vec!["worker", "--compile-timeout=-1"],
+            vec!["--compile-timeout", "is negative"],
+        ),
+        (
+            vec!["worker", "--compile-memory", "inf"],
+            vec!["--compile-memory"],
+        ),
+        (
+            vec!["run", &math, "add", "--compile-memory", "1"],
+            vec!["--compile-memory"],
+        ),
+        (
+            vec!["worker", "--module-caps", "functions=-1"],
+            vec!["--module-caps"],
+        ),
     ] {
         assert_usage_error(&dir, &args, &needles);
     }
