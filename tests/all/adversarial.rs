@@ -183,16 +183,8 @@ impl Fixture {
 
 /// A wasm custom section of `len` zero bytes (valid anywhere after the header).
 fn custom_section(name: &str, len: usize) -> Vec<u8> {
-    fn leb(mut n: usize, out: &mut Vec<u8>) {
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
-        }
+    fn leb(n: usize, out: &mut Vec<u8>) {
+        crate::support::leb128(n as u64, out);
     }
     let mut payload = Vec::new();
     leb(name.len(), &mut payload);

@@ -53,17 +53,7 @@ fn deploy_math(dir: &Path) {
 /// A core module with `n` empty functions (and a `_start`): 4 bytes a function, and
 /// wasmtime needs ~5 GiB and over a minute to compile a million of them.
 pub fn compile_bomb(n: u32) -> Vec<u8> {
-    fn leb(mut n: u64, out: &mut Vec<u8>) {
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
-        }
-    }
+    use crate::support::leb128 as leb;
     fn section(id: u8, payload: Vec<u8>, out: &mut Vec<u8>) {
         out.push(id);
         leb(payload.len() as u64, out);

@@ -140,17 +140,8 @@ impl Workdir {
     /// Starts `sprout worker --tasks TASKS ARGS` logging at `info` into
     /// [`Workdir::worker_log`]'s file.
     pub fn worker_logged(&self, tasks: &Path, args: &[&str]) -> WorkerProcess {
-        let tasks = tasks.display().to_string();
-        let mut all = vec!["worker", "--tasks", &tasks];
-        all.extend_from_slice(args);
-        let child = self
-            .sprout(&all)
-            .env("SPROUT_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.path("worker.log")).expect("log file"))
-            .spawn()
-            .expect("spawn worker");
-        WorkerProcess { child: Some(child) }
+        let log = std::fs::File::create(self.path("worker.log")).expect("log file");
+        self.spawn_worker(tasks, args, log.into())
     }
 
     /// What the worker started by [`Workdir::worker_logged`] has logged so far.
@@ -160,6 +151,11 @@ impl Workdir {
 
     /// Starts `sprout worker --tasks TASKS ARGS` in the background.
     pub fn worker_with_tasks(&self, tasks: &Path, args: &[&str]) -> WorkerProcess {
+        self.spawn_worker(tasks, args, Stdio::piped())
+    }
+
+    /// `sprout worker --tasks TASKS ARGS` at log level `info`, stderr to `stderr`.
+    fn spawn_worker(&self, tasks: &Path, args: &[&str], stderr: Stdio) -> WorkerProcess {
         let tasks = tasks.display().to_string();
         let mut all = vec!["worker", "--tasks", &tasks];
         all.extend_from_slice(args);
@@ -167,7 +163,7 @@ impl Workdir {
             .sprout(&all)
             .env("SPROUT_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(stderr)
             .spawn()
             .expect("spawn worker");
         WorkerProcess { child: Some(child) }
@@ -721,5 +717,18 @@ impl ResultBackend for SqliteStore {
     }
     async fn expire_results(&self, older_than: Duration) -> Result<u64, BackendError> {
         self.backend.expire_results(older_than).await
+    }
+}
+
+/// Appends `n` as unsigned LEB128 (wasm's integer encoding), for hand-built modules.
+pub fn leb128(mut n: u64, out: &mut Vec<u8>) {
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
     }
 }
