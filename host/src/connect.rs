@@ -4,24 +4,34 @@
 //! builds a backend: each is opened from its own URL. `sqlite:PATH` opens the embedded
 //! file; `redis://HOST:PORT/DB` (also `rediss://`, `redis+unix://`, `unix://`) the
 //! Celery-compatible Redis broker or backend, with Sprout's query keys taken out first
-//! (see [`RedisOptions`]). When no result backend is named, results go where the broker
-//! keeps its own (Celery's usual layout); a broker and a backend on the same SQLite file
-//! share one [`Database`].
+//! (see [`RedisOptions`]); `amqp://USER:PASS@HOST:PORT/VHOST` (also `pyamqp://`) the
+//! Celery-compatible RabbitMQ broker (see [`AmqpOptions`]); `rpc://` the result backend
+//! that sends results as messages to each producer's `reply_to` queue over the AMQP
+//! broker's server (Celery's RPC backend; it needs an `amqp://` broker). When no result
+//! backend is named, results go where the broker keeps its own (Celery's usual layout):
+//! the same SQLite file or Redis database, and `rpc://` for RabbitMQ, as Celery users
+//! expect; a broker and a backend on the same SQLite file share one [`Database`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::redis::RedisBackend;
+use crate::backend::rpc::RpcBackend;
 use crate::backend::sqlite::SqliteBackend;
 use crate::backend::{BackendError, ResultBackend};
+use crate::broker::amqp::AmqpBroker;
 use crate::broker::redis::RedisBroker;
 use crate::broker::sqlite::SqliteBroker;
 use crate::broker::{Broker, BrokerError};
+use crate::storage::amqp::AmqpOptions;
 use crate::storage::redis::RedisOptions;
 use crate::storage::sqlite::Database;
 
 /// The broker URL used when none is given: an SQLite file in the current directory.
 pub const DEFAULT_BROKER_URL: &str = "sqlite:sprout.db";
+
+/// The result backend that sends results as messages (Celery's `rpc://`).
+pub const RPC_BACKEND_URL: &str = "rpc://";
 
 /// A broker and a result backend, each opened from its own URL.
 pub struct Connection {
@@ -34,9 +44,10 @@ pub struct Connection {
 /// Settings given beside the broker URL.
 #[derive(Debug, Clone, Default)]
 pub struct ConnectOptions {
-    /// Where results go (Celery's `result_backend`): `sqlite:PATH` or `redis://…`.
-    /// Default: none given, so the broker's own store (the same SQLite file, or the
-    /// same Redis server and database).
+    /// Where results go (Celery's `result_backend`): `sqlite:PATH`, `redis://…`, or
+    /// `rpc://` (with an `amqp://` broker). Default: none given, so the broker's own
+    /// store (the same SQLite file, or the same Redis server and database), and
+    /// `rpc://` for an AMQP broker.
     pub result_backend: Option<String>,
     /// How long results are kept after their last update (Celery's `result_expires`;
     /// zero = forever), when the command was given it (`sprout worker
@@ -52,7 +63,10 @@ pub struct ConnectOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     /// The URL names no supported broker or backend.
-    #[error("unsupported {what} URL {url:?}: expected sqlite:PATH or redis://HOST:PORT/DB")]
+    #[error(
+        "unsupported {what} URL {url:?}: expected sqlite:PATH, redis://HOST:PORT/DB, \
+         amqp://USER:PASS@HOST:PORT/VHOST (broker) or rpc:// (result backend)"
+    )]
     UnsupportedUrl {
         /// `broker` or `result backend`.
         what: &'static str,
@@ -101,6 +115,8 @@ impl ConnectError {
 enum Target<'a> {
     Sqlite(&'a str),
     Redis(&'a str),
+    Amqp(AmqpOptions),
+    Rpc,
 }
 
 fn parse<'a>(url: &'a str, what: &'static str) -> Result<Target<'a>, ConnectError> {
@@ -118,6 +134,18 @@ fn parse<'a>(url: &'a str, what: &'static str) -> Result<Target<'a>, ConnectErro
         })?;
         return Ok(Target::Redis(url));
     }
+    if url.starts_with("amqp://") || url.starts_with("pyamqp://") {
+        return AmqpOptions::from_url(url).map(Target::Amqp).map_err(|e| {
+            ConnectError::InvalidUrl {
+                what,
+                url: url.to_string(),
+                reason: e.to_string(),
+            }
+        });
+    }
+    if what == "result backend" && (url == "rpc://" || url == "rpc") {
+        return Ok(Target::Rpc);
+    }
     Err(ConnectError::UnsupportedUrl {
         what,
         url: url.to_string(),
@@ -134,10 +162,18 @@ pub async fn broker(url: &str) -> Result<Arc<dyn Broker>, ConnectError> {
         Target::Redis(url) => Arc::new(
             RedisBroker::connect(RedisOptions::from_url(url).map_err(BrokerError::from)?).await?,
         ),
+        Target::Amqp(opts) => Arc::new(AmqpBroker::connect(opts).await?),
+        Target::Rpc => {
+            return Err(ConnectError::UnsupportedUrl {
+                what: "broker",
+                url: url.to_string(),
+            });
+        }
     })
 }
 
 /// Opens the result backend at `url`; `result_expires` as in [`ConnectOptions`].
+/// `rpc://` needs the broker's URL: use [`connect_with`].
 ///
 /// # Errors
 /// [`ConnectError::UnsupportedUrl`] for an unknown scheme, or the backend's own error.
@@ -145,7 +181,38 @@ pub async fn backend(
     url: &str,
     result_expires: Option<Duration>,
 ) -> Result<Arc<dyn ResultBackend>, ConnectError> {
+    backend_for(url, None, result_expires).await
+}
+
+/// Opens the result backend at `url`, `broker` being the broker's AMQP settings when
+/// it is one (what `rpc://` sends its results through).
+async fn backend_for(
+    url: &str,
+    broker: Option<&AmqpOptions>,
+    result_expires: Option<Duration>,
+) -> Result<Arc<dyn ResultBackend>, ConnectError> {
     Ok(match parse(url, "result backend")? {
+        Target::Rpc => {
+            let Some(opts) = broker else {
+                return Err(ConnectError::InvalidUrl {
+                    what: "result backend",
+                    url: url.to_string(),
+                    reason: "rpc:// sends results over the broker's connection: it needs an \
+                             amqp:// broker"
+                        .into(),
+                });
+            };
+            Arc::new(RpcBackend::connect(opts.clone(), result_expires).await?)
+        }
+        Target::Amqp(_) => {
+            return Err(ConnectError::InvalidUrl {
+                what: "result backend",
+                url: url.to_string(),
+                reason: "RabbitMQ keeps no results: use rpc:// (results as messages to the \
+                         producer) or a storing backend (redis://…, sqlite:PATH)"
+                    .into(),
+            });
+        }
         Target::Sqlite(path) => Arc::new(SqliteBackend::open(path).await?),
         Target::Redis(url) => {
             let opts = RedisOptions::from_url_with_result_expires(url, result_expires)
@@ -164,12 +231,21 @@ pub async fn connect_with(
     broker_url: &str,
     options: &ConnectOptions,
 ) -> Result<Connection, ConnectError> {
-    let backend_url = options.result_backend.as_deref().unwrap_or(broker_url);
+    let broker_target = parse(broker_url, "broker")?;
+    let amqp = match &broker_target {
+        Target::Amqp(opts) => Some(opts.clone()),
+        _ => None,
+    };
+    let default_backend = if amqp.is_some() {
+        RPC_BACKEND_URL
+    } else {
+        broker_url
+    };
+    let backend_url = options.result_backend.as_deref().unwrap_or(default_backend);
     // One file, one set of connections: the embedded broker and backend share it.
-    if let (Target::Sqlite(a), Target::Sqlite(b)) = (
-        parse(broker_url, "broker")?,
-        parse(backend_url, "result backend")?,
-    ) && a == b
+    if let (Target::Sqlite(a), Target::Sqlite(b)) =
+        (broker_target, parse(backend_url, "result backend")?)
+        && a == b
     {
         let db = Database::open(a).await.map_err(BrokerError::from)?;
         return Ok(Connection {
@@ -179,7 +255,7 @@ pub async fn connect_with(
     }
     Ok(Connection {
         broker: broker(broker_url).await?,
-        backend: backend(backend_url, options.result_expires).await?,
+        backend: backend_for(backend_url, amqp.as_ref(), options.result_expires).await?,
     })
 }
 

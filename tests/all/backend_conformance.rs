@@ -488,3 +488,4 @@ macro_rules! backend_suite {
 
 backend_suite!(sqlite, crate::results_sqlite::under_test);
 backend_suite!(redis, crate::redis_backend::under_test);
+backend_suite!(rpc, crate::amqp_broker::backend_under_test);

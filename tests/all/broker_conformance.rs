@@ -597,3 +597,4 @@ macro_rules! broker_suite {
 
 broker_suite!(sqlite, crate::sqlite_broker::under_test);
 broker_suite!(redis, crate::redis_broker::under_test);
+broker_suite!(amqp, crate::amqp_broker::under_test);

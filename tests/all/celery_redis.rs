@@ -40,11 +40,11 @@ pub(crate) fn venv() -> &'static PathBuf {
 }
 
 /// `client_check.py` (vendored from `shared/celery`).
-fn client_check() -> PathBuf {
+pub(crate) fn client_check() -> PathBuf {
     crate::support::celery_dir().join("client_check.py")
 }
 
-fn queue(what: &str) -> String {
+pub(crate) fn queue(what: &str) -> String {
     format!("interop-{what}-{}", uuid::Uuid::new_v4().simple())
 }
 
@@ -56,7 +56,7 @@ pub(crate) fn log_path(name: &str) -> PathBuf {
 }
 
 /// A log file for a worker process of this test run (kept for reading after a failure).
-fn log_file(name: &str) -> (PathBuf, Stdio) {
+pub(crate) fn log_file(name: &str) -> (PathBuf, Stdio) {
     let path = log_path(name);
     std::fs::create_dir_all(path.parent().expect("a log dir")).expect("log dir");
     let file = std::fs::File::create(&path).expect("log file");
@@ -66,6 +66,11 @@ fn log_file(name: &str) -> (PathBuf, Stdio) {
 /// `sprout worker` on Redis, consuming `queue` (its log goes to a file under
 /// `target/celery-interop-logs/`, see [`log_file`]).
 pub(crate) fn sprout_worker(broker: &str, queue: &str) -> WorkerProcess {
+    sprout_worker_with(broker, queue, &[])
+}
+
+/// [`sprout_worker`] with more arguments (`--result-backend …`).
+pub(crate) fn sprout_worker_with(broker: &str, queue: &str, more: &[&str]) -> WorkerProcess {
     let (log, stderr) = log_file(queue);
     eprintln!("sprout worker log: {}", log.display());
     let tasks = tasks_dir().display().to_string();
@@ -83,6 +88,7 @@ pub(crate) fn sprout_worker(broker: &str, queue: &str) -> WorkerProcess {
             "--unknown-task-grace",
             "0",
         ])
+        .args(more)
         .env("SPROUT_CACHE_DIR", cache_dir())
         .env("SPROUT_LOG", "warn")
         .stdout(Stdio::null())
@@ -93,7 +99,7 @@ pub(crate) fn sprout_worker(broker: &str, queue: &str) -> WorkerProcess {
 }
 
 /// Runs client_check.py with `args`; asserts it exits 0 reporting `n passed, 0 failed`.
-fn check(broker: &str, queue: &str, n: usize, args: &[&str]) {
+pub(crate) fn check(broker: &str, queue: &str, n: usize, args: &[&str]) {
     let out: Output = Command::new(venv().join("bin/python"))
         .arg(client_check())
         .args([
@@ -198,8 +204,13 @@ fn celery_client_against_sprout_worker() {
 }
 
 /// A real Celery worker (solo pool) in the venv, consuming `queue` on `broker`.
-fn python_worker(broker: &str, queue: &str) -> WorkerProcess {
-    let (log, stderr) = log_file(queue);
+pub(crate) fn python_worker(broker: &str, queue: &str) -> WorkerProcess {
+    python_worker_with(broker, queue, &[])
+}
+
+/// [`python_worker`] with more environment (`SPROUT_TEST_RESULTS`, the result backend).
+pub(crate) fn python_worker_with(broker: &str, queue: &str, env: &[(&str, &str)]) -> WorkerProcess {
+    let (log, stderr) = log_file(&format!("py-{queue}"));
     eprintln!("celery worker log: {}", log.display());
     let child = Command::new(venv().join("bin/celery"))
         .args([
@@ -223,6 +234,7 @@ fn python_worker(broker: &str, queue: &str) -> WorkerProcess {
         .current_dir(repo_root().join("tests/python"))
         .env("SPROUT_TEST_BROKER", broker)
         .env("SPROUT_TEST_QUEUE", queue)
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(stderr)
         .spawn()
@@ -230,7 +242,7 @@ fn python_worker(broker: &str, queue: &str) -> WorkerProcess {
     WorkerProcess { child: Some(child) }
 }
 
-fn send(broker: &str, queue: &str, args: &[&str]) -> Output {
+pub(crate) fn send(broker: &str, queue: &str, args: &[&str]) -> Output {
     Command::new(sprout_bin())
         .arg("send")
         .args(args)

@@ -1,6 +1,7 @@
 //! Sprout's integration tests: one test binary, one module per area.
 
 mod adversarial;
+mod amqp_broker;
 mod backend_conformance;
 mod broker_conformance;
 mod cache;

@@ -3,10 +3,14 @@
 
     canvas_check.py BROKER_URL QUEUE [group] [link] [chord] [chord_fail]
 
+Results are read from the broker's URL, or from SPROUT_TEST_RESULTS when set (an
+amqp:// broker with results in Redis).
+
 Tasks used (Sprout's example tasks): add(a, b), echo(x), fail(message).
 Prints one line per failed check, then "N passed, M failed"; exit 0 when all passed.
 """
 import gc
+import os
 import sys
 
 from celery import Celery, chord, group, signature
@@ -17,7 +21,7 @@ TIMEOUT = 60
 def main(argv):
     broker, queue, *checks = argv
     checks = checks or ["group", "link", "chord", "chord_fail"]
-    app = Celery("canvas_check", broker=broker, backend=broker)
+    app = Celery("canvas_check", broker=broker, backend=os.environ.get("SPROUT_TEST_RESULTS", broker))
     app.conf.task_default_queue = queue
 
     def sig(name, *args, **options):

@@ -1,7 +1,8 @@
 //! Result backends: where job states and results go.
 //!
-//! [`ResultBackend`] is implemented by the embedded SQLite file ([`sqlite`]) and by the
-//! Celery-compatible Redis backend ([`redis`]). A backend is opened from its own URL
+//! [`ResultBackend`] is implemented by the embedded SQLite file ([`sqlite`]), by the
+//! Celery-compatible Redis backend ([`redis`]) and by Celery's `rpc://` backend
+//! ([`rpc`]: results as messages to the producer, over RabbitMQ). A backend is opened from its own URL
 //! (`crate::connect`), never by a broker, and never calls one: jobs it creates (chord
 //! bodies) go through the [`Publisher`] the worker hands in. Workers write results *before* they ack the job
 //! (acks-late), so a stored terminal result is the proof a job ran.
@@ -14,6 +15,7 @@ use crate::model::{Job, ResultRecord, State};
 
 pub mod expiry;
 pub mod redis;
+pub mod rpc;
 pub mod sqlite;
 
 /// Errors from a result backend.

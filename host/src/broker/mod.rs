@@ -1,7 +1,8 @@
 //! Brokers: where jobs wait until a worker takes them.
 //!
 //! [`Broker`] is the one trait every broker implements: the embedded SQLite file
-//! ([`sqlite`]) and the Celery-protocol Redis broker ([`redis`]). Its shape is
+//! ([`sqlite`]), the Celery-protocol Redis broker ([`redis`]) and the Celery-protocol
+//! AMQP broker for RabbitMQ ([`amqp`]). Its shape is
 //! "fetch with a lease, then ack": a fetched job is invisible to other workers until its
 //! lease (visibility timeout) runs out, so a job whose worker dies is delivered again.
 //! `crate::connect` turns a broker URL into the right implementation. A broker never
@@ -31,6 +32,7 @@ use chrono::{DateTime, Utc};
 
 use crate::model::{DecodeError, Job};
 
+pub mod amqp;
 pub mod redis;
 pub mod sqlite;
 
@@ -158,7 +160,10 @@ pub enum BrokerError {
     #[error("unknown or expired delivery {0:?}")]
     UnknownDelivery(DeliveryTag),
     /// The URL does not name a supported broker.
-    #[error("unsupported broker URL {0:?}: expected sqlite:PATH or redis://HOST:PORT/DB")]
+    #[error(
+        "unsupported broker URL {0:?}: expected sqlite:PATH, redis://HOST:PORT/DB or \
+         amqp://USER:PASS@HOST:PORT/VHOST"
+    )]
     UnsupportedUrl(String),
     /// The settings given with the URL contradict each other or it.
     #[error("invalid broker settings: {0}")]
@@ -268,6 +273,14 @@ pub trait Broker: Send + Sync {
     /// [`BrokerError`]; held messages then come back after their lease.
     async fn shutdown(&self) -> Result<(), BrokerError> {
         Ok(())
+    }
+
+    /// Tells the broker how many deliveries its caller holds at most (running and
+    /// waiting to run: a worker's concurrency × prefetch multiplier). A broker that
+    /// pushes messages (AMQP) sets its prefetch window (`basic.qos`) to it; the others
+    /// fetch what they are asked for and need not know. The default does nothing.
+    fn set_prefetch(&self, count: usize) {
+        let _ = count;
     }
 
     /// The identity this broker tags its reservations with while live, if it supports

@@ -89,7 +89,7 @@ const MAPPED_HEADERS: &[&str] = &[
 ];
 
 #[derive(Deserialize)]
-struct RawEnvelope {
+pub(super) struct RawEnvelope {
     #[serde(default)]
     body: Value,
     #[serde(rename = "content-type", default)]
@@ -102,14 +102,35 @@ struct RawEnvelope {
     properties: Filtered<PropertyKeys>,
 }
 
+impl RawEnvelope {
+    /// An envelope put together from a message's parts (an AMQP message: the body
+    /// already parsed, headers and properties as JSON objects); keys decoding does not
+    /// read are dropped as when reading an envelope.
+    pub(super) fn from_parts(
+        body: Value,
+        content_type: Option<String>,
+        content_encoding: Option<String>,
+        headers: Map<String, Value>,
+        properties: Map<String, Value>,
+    ) -> RawEnvelope {
+        RawEnvelope {
+            body,
+            content_type,
+            content_encoding,
+            headers: Filtered::from_map(headers),
+            properties: Filtered::from_map(properties),
+        }
+    }
+}
+
 /// Which keys of a JSON object are worth keeping.
-trait KeepKeys {
+pub(super) trait KeepKeys {
     fn keep(key: &str) -> bool;
 }
 
 /// Headers: all but the logging-only ones, which can be long (`argsrepr`).
 #[derive(Default)]
-struct HeaderKeys;
+pub(super) struct HeaderKeys;
 impl KeepKeys for HeaderKeys {
     fn keep(key: &str) -> bool {
         !matches!(key, "argsrepr" | "kwargsrepr" | "lang" | "origin")
@@ -118,7 +139,7 @@ impl KeepKeys for HeaderKeys {
 
 /// Properties: the ones decoding reads.
 #[derive(Default)]
-struct PropertyKeys;
+pub(super) struct PropertyKeys;
 impl KeepKeys for PropertyKeys {
     fn keep(key: &str) -> bool {
         matches!(
@@ -135,9 +156,19 @@ impl KeepKeys for PropertyKeys {
 
 /// A JSON object read into a map without the keys `K` drops and without nulls; dropped
 /// values are skipped unparsed (decoding runs once per message, ~25 000 times a second).
-struct Filtered<K> {
+pub(super) struct Filtered<K> {
     map: Map<String, Value>,
     keys: std::marker::PhantomData<K>,
+}
+
+impl<K: KeepKeys> Filtered<K> {
+    fn from_map(mut map: Map<String, Value>) -> Self {
+        map.retain(|k, v| K::keep(k) && !v.is_null());
+        Filtered {
+            map,
+            keys: std::marker::PhantomData,
+        }
+    }
 }
 
 impl<K> Default for Filtered<K> {
@@ -223,6 +254,15 @@ fn fail(reason: impl Into<String>, id: &Option<String>) -> DecodeError {
 pub fn decode(raw: &[u8], queue: Option<&str>) -> Result<Incoming, DecodeError> {
     let env: RawEnvelope = serde_json::from_slice(raw)
         .map_err(|e| fail(format!("not a kombu JSON envelope: {e}"), &None))?;
+    decode_envelope(env, queue)
+}
+
+/// Decodes a read envelope (from Redis, or put together from an AMQP message's parts by
+/// `celery::amqp`).
+pub(super) fn decode_envelope(
+    env: RawEnvelope,
+    queue: Option<&str>,
+) -> Result<Incoming, DecodeError> {
     let mut headers = env.headers.map;
     let props = env.properties.map;
     let id = headers
@@ -379,7 +419,15 @@ pub fn decode(raw: &[u8], queue: Option<&str>) -> Result<Incoming, DecodeError> 
         embed,
         extra: Value::Object(extra),
     };
+    // This process's own oid is the default every message it publishes carries: not
+    // kept, so a job comes back equal to what was sent.
+    let reply_to = props
+        .get("reply_to")
+        .and_then(Value::as_str)
+        .filter(|r| !r.is_empty() && *r != process_oid())
+        .map(str::to_string);
     let job = Job {
+        reply_to,
         celery: (!is_plain(&ctx, &id_str)).then_some(ctx),
         id: id_str,
         task,
@@ -575,8 +623,9 @@ fn kind_of(v: &Value) -> &'static str {
     }
 }
 
+/// The protocol v2 headers, in the order Celery writes them.
 #[derive(Serialize)]
-struct Headers<'a> {
+pub(super) struct Headers<'a> {
     lang: &'a str,
     task: &'a str,
     id: &'a str,
@@ -679,8 +728,9 @@ pub fn hostname() -> &'static str {
     })
 }
 
-/// The process's `reply_to` ("oid"), stable for the process like a Celery app's.
-fn process_oid() -> &'static str {
+/// The process's `reply_to` ("oid"), stable for the process like a Celery app's: the
+/// queue an `rpc://` result backend in this process reads its results from.
+pub fn process_oid() -> &'static str {
     static OID: OnceLock<String> = OnceLock::new();
     OID.get_or_init(|| uuid::Uuid::new_v4().to_string())
 }
@@ -694,8 +744,19 @@ fn number(x: f64) -> Value {
     }
 }
 
-/// Encodes `job` as a Celery 5.7 client would publish it, with a fresh delivery tag.
-pub fn encode(job: &Job) -> Outgoing {
+/// What Celery's task message for `job` carries, broker-neutral: the headers, the
+/// body's JSON bytes (`[args, kwargs, embed]`) and the `reply_to` property.
+pub(super) struct Parts<'a> {
+    /// The protocol v2 headers.
+    pub headers: Headers<'a>,
+    /// The body, JSON.
+    pub body: Vec<u8>,
+    /// `properties.reply_to`: the job's, else this process's oid.
+    pub reply_to: &'a str,
+}
+
+/// The headers, body and reply_to of `job`'s message, as a Celery 5.7 client writes them.
+pub(super) fn parts(job: &Job) -> Parts<'_> {
     let ctx = job.celery.as_ref();
     let extra = ctx.and_then(|c| c.extra.as_object());
     let from_extra = |name: &str, default: Value| -> Value {
@@ -709,8 +770,7 @@ pub fn encode(job: &Job) -> Outgoing {
     for field in ["callbacks", "errbacks", "chain", "chord"] {
         embed.entry(field).or_insert(Value::Null);
     }
-    let body = (&job.args, &job.kwargs, &embed);
-    let body = BASE64.encode(pyjson::to_vec(&body));
+    let body = pyjson::to_vec(&(&job.args, &job.kwargs, &embed));
 
     let mut sprout = Map::new();
     if let Some(n) = job.max_retries {
@@ -745,14 +805,14 @@ pub fn encode(job: &Job) -> Outgoing {
         })
         .unwrap_or_default();
 
-    let now = Utc::now();
-    let expiration = job
-        .expires
-        .map(|at| (at - now).num_milliseconds().max(0).to_string());
-    let delivery_tag = uuid::Uuid::new_v4().to_string();
-    let reply_to = extra
-        .and_then(|e| e.get("reply_to"))
-        .and_then(Value::as_str)
+    let reply_to = job
+        .reply_to
+        .as_deref()
+        .or_else(|| {
+            extra
+                .and_then(|e| e.get("reply_to"))
+                .and_then(Value::as_str)
+        })
         .unwrap_or_else(|| process_oid());
     let time_limit = job.limits.time_limit.map(number).unwrap_or(Value::Null);
     let soft_limit = job
@@ -761,33 +821,53 @@ pub fn encode(job: &Job) -> Outgoing {
         .map(number)
         .unwrap_or(Value::Null);
 
-    let envelope = Envelope {
+    let headers = Headers {
+        lang: "py",
+        task: &job.task,
+        id: &job.id,
+        shadow: from_extra("shadow", Value::Null),
+        eta: job.eta.map(isotime::format),
+        expires: job.expires.map(isotime::format),
+        group: ctx.and_then(|c| c.group_id.as_deref()),
+        group_index: from_extra("group_index", Value::Null),
+        retries: job.retries,
+        timelimit: [time_limit, soft_limit],
+        root_id: ctx.and_then(|c| c.root_id.as_deref()).unwrap_or(&job.id),
+        parent_id: ctx.and_then(|c| c.parent_id.as_deref()),
+        argsrepr: pyjson::py_repr_list(&job.args),
+        kwargsrepr: pyjson::py_repr_map(&job.kwargs),
+        origin: origin(),
+        ignore_result: from_extra("ignore_result", Value::Null),
+        replaced_task_nesting: from_extra("replaced_task_nesting", json!(0)),
+        stamped_headers: from_extra("stamped_headers", Value::Null),
+        stamps: from_extra("stamps", json!({})),
+        sprout: (!sprout.is_empty()).then_some(Value::Object(sprout)),
+        custom,
+    };
+    Parts {
+        headers,
         body,
+        reply_to,
+    }
+}
+
+/// Encodes `job` as a Celery 5.7 client would publish it, with a fresh delivery tag.
+pub fn encode(job: &Job) -> Outgoing {
+    let Parts {
+        headers,
+        body,
+        reply_to,
+    } = parts(job);
+    let now = Utc::now();
+    let expiration = job
+        .expires
+        .map(|at| (at - now).num_milliseconds().max(0).to_string());
+    let delivery_tag = uuid::Uuid::new_v4().to_string();
+    let envelope = Envelope {
+        body: BASE64.encode(body),
         content_encoding: "utf-8",
         content_type: "application/json",
-        headers: Headers {
-            lang: "py",
-            task: &job.task,
-            id: &job.id,
-            shadow: from_extra("shadow", Value::Null),
-            eta: job.eta.map(isotime::format),
-            expires: job.expires.map(isotime::format),
-            group: ctx.and_then(|c| c.group_id.as_deref()),
-            group_index: from_extra("group_index", Value::Null),
-            retries: job.retries,
-            timelimit: [time_limit, soft_limit],
-            root_id: ctx.and_then(|c| c.root_id.as_deref()).unwrap_or(&job.id),
-            parent_id: ctx.and_then(|c| c.parent_id.as_deref()),
-            argsrepr: pyjson::py_repr_list(&job.args),
-            kwargsrepr: pyjson::py_repr_map(&job.kwargs),
-            origin: origin(),
-            ignore_result: from_extra("ignore_result", Value::Null),
-            replaced_task_nesting: from_extra("replaced_task_nesting", json!(0)),
-            stamped_headers: from_extra("stamped_headers", Value::Null),
-            stamps: from_extra("stamps", json!({})),
-            sprout: (!sprout.is_empty()).then_some(Value::Object(sprout)),
-            custom,
-        },
+        headers,
         properties: Properties {
             correlation_id: &job.id,
             reply_to,

@@ -11,6 +11,8 @@
 //!   (§6).
 //! - [`workflow`] — what to publish and store after a job settles: chain steps,
 //!   link callbacks, errbacks, chain failure propagation, retries, chord pieces (§7–§8).
+//! - [`amqp`] — the same task message as kombu's AMQP transport carries it (headers,
+//!   properties, JSON body) ⇄ [`Job`](crate::model::Job).
 //! - [`keys`] — Redis key names: queues and priority buckets, `unacked`, results (§1, §4).
 //! - [`isotime`], `pyjson` — timestamps and JSON exactly as Python writes them.
 //!
@@ -30,6 +32,7 @@
 //! 4. Retry: store RETRY (via `settle`) and `broker.retry(tag, &celery::retry_job(&job, eta))`.
 //! 5. Hard time limit: FAILURE with kind `TimeLimitExceeded` and the seconds as message.
 
+pub mod amqp;
 pub mod isotime;
 pub mod keys;
 pub mod message;

@@ -58,11 +58,13 @@ pub enum Command {
 /// Where the broker is.
 #[derive(Debug, Args, Clone)]
 pub struct BrokerArgs {
-    /// Broker URL: `sqlite:PATH` (embedded, default), `redis://HOST:PORT/DB`.
+    /// Broker URL: `sqlite:PATH` (embedded, default), `redis://HOST:PORT/DB`,
+    /// `amqp://USER:PASS@HOST:PORT/VHOST` (RabbitMQ).
     #[arg(short, long, env = "SPROUT_BROKER", default_value = sprout::connect::DEFAULT_BROKER_URL)]
     pub broker: String,
-    /// Result backend URL (Celery's `result_backend`): `sqlite:PATH` or
-    /// `redis://HOST:PORT/DB`. Default: the broker's own store.
+    /// Result backend URL (Celery's `result_backend`): `sqlite:PATH`,
+    /// `redis://HOST:PORT/DB`, or `rpc://` (results as messages, with an amqp:// broker).
+    /// Default: the broker's own store; `rpc://` for amqp://.
     #[arg(long, env = "SPROUT_RESULT_BACKEND")]
     pub result_backend: Option<String>,
 }

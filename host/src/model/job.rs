@@ -50,6 +50,11 @@ pub struct Job {
     /// Celery workflow context (chains, callbacks, groups) carried through unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub celery: Option<CeleryContext>,
+    /// Where the producer reads results sent as messages (`rpc://`): the queue its
+    /// message's `reply_to` property names (a Celery client's app oid). `None` is the
+    /// publishing process's own queue, the default every message carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
 }
 
 fn default_queue() -> String {
@@ -72,6 +77,7 @@ impl Job {
             expires: None,
             limits: LimitOverrides::default(),
             celery: None,
+            reply_to: None,
         }
     }
 

@@ -122,6 +122,10 @@ pub struct ResultRecord {
     /// Fill it with `crate::celery::settle`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub celery: Option<CeleryResultMeta>,
+    /// The job's [`Job::reply_to`](crate::model::Job::reply_to): where a backend that
+    /// sends results as messages (`rpc://`) sends this one. Not stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
 }
 
 /// Deserializes a field that is present as `Some`, even when it is `null` (a plain
@@ -184,6 +188,7 @@ impl ResultRecord {
             started_at: None,
             updated_at: Utc::now(),
             celery: None,
+            reply_to: None,
         }
     }
 }

@@ -272,6 +272,7 @@ fn base_record(shared: &Shared, job: &Job, state: State) -> ResultRecord {
     let mut record = ResultRecord::new(job.id.clone(), job.task.clone(), state);
     record.retries = job.retries;
     record.worker = Some(shared.config.hostname.clone());
+    record.reply_to = job.reply_to.clone();
     record
 }
 

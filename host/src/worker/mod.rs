@@ -238,6 +238,7 @@ impl Worker {
         self,
         mut shutdown: watch::Receiver<Shutdown>,
     ) -> Result<WorkerReport, WorkerError> {
+        self.broker.set_prefetch(self.config.reservations.max(1));
         let (tx, rx) = mpsc::unbounded_channel();
         let in_flight: InFlight = Arc::new(Mutex::new(HashSet::new()));
         let settler = Arc::new(Settler {

@@ -241,6 +241,14 @@ impl Settler {
                     .on_chord_part_return(record, &self.publisher)
                     .await?;
             }
+        } else if let Some(part) = records.iter().find(|r| is_chord_part(r)) {
+            tracing::error!(
+                id = %part.id,
+                "job {} is part of a chord, but this result backend does not store results \
+                 it can count: the chord's body will not run. Chords need a storing result \
+                 backend (--result-backend redis://…)",
+                part.id
+            );
         }
         self.finish(batch).await
     }
