@@ -50,6 +50,8 @@ fn main() -> ExitCode {
             Command::Result(args) => commands::result::run(args).await,
             Command::Status(args) => commands::status::run(args).await,
             Command::Purge(args) => commands::purge::run(args).await,
+            Command::Inspect(args) => commands::control::run(args, true).await,
+            Command::Control(args) => commands::control::run(args, false).await,
             Command::Child(_) | Command::Compile(_) => {
                 unreachable!("handled before the runtime starts")
             }

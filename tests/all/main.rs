@@ -9,6 +9,7 @@ mod celery_fixtures;
 mod celery_redis;
 mod cli;
 mod concurrency;
+mod control;
 mod deploy;
 mod edges;
 mod fuzz;

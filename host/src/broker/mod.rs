@@ -33,6 +33,7 @@ use chrono::{DateTime, Utc};
 use crate::model::{DecodeError, Job};
 
 pub mod amqp;
+pub mod mailbox;
 pub mod redis;
 pub mod sqlite;
 
@@ -319,5 +320,11 @@ pub trait Broker: Send + Sync {
     /// [`BrokerError`]; the record then lapses after its `dead_after`.
     async fn sign_off(&self) -> Result<(), BrokerError> {
         Ok(())
+    }
+
+    /// The broker's remote-control channel ([`mailbox`]), if it has one. The default:
+    /// none.
+    fn mailbox(&self) -> Option<std::sync::Arc<dyn mailbox::Mailbox>> {
+        None
     }
 }

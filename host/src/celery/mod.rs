@@ -13,6 +13,8 @@
 //!   link callbacks, errbacks, chain failure propagation, retries, chord pieces (§7–§8).
 //! - [`amqp`] — the same task message as kombu's AMQP transport carries it (headers,
 //!   properties, JSON body) ⇄ [`Job`](crate::model::Job).
+//! - [`control`] — remote control (kombu's pidbox): requests from `celery inspect` /
+//!   `celery control` and the workers' replies.
 //! - [`keys`] — Redis key names: queues and priority buckets, `unacked`, results (§1, §4).
 //! - [`isotime`], `pyjson` — timestamps and JSON exactly as Python writes them.
 //!
@@ -33,6 +35,7 @@
 //! 5. Hard time limit: FAILURE with kind `TimeLimitExceeded` and the seconds as message.
 
 pub mod amqp;
+pub mod control;
 pub mod isotime;
 pub mod keys;
 pub mod message;

@@ -34,6 +34,18 @@ pub enum Command {
     Status(BrokerArgs),
     /// Remove every waiting job from queues.
     Purge(PurgeArgs),
+    /// Ask workers about themselves (Celery's `inspect`): ping, active, reserved,
+    /// scheduled, registered, stats, active_queues, revoked, conf, clock, query_task ID...
+    ///
+    /// Exit codes: 0 some worker replied; 1 none replied within the timeout; 2 bad usage.
+    Inspect(ControlArgs),
+    /// Tell workers to do something (Celery's `control`): revoke ID... [--terminate],
+    /// terminate SIGNAL ID..., rate_limit TASK RATE, time_limit TASK SOFT [HARD],
+    /// enable_events, disable_events, heartbeat, shutdown, pool_grow [N], pool_shrink
+    /// [N], autoscale MAX MIN, add_consumer QUEUE, cancel_consumer QUEUE.
+    ///
+    /// Exit codes: 0 some worker replied; 1 none replied within the timeout; 2 bad usage.
+    Control(ControlArgs),
     /// Run one task locally, without a broker (for task authors).
     ///
     /// Prints the JSON result on stdout, and the fuel used and duration on stderr.
@@ -233,6 +245,11 @@ pub struct WorkerArgs {
     /// still being deployed, and fleets where only some workers have it. 0 = fail at once.
     #[arg(long, env = "SPROUT_UNKNOWN_TASK_GRACE", default_value = "60", value_parser = parse_duration)]
     pub unknown_task_grace: Duration,
+    /// File where the worker keeps the ids of revoked jobs across restarts (Celery's
+    /// `--statedb`), so a revoked job delivered again after a restart does not run.
+    /// Default: revoked ids are kept in memory only.
+    #[arg(long, env = "SPROUT_STATEDB")]
+    pub statedb: Option<PathBuf>,
     /// Broker.
     #[command(flatten)]
     pub broker: BrokerArgs,
@@ -450,4 +467,32 @@ mod tests {
         );
         assert!(parse_eta("tomorrow").is_err());
     }
+}
+
+/// `sprout inspect` / `sprout control`: a remote-control command to workers.
+#[derive(Debug, Args, Clone)]
+pub struct ControlArgs {
+    /// The command (`ping`, `active`, `revoke`, …; see the command's help).
+    pub verb: String,
+    /// Its arguments (task ids, a task name and a rate, a queue, …).
+    pub args: Vec<String>,
+    /// Only these workers (by name, e.g. `sprout@host`; repeatable or comma-separated).
+    #[arg(short, long, value_delimiter = ',')]
+    pub destination: Vec<String>,
+    /// Seconds to wait for replies (or with a unit: `500ms`).
+    #[arg(short, long, default_value = "1", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Print the replies as one JSON object (worker name → reply).
+    #[arg(short, long)]
+    pub json: bool,
+    /// With `revoke`: also stop the job if it is running (at its next fuel slice).
+    #[arg(long)]
+    pub terminate: bool,
+    /// With `revoke --terminate`: the signal Celery would send (checked, then recorded
+    /// in the reason; Sprout stops the job the same way for every signal).
+    #[arg(long, default_value = "SIGTERM")]
+    pub signal: String,
+    /// The broker's location.
+    #[command(flatten)]
+    pub broker: BrokerArgs,
 }

@@ -10,6 +10,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use futures_util::FutureExt;
@@ -23,8 +24,8 @@ use crate::sandbox::{RunRequest, Sandbox};
 /// Runs up to `concurrency` jobs at once on the current tokio runtime.
 pub struct AsyncPool {
     sandbox: Sandbox,
-    slots: Semaphore,
-    concurrency: usize,
+    slots: Arc<Semaphore>,
+    concurrency: AtomicUsize,
 }
 
 impl AsyncPool {
@@ -34,8 +35,8 @@ impl AsyncPool {
         let concurrency = concurrency.max(1);
         AsyncPool {
             sandbox,
-            slots: Semaphore::new(concurrency),
-            concurrency,
+            slots: Arc::new(Semaphore::new(concurrency)),
+            concurrency: AtomicUsize::new(concurrency),
         }
     }
 }
@@ -68,10 +69,50 @@ impl Pool for AsyncPool {
     }
 
     fn concurrency(&self) -> usize {
-        self.concurrency
+        self.concurrency.load(Ordering::SeqCst)
     }
 
     fn kind(&self) -> PoolKind {
         PoolKind::Async
+    }
+
+    /// Grows at once (up to the engine's instance slots, which every async pool of the
+    /// process shares); shrinks by taking slots out as running jobs give them back
+    /// (never below one).
+    fn resize(&self, delta: i64) -> Result<usize, String> {
+        let max = self.sandbox.settings().max_instances as usize;
+        let mut result = Ok(0);
+        let _ = self
+            .concurrency
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |now| {
+                let wanted = i64::try_from(now).unwrap_or(i64::MAX).saturating_add(delta);
+                if wanted < 1 {
+                    result = Err(format!("cannot shrink below 1 (the pool runs {now})"));
+                    None
+                } else if wanted as usize > max {
+                    result = Err(format!(
+                        "cannot grow past {max}, the engine's instance slots (the pool runs {now})"
+                    ));
+                    None
+                } else {
+                    result = Ok(wanted as usize);
+                    Some(wanted as usize)
+                }
+            });
+        let new = result?;
+        match delta {
+            d if d > 0 => self.slots.add_permits(d as usize),
+            d if d < 0 => {
+                let slots = self.slots.clone();
+                let n = u32::try_from(d.unsigned_abs()).unwrap_or(u32::MAX);
+                tokio::spawn(async move {
+                    if let Ok(permits) = slots.acquire_many_owned(n).await {
+                        permits.forget();
+                    }
+                });
+            }
+            _ => {}
+        }
+        Ok(new)
     }
 }

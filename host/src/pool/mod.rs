@@ -41,6 +41,17 @@ pub trait Pool: Send + Sync {
     /// `async`, `prefork`.
     fn kind(&self) -> PoolKind;
 
+    /// Changes how many jobs run at once by `delta` (remote control's `pool_grow` /
+    /// `pool_shrink`); returns the new concurrency. Shrinking takes effect as running
+    /// jobs finish. The default: the pool cannot be resized.
+    ///
+    /// # Errors
+    /// Why the pool cannot be resized (by that much).
+    fn resize(&self, delta: i64) -> Result<usize, String> {
+        let _ = delta;
+        Err(format!("the {} pool cannot be resized", self.kind()))
+    }
+
     /// Releases what the pool holds outside this process (the prefork pool stops its
     /// children). Call it once, after the last worker using the pool has stopped; jobs
     /// still running then end as `WorkerLost`. The default does nothing.

@@ -14,6 +14,7 @@ use chrono::Utc;
 use futures_util::FutureExt;
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::active::{Stage, Tracked};
 use super::settle::{Ending, Settle};
 use super::{Count, Shared};
 use crate::broker::Delivery;
@@ -28,11 +29,18 @@ pub(super) async fn handle(shared: &Shared, delivery: Delivery, permit: OwnedSem
     let tag = delivery.tag;
     let ending = match delivery.job {
         Ok(job) => {
-            let path = AssertUnwindSafe(run_job(shared, &job, permit)).catch_unwind();
-            match path.await {
+            let mut tracked =
+                shared
+                    .control
+                    .jobs
+                    .track(&job, &delivery.queue, delivery.delivery_count > 1);
+            let path = AssertUnwindSafe(run_job(shared, &job, permit, &mut tracked)).catch_unwind();
+            let ending = match path.await {
                 Ok(ending) => ending,
                 Err(panic) => panicked(shared, &job, &crate::panics::message(panic.as_ref())),
-            }
+            };
+            shared.control.count(&job.task);
+            ending
         }
         Err(error) => {
             tracing::error!(queue = %delivery.queue, "dead-lettering undecodable message: {}", error.reason);
@@ -90,8 +98,44 @@ fn complete(job: &Job, record: ResultRecord) -> Ending {
     }
 }
 
+/// The ending of a revoked job (by remote control; `started_at` when it was running):
+/// REVOKED, `TaskRevokedError` with the reason, as Celery's `mark_as_revoked`.
+fn revoked(
+    shared: &Shared,
+    job: &Job,
+    reason: &str,
+    started_at: Option<chrono::DateTime<Utc>>,
+) -> Ending {
+    tracing::info!(id = %job.id, task = %job.task, "revoked: {reason}");
+    let mut record = base_record(shared, job, State::Revoked);
+    record.started_at = started_at;
+    record.error = Some(ErrorInfo {
+        kind: "TaskRevokedError".into(),
+        message: reason.to_string(),
+        traceback: None,
+    });
+    shared.counters.add(Count::Failed);
+    complete(job, record)
+}
+
+/// Why a job that has not started yet must not run, if it was revoked.
+fn revoked_before_start(shared: &Shared, job: &Job, tracked: &Tracked<'_>) -> Option<String> {
+    if let Some(stop) = tracked.stopped() {
+        return Some(stop.reason().to_string());
+    }
+    shared
+        .control
+        .is_revoked(&job.id)
+        .then(|| "revoked".to_string())
+}
+
 /// Admits, runs and classifies one decoded job.
-async fn run_job(shared: &Shared, job: &Job, permit: OwnedSemaphorePermit) -> Ending {
+async fn run_job(
+    shared: &Shared,
+    job: &Job,
+    permit: OwnedSemaphorePermit,
+    tracked: &mut Tracked<'_>,
+) -> Ending {
     let now = Utc::now();
     if job.is_expired(now) {
         tracing::info!(id = %job.id, task = %job.task, "revoked: expired before it ran");
@@ -104,13 +148,23 @@ async fn run_job(shared: &Shared, job: &Job, permit: OwnedSemaphorePermit) -> En
         shared.counters.add(Count::Failed);
         return complete(job, record);
     }
+    if let Some(reason) = revoked_before_start(shared, job, tracked) {
+        return revoked(shared, job, &reason, None);
+    }
     // An eta in the future (brokers that deliver early, like Celery's Redis transport):
-    // wait without holding a reservation or a pool slot.
+    // wait without holding a reservation or a pool slot; a revoke ends the wait.
     let permit = match job.eta {
         Some(eta) if eta > now => {
             drop(permit);
             let wait = (eta - now).to_std().unwrap_or_default();
-            tokio::time::sleep(wait).await;
+            tracked.set(Stage::Scheduled);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                stop = tracked.until_stopped(false) => {
+                    return revoked(shared, job, stop.reason(), None);
+                }
+            }
+            tracked.set(Stage::Reserved);
             None
         }
         _ => Some(permit),
@@ -128,8 +182,12 @@ async fn run_job(shared: &Shared, job: &Job, permit: OwnedSemaphorePermit) -> En
         shared.counters.add(Count::Failed);
         return complete(job, record);
     };
+    let entry = shared.control.adjust(entry);
     // The manifest's rate limit: wait here, before the job starts or takes a pool slot.
     shared.registry.throttle(&entry).await;
+    if let Some(reason) = revoked_before_start(shared, job, tracked) {
+        return revoked(shared, job, &reason, None);
+    }
     if shared.config.track_started {
         let mut started = base_record(shared, job, State::Started);
         started.started_at = Some(Utc::now());
@@ -149,7 +207,16 @@ async fn run_job(shared: &Shared, job: &Job, permit: OwnedSemaphorePermit) -> En
     };
     let started_at = Utc::now();
     let started = Instant::now();
-    let execution = shared.pool.execute(entry.clone(), request).await;
+    tracked.set(Stage::Active);
+    // A terminate drops the pool's future: the guest stops at its next fuel slice (in
+    // a prefork child too, which is told to cancel that job alone).
+    let execution = tokio::select! {
+        execution = shared.pool.execute(entry.clone(), request) => execution,
+        stop = tracked.until_stopped(true) => {
+            drop(permit);
+            return revoked(shared, job, stop.reason(), Some(started_at));
+        }
+    };
     drop(permit);
     tracing::debug!(id = %job.id, task = %job.task, elapsed = ?started.elapsed(), outcome = ?execution.outcome.error_kind(), "job finished");
 

@@ -19,11 +19,19 @@
 //! restored by other workers within about [`Liveness::dead_after`] instead of after
 //! their lease (see [`crate::broker`]).
 //!
+//! Remote control ([`control`]): every consume loop of a process attaches to one
+//! [`ControlPlane`], which tracks the jobs it holds (each with its own stop signal, so
+//! `revoke --terminate` stops exactly one job) and answers Celery's inspect/control
+//! commands on a thread of its own.
+//!
 //! Shutdown: [`Shutdown::Warm`] stops fetching and lets running jobs finish within the
 //! grace period, then releases what is left; [`Shutdown::Cold`] stops running jobs at
 //! once and releases them, so they are redelivered immediately on restart.
 
+mod active;
+pub mod control;
 mod job;
+pub mod revoked;
 mod settle;
 
 use std::collections::HashSet;
@@ -36,6 +44,7 @@ use futures_util::FutureExt;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
+pub use control::ControlPlane;
 pub use settle::BrokerPublisher;
 use settle::{Ending, InFlight, Settle, Settler};
 
@@ -144,6 +153,7 @@ pub struct Worker {
     pool: Arc<dyn Pool>,
     config: WorkerConfig,
     liveness: Option<Liveness>,
+    control: Option<(Arc<ControlPlane>, String)>,
 }
 
 /// State shared by the loop and the per-job tasks.
@@ -156,6 +166,8 @@ struct Shared {
     in_flight: InFlight,
     settles: mpsc::UnboundedSender<Settle>,
     counters: Arc<Counters>,
+    control: Arc<ControlPlane>,
+    link: control::PoolLink,
 }
 
 impl Shared {
@@ -215,7 +227,15 @@ impl Worker {
             pool,
             config,
             liveness: Some(Liveness::default()),
+            control: None,
         }
+    }
+
+    /// Attaches the worker to the process's control plane, as the pool called `name`
+    /// (default: a plane of its own, which nobody but the worker itself sees).
+    pub fn control(mut self, plane: Arc<ControlPlane>, name: impl Into<String>) -> Self {
+        self.control = Some((plane, name.into()));
+        self
     }
 
     /// Sets how the worker heartbeats (default: [`Liveness::default`]); `None` turns
@@ -261,6 +281,19 @@ impl Worker {
             },
             None => None,
         };
+        let reservations = Arc::new(Semaphore::new(self.config.reservations.max(1)));
+        let (plane, pool_name) = self.control.unwrap_or_else(|| {
+            let plane = ControlPlane::new(&self.config.hostname, Default::default());
+            (plane, self.pool.kind().to_string())
+        });
+        let link = plane.attach(
+            &pool_name,
+            self.pool.clone(),
+            self.config.queues.clone(),
+            reservations.clone(),
+            self.config.reservations / self.pool.concurrency().max(1),
+            self.registry.clone(),
+        );
         let shared = Arc::new(Shared {
             broker: self.broker,
             backend: self.backend,
@@ -270,9 +303,10 @@ impl Worker {
             in_flight,
             settles: tx,
             counters: Arc::default(),
+            control: plane,
+            link,
         });
         let lease_keeper = tokio::spawn(extend_leases(shared.clone()));
-        let reservations = Arc::new(Semaphore::new(shared.config.reservations.max(1)));
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let mut jobs = JoinSet::new();
         let mut backoff = Duration::from_millis(100);
@@ -297,14 +331,19 @@ impl Worker {
             }
             while jobs.try_join_next().is_some() {}
             let wanted = permits.num_permits();
+            let queues = shared.link.queues();
+            if queues.is_empty() {
+                // Every queue was cancelled by remote control: wait for one to be added.
+                drop(permits);
+                tokio::select! {
+                    _ = tokio::time::sleep(FETCH_WAIT) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
             let fetched = shared
                 .broker
-                .fetch(
-                    &shared.config.queues,
-                    wanted,
-                    shared.config.lease,
-                    FETCH_WAIT,
-                )
+                .fetch(&queues, wanted, shared.config.lease, FETCH_WAIT)
                 .await;
             let deliveries = match fetched {
                 Ok(d) => {

@@ -69,7 +69,10 @@
 //! kombu), so the stale holder of an expired lease can still settle the new delivery.
 //! `delivery_count` is 1, or 2 for a message marked redelivered: Redis keeps no count.
 
+mod mailbox;
 pub(crate) mod scripts;
+
+pub use mailbox::RedisMailbox;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -152,6 +155,7 @@ pub struct RedisBroker {
     opts: RedisOptions,
     state: Arc<Mutex<State>>,
     identity: BrokerIdentity,
+    mailbox: Arc<RedisMailbox>,
 }
 
 impl std::fmt::Debug for RedisBroker {
@@ -267,8 +271,10 @@ impl RedisBroker {
             held_lease(&opts),
             opts.visibility_timeout,
         ));
+        let mailbox = RedisMailbox::new(opts.clone())?;
         Ok(RedisBroker {
             conn,
+            mailbox,
             opts,
             state,
             identity: BrokerIdentity::new(),
@@ -1053,6 +1059,10 @@ impl Broker for RedisBroker {
             .query_async::<()>(&mut self.conn())
             .await
             .map_err(broker_error)
+    }
+
+    fn mailbox(&self) -> Option<Arc<dyn crate::broker::mailbox::Mailbox>> {
+        Some(self.mailbox.clone())
     }
 }
 

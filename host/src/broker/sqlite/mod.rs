@@ -12,7 +12,10 @@
 //! and deletes the expired `workers` rows, in one transaction. Rows leased without
 //! liveness (`owner` NULL) come back when their lease runs out, as before.
 
+mod mailbox;
 mod queue;
+
+pub use mailbox::SqliteMailbox;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -48,6 +51,7 @@ pub struct SqliteBroker {
     db: Database,
     identity: Arc<BrokerIdentity>,
     live: Arc<Mutex<Live>>,
+    mailbox: Arc<SqliteMailbox>,
 }
 
 impl From<Failure> for BrokerError {
@@ -74,6 +78,7 @@ impl SqliteBroker {
     /// The broker on an open database (shared with its result backend, if any).
     pub fn new(db: Database) -> SqliteBroker {
         SqliteBroker {
+            mailbox: SqliteMailbox::new(db.clone()),
             db,
             identity: Arc::new(BrokerIdentity::new()),
             live: Arc::default(),
@@ -372,5 +377,9 @@ impl Broker for SqliteBroker {
             .run(move |inner| Ok(queue::sign_off(&inner.writer(), &id)?))
             .await
             .map_err(BrokerError::from)
+    }
+
+    fn mailbox(&self) -> Option<Arc<dyn crate::broker::mailbox::Mailbox>> {
+        Some(self.mailbox.clone())
     }
 }

@@ -11,6 +11,7 @@ use sprout::connect::ConnectError;
 use sprout::model::Limits;
 use sprout::sandbox::{ArtifactCache, CompileLimits, EngineSettings, Sandbox};
 
+pub mod control;
 pub mod purge;
 pub mod result;
 pub mod run;

@@ -24,7 +24,8 @@ use sprout::pool::{
 };
 use sprout::registry::Registry;
 use sprout::sandbox::{ArtifactCache, Sandbox};
-use sprout::worker::{Liveness, Shutdown, Worker, WorkerConfig, WorkerReport};
+use sprout::worker::revoked::Revoked;
+use sprout::worker::{ControlPlane, Liveness, Shutdown, Worker, WorkerConfig, WorkerReport};
 
 use super::{EXIT_USAGE, ExitError};
 
@@ -39,6 +40,10 @@ const DEFAULT_ASYNC_CONCURRENCY: usize = 100;
 pub async fn run(args: WorkerArgs, log_filter: &str) -> anyhow::Result<ExitCode> {
     let (specs, named) = plan_pools(&args).map_err(|e| ExitError::new(EXIT_USAGE, e))?;
     let liveness = liveness(&args).map_err(|e| ExitError::new(EXIT_USAGE, e))?;
+    let revoked = match &args.statedb {
+        Some(path) => Revoked::open(path).map_err(|e| ExitError::new(EXIT_USAGE, e.to_string()))?,
+        None => Revoked::default(),
+    };
     let async_slots: usize = specs
         .iter()
         .filter(|s| s.kind == PoolKind::Async)
@@ -111,6 +116,33 @@ pub async fn run(args: WorkerArgs, log_filter: &str) -> anyhow::Result<ExitCode>
     let (shutdown_tx, shutdown_rx) = watch::channel(Shutdown::Running);
     let shutdown_tx = Arc::new(shutdown_tx);
     tokio::spawn(forward_signals(shutdown_tx.clone()));
+
+    // Remote control: one plane for every pool of the process, answering on its own
+    // thread; a remote `shutdown` is a warm shutdown.
+    let plane = ControlPlane::new(&hostname, revoked);
+    plane.set_broker_info(broker_info(&args.broker.broker));
+    let _control = match connection.broker.mailbox() {
+        Some(mailbox) => Some(
+            plane
+                .serve(mailbox)
+                .context("cannot start the remote-control thread")?,
+        ),
+        None => None,
+    };
+    {
+        let plane = plane.clone();
+        let tx = shutdown_tx.clone();
+        tokio::spawn(async move {
+            plane.shutdown_requested().await;
+            tx.send_if_modified(|state| {
+                let running = *state == Shutdown::Running;
+                if running {
+                    *state = Shutdown::Warm;
+                }
+                running
+            });
+        });
+    }
     let mut workers = tokio::task::JoinSet::new();
     for (spec, pool) in &pools {
         let config = WorkerConfig {
@@ -132,7 +164,8 @@ pub async fn run(args: WorkerArgs, log_filter: &str) -> anyhow::Result<ExitCode>
             pool.clone(),
             config,
         )
-        .liveness(liveness);
+        .liveness(liveness)
+        .control(plane.clone(), spec.name.clone());
         let name = spec.name.clone();
         let shutdown = shutdown_rx.clone();
         workers.spawn(async move { (name, worker.run(shutdown).await) });
@@ -400,6 +433,35 @@ fn liveness(args: &WorkerArgs) -> Result<Option<Liveness>, String> {
         interval: args.heartbeat_interval,
         dead_after: args.worker_dead_after,
     }))
+}
+
+/// What `inspect stats` says about the broker: its transport and where it is (never
+/// credentials).
+fn broker_info(url: &str) -> serde_json::Value {
+    let transport = url.split(':').next().unwrap_or("").to_string();
+    let (mut host, mut port, mut vhost) = (None, None, String::new());
+    if let Some(rest) = url.split_once("://").map(|(_, rest)| rest) {
+        let rest = rest.split(['?', '#']).next().unwrap_or("");
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let hostport = authority.rsplit('@').next().unwrap_or(authority);
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => {
+                host = Some(h.to_string());
+                port = p.parse::<u16>().ok();
+            }
+            None => host = Some(hostport.to_string()),
+        }
+        vhost = path.to_string();
+    }
+    serde_json::json!({
+        "transport": transport,
+        "hostname": host,
+        "port": port,
+        "virtual_host": vhost,
+        "userid": null,
+        "insist": false,
+        "ssl": transport == "rediss",
+    })
 }
 
 fn default_hostname() -> String {

@@ -17,11 +17,11 @@ use std::collections::HashMap;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::protocol::{self, FromChild, PROTOCOL_VERSION, ToChild};
 use crate::model::{Execution, Outcome};
@@ -223,6 +223,8 @@ async fn serve(options: ChildOptions, input: pipe::Receiver, output: pipe::Sende
 
     // Module versions by hash, or why one failed to load.
     let mut modules: HashMap<String, Result<Arc<TaskModule>, String>> = HashMap::new();
+    // How to stop each running job, by seq.
+    let running: Arc<Mutex<HashMap<u64, oneshot::Sender<()>>>> = Arc::default();
     let mut buf = Vec::new();
     loop {
         let frame = match protocol::read_frame::<ToChild>(&mut input, &mut buf).await {
@@ -258,15 +260,34 @@ async fn serve(options: ChildOptions, input: pipe::Receiver, output: pipe::Sende
                     frames: Some(frames.clone()),
                     peak: peak.clone(),
                 };
+                let (cancel, cancelled) = oneshot::channel();
+                lock(&running).insert(seq, cancel);
+                let running = running.clone();
                 // One task per job, as in the async pool; the reply reports a panic in
-                // it as a failed job instead of leaving the parent waiting.
+                // it as a failed job instead of leaving the parent waiting. A cancel
+                // drops the guest at its next yield point; the job's neighbours run on.
                 tokio::spawn(async move {
-                    let execution = run(&sandbox, module, &hash, request).await;
+                    let execution = tokio::select! {
+                        execution = run(&sandbox, module, &hash, request) => execution,
+                        Ok(()) = cancelled => Execution::not_started(Outcome::WorkerLost {
+                            reason: "cancelled by the parent".into(),
+                        }),
+                    };
+                    lock(&running).remove(&seq);
                     reply.send(execution);
                 });
             }
+            ToChild::Cancel { seq } => {
+                if let Some(cancel) = lock(&running).remove(&seq) {
+                    let _ = cancel.send(());
+                }
+            }
         }
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Runs one job (on the task [`serve`] spawned for it).

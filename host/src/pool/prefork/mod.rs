@@ -407,9 +407,18 @@ impl Pool for PreforkPool {
             }
             changed.await;
         };
+        // Dropped before the child reported (a terminate, a cold shutdown): tell the
+        // child to stop this job alone; its permit comes back with the child's `Done`.
+        let mut cancel = CancelOnDrop {
+            child: Some(child.clone()),
+            seq,
+        };
         let watchdog = tokio::time::sleep(hard_limit.saturating_add(WATCHDOG_GRACE));
         tokio::select! {
-            execution = &mut done => return execution.unwrap_or_else(|_| dropped(&child)),
+            execution = &mut done => {
+                cancel.child = None;
+                return execution.unwrap_or_else(|_| dropped(&child));
+            }
             _ = watchdog => {}
         }
         child.kill(format!(
@@ -417,7 +426,9 @@ impl Pool for PreforkPool {
             WATCHDOG_GRACE.as_secs(),
             hard_limit.as_secs_f64()
         ));
-        done.await.unwrap_or_else(|_| dropped(&child))
+        let execution = done.await.unwrap_or_else(|_| dropped(&child));
+        cancel.child = None;
+        execution
     }
 
     fn concurrency(&self) -> usize {
@@ -795,6 +806,26 @@ async fn write_frames(mut stdin: ChildStdin, mut outgoing: mpsc::UnboundedReceiv
         }
         if stdin.write_all(&bytes).await.is_err() {
             return;
+        }
+    }
+}
+
+/// Sends `Cancel { seq }` to the child when dropped with `child` still set.
+struct CancelOnDrop {
+    child: Option<Arc<ChildProc>>,
+    seq: u64,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        let Some(child) = self.child.take() else {
+            return;
+        };
+        let state = lock(&child.state);
+        if state.in_flight.contains_key(&self.seq)
+            && let Some(frames) = &state.frames
+        {
+            let _ = frames.send(protocol::encode(&ToChild::Cancel { seq: self.seq }));
         }
     }
 }

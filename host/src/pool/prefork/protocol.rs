@@ -12,6 +12,7 @@
 //! child:  Ready { pid, version }                   (once, when its engine is built)
 //! parent: Load { hash, bytes }                     (first time this child needs `hash`)
 //! parent: Run { seq, hash, request }               (one per job)
+//! parent: Cancel { seq }                           (stop that job; its Done follows)
 //! child:  Done { seq, execution, peak_rss_bytes } (one per Run, in completion order)
 //! ```
 //! The parent closes the child's stdin to stop it; the child exits at once on EOF.
@@ -28,7 +29,7 @@ use crate::sandbox::RunRequest;
 
 /// Bumped when frames change incompatibly; the child refuses another version (a binary
 /// replaced on disk while the worker runs would otherwise speak a different protocol).
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest frame either side accepts (a task file of up to ~750 MiB, base64-encoded).
 pub const MAX_FRAME: usize = 1 << 30;
@@ -54,6 +55,13 @@ pub enum ToChild {
         hash: String,
         /// The job.
         request: RunRequest,
+    },
+    /// Stop one running job (remote control's terminate, or the parent no longer waits
+    /// for it) at its next fuel slice; its `Done` (`WorkerLost`, "cancelled") follows.
+    /// The child's other jobs are untouched. Unknown or finished `seq`s are ignored.
+    Cancel {
+        /// The `seq` of its `Run`.
+        seq: u64,
     },
 }
 
