@@ -18,7 +18,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::BrokerError;
-use crate::celery::control::{ControlRequest, Reply};
+use crate::celery::control::{self, ControlError, ControlRequest, Reply};
 
 /// Requests waiting to be handled that a listener buffers before dropping new ones.
 pub const LISTEN_BUFFER: usize = 1024;
@@ -58,4 +58,30 @@ pub trait Mailbox: Send + Sync {
         timeout: Duration,
         limit: Option<usize>,
     ) -> Result<Vec<Reply>, BrokerError>;
+}
+
+/// Decodes one raw request from a transport and hands it to the listener; expired and
+/// malformed ones are dropped with a log line, and so is a request when
+/// [`LISTEN_BUFFER`] are already waiting.
+pub(crate) fn forward(raw: &[u8], tx: &mpsc::Sender<ControlRequest>) {
+    let now = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
+    match control::decode_request(raw, now) {
+        Ok(request) => {
+            if tx.try_send(request).is_err() {
+                tracing::warn!("remote control: too many requests waiting; dropped one");
+            }
+        }
+        Err(ControlError::Expired) => tracing::debug!("remote control: dropped an expired request"),
+        Err(e) => tracing::warn!("remote control: {e}"),
+    }
+}
+
+/// Decodes one raw reply for a client waiting on `ticket`; keeps it when it answers
+/// that ticket.
+pub(crate) fn collect_reply(raw: &[u8], ticket: &str, replies: &mut Vec<Reply>) {
+    match control::decode_reply(raw) {
+        Ok(reply) if reply.ticket.as_deref() == Some(ticket) => replies.push(reply),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("remote control: unreadable reply: {e}"),
+    }
 }

@@ -22,8 +22,8 @@ use tokio::sync::{OnceCell, mpsc};
 
 use super::broker_error;
 use crate::broker::BrokerError;
-use crate::broker::mailbox::{LISTEN_BUFFER, Mailbox};
-use crate::celery::control::{self, ControlError, ControlRequest, Reply, ReplyTo};
+use crate::broker::mailbox::{LISTEN_BUFFER, Mailbox, collect_reply, forward};
+use crate::celery::control::{self, ControlRequest, Reply, ReplyTo};
 use crate::storage::redis::RedisOptions;
 
 /// Longest wait between two reconnection attempts of the listener.
@@ -113,18 +113,7 @@ async fn listen_loop(
                 tracing::warn!("remote control: lost the subscription to {channel}; resubscribing");
                 break;
             };
-            let now = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
-            match control::decode_request(msg.get_payload_bytes(), now) {
-                Ok(request) => {
-                    if tx.try_send(request).is_err() {
-                        tracing::warn!("remote control: too many requests waiting; dropped one");
-                    }
-                }
-                Err(ControlError::Expired) => {
-                    tracing::debug!("remote control: dropped an expired request")
-                }
-                Err(e) => tracing::warn!("remote control: {e}"),
-            }
+            forward(msg.get_payload_bytes(), &tx);
         }
     }
 }
@@ -247,11 +236,7 @@ async fn collect(
             .await
             .map_err(broker_error)?;
         match popped {
-            Some(raw) => match control::decode_reply(&raw) {
-                Ok(reply) if reply.ticket.as_deref() == Some(ticket) => replies.push(reply),
-                Ok(_) => {}
-                Err(e) => tracing::warn!("remote control: unreadable reply: {e}"),
-            },
+            Some(raw) => collect_reply(&raw, ticket, &mut replies),
             None => {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {

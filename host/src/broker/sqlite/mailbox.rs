@@ -21,8 +21,8 @@ use serde_json::Value;
 use tokio::sync::{OnceCell, mpsc};
 
 use crate::broker::BrokerError;
-use crate::broker::mailbox::{LISTEN_BUFFER, Mailbox};
-use crate::celery::control::{self, ControlError, ControlRequest, Reply, ReplyTo};
+use crate::broker::mailbox::{LISTEN_BUFFER, Mailbox, collect_reply, forward};
+use crate::celery::control::{self, ControlRequest, Reply, ReplyTo};
 use crate::storage::sqlite::{Database, Failure, duration_ms, now_ms};
 
 /// How often a listening worker and a waiting client look at the file.
@@ -115,18 +115,9 @@ async fn listen_loop(db: Database, mut after: i64, tx: mpsc::Sender<ControlReque
                 continue;
             }
         };
-        let now = now_ms() as f64 / 1e3;
         for (seq, body) in rows {
             after = after.max(seq);
-            match control::decode_request(&body, now) {
-                Ok(request) => {
-                    if tx.try_send(request).is_err() {
-                        tracing::warn!("remote control: too many requests waiting; dropped one");
-                    }
-                }
-                Err(ControlError::Expired) => {}
-                Err(e) => tracing::warn!("remote control: {e}"),
-            }
+            forward(&body, &tx);
         }
     }
 }
@@ -240,13 +231,7 @@ impl Mailbox for SqliteMailbox {
                 .await?;
             for (id, raw) in rows {
                 seen = seen.max(id);
-                match control::decode_reply(&raw) {
-                    Ok(reply) if reply.ticket.as_deref() == Some(ticket.as_str()) => {
-                        replies.push(reply)
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!("remote control: unreadable reply: {e}"),
-                }
+                collect_reply(&raw, &ticket, &mut replies);
             }
             if limit.is_some_and(|l| replies.len() >= l) {
                 break;
