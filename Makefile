@@ -52,6 +52,7 @@ bench: build tasks
 	./host/benches/feeds_beside_hogs.sh
 	@if redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then \
 		$(CARGO) bench -p sprout --bench redis_broker && \
+		$(CARGO) bench -p sprout --bench control && \
 		./host/benches/redis_drain.sh && \
 		./host/benches/celery_compare.sh; \
 	else \
