@@ -3,7 +3,7 @@
 //!
 //! Needs RabbitMQ at 127.0.0.1:5672 (guest/guest) and `rabbitmqctl` (run as root):
 //! each test gets a virtual host of its own ([`RabbitScope`]: `rabbitmqctl add_vhost`
-//! + `set_permissions`), deleted when the test ends, also when it fails. Without
+//! and `set_permissions`), deleted when the test ends, also when it fails. Without
 //! them the tests are skipped with a note on stderr.
 
 use std::collections::HashSet;
@@ -186,7 +186,12 @@ async fn connection_loss_redelivers_and_never_acks_twice() {
     let deadline = Instant::now() + Duration::from_secs(10);
     while again.len() < 3 && Instant::now() < deadline {
         match broker
-            .fetch(&[q.clone()], 10, LONG_LEASE, Duration::from_millis(200))
+            .fetch(
+                std::slice::from_ref(&q),
+                10,
+                LONG_LEASE,
+                Duration::from_millis(200),
+            )
             .await
         {
             Ok(got) => again.extend(got),
@@ -458,7 +463,7 @@ fn python_and_sprout_workers_share_a_queue() {
 }
 
 /// Connections closed under load (`rabbitmqctl close_all_connections` on the test
-/// vhost, three times while 3000 jobs drain): every job ends with its result, the
+/// vhost, three times while 6000 jobs drain): every job ends with its result, the
 /// queue ends empty with nothing unacknowledged, and the worker never acked a delivery
 /// on the wrong channel (RabbitMQ would close it with PRECONDITION_FAILED).
 #[test]
@@ -469,7 +474,7 @@ fn connections_closed_under_load_lose_nothing() {
     let Some(rabbit) = rabbit_test("connections_closed_under_load_lose_nothing") else {
         return;
     };
-    const JOBS: usize = 3000;
+    const JOBS: usize = 6000;
     let broker = rabbit.url();
     let results = redis.sprout_url();
     let q = queue("amqp-close");
@@ -487,7 +492,7 @@ fn connections_closed_under_load_lose_nothing() {
             producer.publish(chunk).await.unwrap();
         }
     });
-    let worker = sprout_worker_with(&broker, &q, &["--result-backend", &results, "-c", "4"]);
+    let mut worker = sprout_worker_with(&broker, &q, &["--result-backend", &results]);
     let backend = rt.block_on(async {
         sprout::connect::backend(&results, None)
             .await
@@ -512,6 +517,7 @@ fn connections_closed_under_load_lose_nothing() {
     for round in 0..3 {
         let start = Instant::now();
         while done(&backend) < JOBS * (round + 1) / 4 && start.elapsed() < Duration::from_secs(60) {
+            assert!(worker.is_running(), "the worker exited");
             std::thread::sleep(Duration::from_millis(50));
         }
         rabbit.close_connections();

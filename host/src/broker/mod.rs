@@ -105,6 +105,15 @@ impl LivenessUsers {
     }
 }
 
+/// When a broker that holds eta messages (Redis, AMQP) hands a decoded job to a worker:
+/// its eta, or its expiry if sooner (so it is revoked on time).
+pub(crate) fn due_at(job: &Job) -> Option<DateTime<Utc>> {
+    match (job.eta, job.expires) {
+        (Some(eta), Some(exp)) => Some(eta.min(exp)),
+        (eta, _) => eta,
+    }
+}
+
 /// Identifies one delivery of one message, for ack/requeue/dead-letter. Opaque to callers.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DeliveryTag(pub String);

@@ -73,7 +73,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use self::link::Link;
-use super::{Broker, BrokerError, DeadLetter, Delivery, DeliveryTag, QueueStats};
+use super::{Broker, BrokerError, DeadLetter, Delivery, DeliveryTag, QueueStats, due_at};
 use crate::celery::amqp::{self as wire, AmqpProperties};
 use crate::model::{DecodeError, Job};
 use crate::storage::amqp::{AmqpOptions, map_of, table_of};
@@ -150,14 +150,6 @@ impl std::fmt::Debug for AmqpBroker {
         f.debug_struct("AmqpBroker")
             .field("url", &self.inner.opts.display())
             .finish_non_exhaustive()
-    }
-}
-
-/// When a decoded job should be handed out: its eta, or its expiry if sooner.
-fn due_at(job: &Job) -> Option<DateTime<Utc>> {
-    match (job.eta, job.expires) {
-        (Some(eta), Some(exp)) => Some(eta.min(exp)),
-        (eta, _) => eta,
     }
 }
 

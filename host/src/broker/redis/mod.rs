@@ -108,7 +108,7 @@ impl From<OptionsError> for BrokerError {
 
 use super::{
     Broker, BrokerError, BrokerIdentity, DeadLetter, Delivery, DeliveryTag, LivenessUsers,
-    QueueStats,
+    QueueStats, due_at,
 };
 use crate::celery::{isotime, keys, message, pyjson, result};
 use crate::model::DecodeError;
@@ -209,14 +209,6 @@ fn unix_seconds(at: DateTime<Utc>) -> f64 {
 
 fn lease_score(now: DateTime<Utc>, lease: Duration, vt: Duration) -> f64 {
     unix_seconds(now) + lease.as_secs_f64() - vt.as_secs_f64()
-}
-
-/// When a decoded job should be handed to a worker: its eta, or its expiry if sooner.
-fn due_at(job: &Job) -> Option<DateTime<Utc>> {
-    match (job.eta, job.expires) {
-        (Some(eta), Some(exp)) => Some(eta.min(exp)),
-        (eta, _) => eta,
-    }
 }
 
 /// The dead-letter FAILURE, as `celery-task-meta-<id>` JSON.
