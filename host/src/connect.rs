@@ -20,7 +20,9 @@ use crate::backend::rpc::RpcBackend;
 use crate::backend::sqlite::SqliteBackend;
 use crate::backend::{BackendError, ResultBackend};
 use crate::broker::amqp::AmqpBroker;
+use crate::broker::events::EventSink;
 use crate::broker::redis::RedisBroker;
+use crate::broker::redis::events::RedisEvents;
 use crate::broker::sqlite::SqliteBroker;
 use crate::broker::{Broker, BrokerError};
 use crate::storage::amqp::AmqpOptions;
@@ -169,6 +171,25 @@ pub async fn broker(url: &str) -> Result<Arc<dyn Broker>, ConnectError> {
                 url: url.to_string(),
             });
         }
+    })
+}
+
+/// Opens where a worker's monitoring events (Celery's `-E`) go for the broker at
+/// `url`: on Redis the `celeryev` pub/sub channels Flower listens on; `None` for the
+/// embedded SQLite broker, which has no event subscribers (events are not kept), and
+/// for now for AMQP (events on RabbitMQ's `celeryev` exchange are not written yet).
+///
+/// # Errors
+/// [`ConnectError::UnsupportedUrl`] for an unknown scheme, or the broker's own error.
+pub async fn events(url: &str) -> Result<Option<Arc<dyn EventSink>>, ConnectError> {
+    Ok(match parse(url, "broker")? {
+        Target::Redis(url) => {
+            let opts = RedisOptions::from_url(url).map_err(BrokerError::from)?;
+            Some(Arc::new(RedisEvents::connect(&opts).await?))
+        }
+        // SQLite: nobody can subscribe to a file. AMQP: the `celeryev` topic exchange
+        // is not published to yet (known gap).
+        Target::Sqlite(_) | Target::Amqp(_) | Target::Rpc => None,
     })
 }
 

@@ -33,6 +33,7 @@ use chrono::{DateTime, Utc};
 use crate::model::{DecodeError, Job};
 
 pub mod amqp;
+pub mod events;
 pub mod mailbox;
 pub mod redis;
 pub mod sqlite;

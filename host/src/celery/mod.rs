@@ -15,6 +15,8 @@
 //!   properties, JSON body) ⇄ [`Job`](crate::model::Job).
 //! - [`control`] — remote control (kombu's pidbox): requests from `celery inspect` /
 //!   `celery control` and the workers' replies.
+//! - [`events`] — monitoring events (`-E`) for Flower: worker and task event bodies and
+//!   their envelope on the `celeryev` exchange.
 //! - [`keys`] — Redis key names: queues and priority buckets, `unacked`, results (§1, §4).
 //! - [`isotime`], `pyjson` — timestamps and JSON exactly as Python writes them.
 //!
@@ -36,6 +38,7 @@
 
 pub mod amqp;
 pub mod control;
+pub mod events;
 pub mod isotime;
 pub mod keys;
 pub mod message;

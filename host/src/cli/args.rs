@@ -250,6 +250,17 @@ pub struct WorkerArgs {
     /// Default: revoked ids are kept in memory only.
     #[arg(long, env = "SPROUT_STATEDB")]
     pub statedb: Option<PathBuf>,
+    /// Send Celery's monitoring events (Celery's `-E`, `worker_send_task_events`):
+    /// worker online/heartbeat/offline and task received/started/succeeded/failed/
+    /// retried/revoked/rejected, so Flower and `celery events` show this worker. On
+    /// Redis they go to the `celeryev` pub/sub channels; the embedded SQLite broker has
+    /// no subscribers, so there they are not sent.
+    #[arg(short = 'E', long = "task-events", env = "SPROUT_TASK_EVENTS")]
+    pub task_events: bool,
+    /// Serve Prometheus metrics (OpenMetrics text) at `http://ADDR/metrics`, e.g.
+    /// `127.0.0.1:9808`; port 0 picks a free port (the log says which). Default: off.
+    #[arg(long, env = "SPROUT_METRICS_ADDR", value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Broker.
     #[command(flatten)]
     pub broker: BrokerArgs,

@@ -183,6 +183,9 @@ pub struct Execution {
     pub duration: Duration,
     /// Captured guest output: stdout, stderr and `log` lines, bounded.
     pub logs: String,
+    /// The largest linear memory the guest reached, in bytes (0 when it never started).
+    #[serde(default)]
+    pub peak_memory_bytes: u64,
 }
 
 impl Execution {
@@ -193,6 +196,7 @@ impl Execution {
             fuel_used: 0,
             duration: Duration::ZERO,
             logs: String::new(),
+            peak_memory_bytes: 0,
         }
     }
 }

@@ -10,6 +10,9 @@ pub struct MemoryLimiter {
     limit_bytes: u64,
     /// Set once any growth was refused.
     pub hit: bool,
+    /// The largest memory size allowed so far, in bytes (instantiation counts: wasmtime
+    /// asks the limiter for a memory's initial size too).
+    pub peak: u64,
 }
 
 /// Most table elements a guest may have (function tables of real programs are a few
@@ -22,6 +25,7 @@ impl MemoryLimiter {
         MemoryLimiter {
             limit_bytes,
             hit: false,
+            peak: 0,
         }
     }
 }
@@ -35,6 +39,9 @@ impl ResourceLimiter for MemoryLimiter {
     ) -> wasmtime::Result<bool> {
         let allowed = desired as u64 <= self.limit_bytes;
         self.hit |= !allowed;
+        if allowed {
+            self.peak = self.peak.max(desired as u64);
+        }
         Ok(allowed)
     }
 

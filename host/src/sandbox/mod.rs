@@ -110,6 +110,31 @@ struct Inner {
     shape_caps: Mutex<ShapeCaps>,
     /// Compile out of process under these limits; `None` compiles in process.
     compile_limits: Mutex<Option<CompileLimits>>,
+    /// What loading task files cost so far (for metrics).
+    load_counters: LoadCounters,
+}
+
+/// Counters of [`Sandbox::load`], read by [`Sandbox::load_stats`].
+#[derive(Debug, Default)]
+struct LoadCounters {
+    compiles: AtomicU64,
+    compile_nanos: AtomicU64,
+    artifact_hits: AtomicU64,
+    memory_hits: AtomicU64,
+}
+
+/// What loading task files has cost this process so far: compiles, and loads the
+/// caches saved.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LoadStats {
+    /// Task files compiled (in process or in a compile child).
+    pub compiles: u64,
+    /// Seconds spent compiling them.
+    pub compile_seconds: f64,
+    /// Loads served by the on-disk artifact cache (no compile).
+    pub artifact_hits: u64,
+    /// Loads of bytes already loaded in this process (content-hash cache).
+    pub memory_hits: u64,
 }
 
 /// Why [`Sandbox::new`] failed: the engine or its linkers could not be built.
@@ -158,6 +183,7 @@ impl Sandbox {
                 max_task_file_bytes: AtomicU64::new(DEFAULT_MAX_TASK_FILE_BYTES),
                 shape_caps: Mutex::new(ShapeCaps::default()),
                 compile_limits: Mutex::new(None),
+                load_counters: LoadCounters::default(),
             }),
         })
     }
@@ -203,8 +229,30 @@ impl Sandbox {
             .unwrap_or_else(|e| e.into_inner()) = limits;
     }
 
-    /// Precompiles `bytes` (a component, else a core module) here or in a child.
+    /// What loading task files has cost so far (compiles, compile time, cache hits).
+    pub fn load_stats(&self) -> LoadStats {
+        let c = &self.inner.load_counters;
+        LoadStats {
+            compiles: c.compiles.load(Ordering::Relaxed),
+            compile_seconds: c.compile_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+            artifact_hits: c.artifact_hits.load(Ordering::Relaxed),
+            memory_hits: c.memory_hits.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Precompiles `bytes` (a component, else a core module) here or in a child,
+    /// counting it in [`Sandbox::load_stats`].
     fn precompile(&self, component: bool, bytes: &[u8]) -> wasmtime::Result<Vec<u8>> {
+        let started = Instant::now();
+        let artifact = self.precompile_uncounted(component, bytes);
+        let c = &self.inner.load_counters;
+        c.compiles.fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        c.compile_nanos.fetch_add(nanos, Ordering::Relaxed);
+        artifact
+    }
+
+    fn precompile_uncounted(&self, component: bool, bytes: &[u8]) -> wasmtime::Result<Vec<u8>> {
         let limits = self
             .inner
             .compile_limits
@@ -264,6 +312,8 @@ impl Sandbox {
     pub async fn load(&self, bytes: Vec<u8>) -> Result<Arc<TaskModule>, LoadError> {
         let hash = blake3::hash(&bytes).to_hex().to_string();
         if let Some(module) = self.lock_loaded().get(&hash) {
+            let hits = &self.inner.load_counters.memory_hits;
+            hits.fetch_add(1, Ordering::Relaxed);
             return Ok(module.clone());
         }
         let bytes: Arc<[u8]> = bytes.into();
@@ -296,7 +346,14 @@ impl Sandbox {
         let format = sniff(bytes)?;
         shape::check_shape(bytes, &self.shape_caps())?;
         let engine = &self.inner.engine;
-        let cached = || self.inner.disk_cache.as_ref().and_then(|c| c.load(hash));
+        let cached = || {
+            let artifact = self.inner.disk_cache.as_ref().and_then(|c| c.load(hash));
+            if artifact.is_some() {
+                let hits = &self.inner.load_counters.artifact_hits;
+                hits.fetch_add(1, Ordering::Relaxed);
+            }
+            artifact
+        };
         let compile_err = |e: wasmtime::Error| LoadError::Compile(format!("{e:#}"));
         match format {
             Format::Component => {
@@ -493,6 +550,7 @@ impl Sandbox {
             fuel_used,
             duration,
             logs,
+            peak_memory_bytes: store.data().limiter.peak,
         }
     }
 
@@ -526,7 +584,7 @@ impl Sandbox {
         let duration = started.elapsed();
         let fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
         let memory_limit_hit = store.data().limiter.hit;
-        command_execution(
+        let mut execution = command_execution(
             result,
             &limits,
             memory_limit_hit,
@@ -534,7 +592,9 @@ impl Sandbox {
             &stderr,
             fuel_used,
             duration,
-        )
+        );
+        execution.peak_memory_bytes = store.data().limiter.peak;
+        execution
     }
 
     async fn run_command_module(
@@ -559,7 +619,7 @@ impl Sandbox {
         let duration = started.elapsed();
         let fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
         let memory_limit_hit = store.data().limiter.hit;
-        command_execution(
+        let mut execution = command_execution(
             result,
             &limits,
             memory_limit_hit,
@@ -567,7 +627,9 @@ impl Sandbox {
             &stderr,
             fuel_used,
             duration,
-        )
+        );
+        execution.peak_memory_bytes = store.data().limiter.peak;
+        execution
     }
 }
 
@@ -673,6 +735,7 @@ fn command_execution(
         fuel_used,
         duration,
         logs: stderr.text(),
+        peak_memory_bytes: 0,
     }
 }
 

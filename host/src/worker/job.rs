@@ -15,6 +15,7 @@ use futures_util::FutureExt;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::active::{Stage, Tracked};
+use super::observe::{self, JobEnd};
 use super::settle::{Ending, Settle};
 use super::{Count, Shared};
 use crate::broker::Delivery;
@@ -34,17 +35,26 @@ pub(super) async fn handle(shared: &Shared, delivery: Delivery, permit: OwnedSem
                     .control
                     .jobs
                     .track(&job, &delivery.queue, delivery.delivery_count > 1);
+            shared.observer.received(&job);
             let path = AssertUnwindSafe(run_job(shared, &job, permit, &mut tracked)).catch_unwind();
             let ending = match path.await {
                 Ok(ending) => ending,
                 Err(panic) => panicked(shared, &job, &crate::panics::message(panic.as_ref())),
             };
             shared.control.count(&job.task);
+            if let Some(end) = observe::end_of(&job, &ending) {
+                shared.observer.ended(&end);
+            }
             ending
         }
         Err(error) => {
             tracing::error!(queue = %delivery.queue, "dead-lettering undecodable message: {}", error.reason);
             shared.counters.add(Count::DeadLettered);
+            shared.observer.ended(&JobEnd::DeadLettered {
+                job: None,
+                id: error.id.as_deref(),
+                reason: &error.reason,
+            });
             let records = match error.id {
                 Some(id) => {
                     let mut record = ResultRecord::new(id, "", State::Failure);
@@ -158,12 +168,15 @@ async fn run_job(
             drop(permit);
             let wait = (eta - now).to_std().unwrap_or_default();
             tracked.set(Stage::Scheduled);
+            shared.observer.eta_wait(job, true);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 stop = tracked.until_stopped(false) => {
+                    shared.observer.eta_wait(job, false);
                     return revoked(shared, job, stop.reason(), None);
                 }
             }
+            shared.observer.eta_wait(job, false);
             tracked.set(Stage::Reserved);
             None
         }
@@ -208,15 +221,18 @@ async fn run_job(
     let started_at = Utc::now();
     let started = Instant::now();
     tracked.set(Stage::Active);
+    shared.observer.started(job);
     // A terminate drops the pool's future: the guest stops at its next fuel slice (in
     // a prefork child too, which is told to cancel that job alone).
     let execution = tokio::select! {
         execution = shared.pool.execute(entry.clone(), request) => execution,
         stop = tracked.until_stopped(true) => {
             drop(permit);
+            shared.observer.stopped(job);
             return revoked(shared, job, stop.reason(), Some(started_at));
         }
     };
+    shared.observer.executed(job, &execution);
     drop(permit);
     tracing::debug!(id = %job.id, task = %job.task, elapsed = ?started.elapsed(), outcome = ?execution.outcome.error_kind(), "job finished");
 

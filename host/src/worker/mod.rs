@@ -30,7 +30,11 @@
 
 mod active;
 pub mod control;
+pub mod events;
 mod job;
+mod job;
+pub mod metrics;
+pub mod observe;
 pub mod revoked;
 mod settle;
 
@@ -45,6 +49,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 pub use control::ControlPlane;
+pub use observe::{JobObserver, Observers};
 pub use settle::BrokerPublisher;
 use settle::{Ending, InFlight, Settle, Settler};
 
@@ -154,6 +159,7 @@ pub struct Worker {
     config: WorkerConfig,
     liveness: Option<Liveness>,
     control: Option<(Arc<ControlPlane>, String)>,
+    observers: Observers,
 }
 
 /// State shared by the loop and the per-job tasks.
@@ -168,6 +174,7 @@ struct Shared {
     counters: Arc<Counters>,
     control: Arc<ControlPlane>,
     link: control::PoolLink,
+    observer: Arc<dyn JobObserver>,
 }
 
 impl Shared {
@@ -228,6 +235,7 @@ impl Worker {
             config,
             liveness: Some(Liveness::default()),
             control: None,
+            observers: Observers::default(),
         }
     }
 
@@ -235,6 +243,12 @@ impl Worker {
     /// (default: a plane of its own, which nobody but the worker itself sees).
     pub fn control(mut self, plane: Arc<ControlPlane>, name: impl Into<String>) -> Self {
         self.control = Some((plane, name.into()));
+        self
+    }
+
+    /// Adds an observer of the job path (events, metrics; see [`observe`]).
+    pub fn observe(mut self, observer: Arc<dyn JobObserver>) -> Self {
+        self.observers.0.push(observer);
         self
     }
 
@@ -261,11 +275,13 @@ impl Worker {
         self.broker.set_prefetch(self.config.reservations.max(1));
         let (tx, rx) = mpsc::unbounded_channel();
         let in_flight: InFlight = Arc::new(Mutex::new(HashSet::new()));
+        let observer: Arc<dyn JobObserver> = Arc::new(self.observers);
         let settler = Arc::new(Settler {
             broker: self.broker.clone(),
             backend: self.backend.clone(),
             publisher: BrokerPublisher::new(self.broker.clone()),
             in_flight: in_flight.clone(),
+            observer: observer.clone(),
         });
         let settling = tokio::spawn(settle_loop(settler.clone(), rx));
         let heart = match self.liveness {
@@ -305,11 +321,13 @@ impl Worker {
             counters: Arc::default(),
             control: plane,
             link,
+            observer,
         });
         let lease_keeper = tokio::spawn(extend_leases(shared.clone()));
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let mut jobs = JoinSet::new();
         let mut backoff = Duration::from_millis(100);
+        let mut disconnected = false;
         let mut failures = 0u32;
         let mut fatal = None;
 
@@ -347,12 +365,17 @@ impl Worker {
                 .await;
             let deliveries = match fetched {
                 Ok(d) => {
+                    if std::mem::take(&mut disconnected) {
+                        shared.observer.reconnected();
+                    }
                     backoff = Duration::from_millis(100);
                     failures = 0;
                     d
                 }
                 Err(e) => {
                     drop(permits);
+                    observe::report(&*shared.observer, observe::BrokerOp::Fetch, &e);
+                    disconnected |= e.is_connection_error();
                     if !e.is_connection_error() {
                         failures += 1;
                         if failures >= MAX_FETCH_FAILURES {

@@ -28,6 +28,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::FutureExt;
 
+use super::observe::{BrokerOp, JobObserver};
 use crate::backend::{BackendError, Publisher, ResultBackend};
 use crate::broker::{Broker, BrokerError, DeliveryTag};
 use crate::model::{Job, ResultRecord};
@@ -165,6 +166,8 @@ pub(crate) struct Settler {
     pub backend: Arc<dyn ResultBackend>,
     pub publisher: BrokerPublisher,
     pub in_flight: InFlight,
+    /// Told of failed round trips (metrics).
+    pub observer: Arc<dyn JobObserver>,
 }
 
 impl Settler {
@@ -191,7 +194,14 @@ impl Settler {
     async fn write_with_backoff(&self, batch: &[Settle]) -> Result<(), StepError> {
         let mut delay = FIRST_BACKOFF;
         loop {
-            match guarded(self.write(batch)).await {
+            let result = guarded(self.write(batch)).await;
+            if let Err(e) = &result {
+                self.observer
+                    .broker_error(BrokerOp::Settle, e.is_connection_error());
+            } else if delay > FIRST_BACKOFF {
+                self.observer.reconnected();
+            }
+            match result {
                 Err(e) if e.is_connection_error() => {
                     tracing::warn!(
                         "settling {} deliveries failed, retrying in {delay:?}: {e}",

@@ -69,6 +69,7 @@
 //! kombu), so the stale holder of an expired lease can still settle the new delivery.
 //! `delivery_count` is 1, or 2 for a message marked redelivered: Redis keeps no count.
 
+pub mod events;
 mod mailbox;
 pub(crate) mod scripts;
 

@@ -24,6 +24,8 @@ use sprout::pool::{
 };
 use sprout::registry::Registry;
 use sprout::sandbox::{ArtifactCache, Sandbox};
+use sprout::worker::events::Events;
+use sprout::worker::metrics::Metrics;
 use sprout::worker::revoked::Revoked;
 use sprout::worker::{ControlPlane, Liveness, Shutdown, Worker, WorkerConfig, WorkerReport};
 
@@ -93,6 +95,15 @@ pub async fn run(args: WorkerArgs, log_filter: &str) -> anyhow::Result<ExitCode>
         }
     };
     let hostname = args.hostname.clone().unwrap_or_else(default_hostname);
+    let observers = match Observability::start(&args, &hostname, &sandbox).await {
+        Ok(observers) => observers,
+        Err(e) => {
+            for (_, pool) in &pools {
+                pool.shutdown().await;
+            }
+            return Err(e);
+        }
+    };
     print_banner(&hostname, &args, &pools, named, mixed, &registry);
     if registry.snapshot().is_empty() {
         tracing::warn!(
@@ -165,7 +176,9 @@ pub async fn run(args: WorkerArgs, log_filter: &str) -> anyhow::Result<ExitCode>
             config,
         )
         .liveness(liveness)
+        .liveness(liveness)
         .control(plane.clone(), spec.name.clone());
+        let worker = observers.observe(worker, &spec.name, pool.as_ref());
         let name = spec.name.clone();
         let shutdown = shutdown_rx.clone();
         workers.spawn(async move { (name, worker.run(shutdown).await) });
@@ -202,6 +215,7 @@ pub async fn run(args: WorkerArgs, log_filter: &str) -> anyhow::Result<ExitCode>
     if let Some(sweeper) = sweeper {
         sweeper.abort();
     }
+    observers.stop().await;
     for (_, pool) in &pools {
         pool.shutdown().await;
     }
@@ -214,6 +228,80 @@ pub async fn run(args: WorkerArgs, log_filter: &str) -> anyhow::Result<ExitCode>
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// What watches the worker: Celery events (`-E`) and the `/metrics` server.
+struct Observability {
+    events: Option<Events>,
+    metrics: Option<(Arc<Metrics>, tokio::task::JoinHandle<()>)>,
+}
+
+impl Observability {
+    /// Starts what the flags ask for: the metrics server first (a taken address fails
+    /// the start), then the events (`worker-online`).
+    async fn start(
+        args: &WorkerArgs,
+        hostname: &str,
+        sandbox: &Sandbox,
+    ) -> anyhow::Result<Observability> {
+        let metrics = match args.metrics_addr {
+            Some(addr) => {
+                let metrics = Metrics::new(Some(sandbox.clone()));
+                let (local, server) = metrics
+                    .serve(addr)
+                    .await
+                    .with_context(|| format!("cannot serve metrics on {addr} (--metrics-addr)"))?;
+                tracing::info!("serving metrics on http://{local}/metrics");
+                Some((metrics, server))
+            }
+            None => None,
+        };
+        let events = if args.task_events {
+            let sink = connect::events(&args.broker.broker)
+                .await
+                .with_context(|| format!("cannot send events on {}", args.broker.broker))?;
+            match sink {
+                Some(sink) => {
+                    tracing::info!("task events: on (the celeryev exchange)");
+                    Some(Events::start(sink, hostname).await)
+                }
+                None => {
+                    tracing::warn!(
+                        "task events (-E): no events are sent on this broker (the embedded \
+                         SQLite broker has no subscribers; AMQP is not supported yet): use a \
+                         Redis broker for Flower"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        Ok(Observability { events, metrics })
+    }
+
+    /// `worker` with the observers of the pool `name`.
+    fn observe(&self, worker: Worker, name: &str, pool: &dyn Pool) -> Worker {
+        let kind = pool.kind().to_string();
+        let mut worker = worker;
+        if let Some((metrics, _)) = &self.metrics {
+            worker = worker.observe(metrics.for_pool(name, &kind, pool.concurrency()));
+        }
+        if let Some(events) = &self.events {
+            worker = worker.observe(events.for_pool(name, &kind, pool.concurrency()));
+        }
+        worker
+    }
+
+    /// Sends `worker-offline` and stops the metrics server.
+    async fn stop(self) {
+        if let Some(events) = self.events {
+            events.stop().await;
+        }
+        if let Some((_, server)) = self.metrics {
+            server.abort();
+        }
+    }
 }
 
 /// `sprout child`: one prefork child, until its parent closes its stdin.

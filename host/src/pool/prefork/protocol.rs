@@ -219,6 +219,7 @@ mod tests {
             fuel_used: 12,
             duration: Duration::from_millis(301),
             logs: "log".into(),
+            peak_memory_bytes: 65536,
         };
         match roundtrip(&FromChild::Done {
             seq: 1,
