@@ -174,7 +174,6 @@ fn flower_lists_the_sprout_worker_and_its_tasks_with_runtime() {
 /// (pidbox), which the `control` branch is building; it had not landed on main when this
 /// test was written. Remove the `ignore` once it has.
 #[test]
-#[ignore = "needs the remote-control protocol (branch `control`), not on main yet"]
 fn flower_inspects_the_worker_and_terminates_a_running_job() {
     let Some(scope) = redis_db_test("flower_inspects_the_worker_and_terminates_a_running_job")
     else {

@@ -90,7 +90,7 @@ pub struct ControlPlane {
     totals: Mutex<BTreeMap<String, u64>>,
     overrides: RwLock<HashMap<String, TaskOverride>>,
     has_overrides: AtomicBool,
-    events: AtomicBool,
+    events: Arc<AtomicBool>,
     clock: AtomicU64,
     shutdown: watch::Sender<bool>,
     broker_info: Mutex<Value>,
@@ -128,7 +128,7 @@ impl ControlPlane {
             totals: Mutex::default(),
             overrides: RwLock::default(),
             has_overrides: AtomicBool::new(false),
-            events: AtomicBool::new(false),
+            events: Arc::new(AtomicBool::new(false)),
             clock: AtomicU64::new(0),
             shutdown: watch::channel(false).0,
             broker_info: Mutex::new(Value::Null),
@@ -148,6 +148,12 @@ impl ControlPlane {
     /// Whether task events are on (`enable_events` / `disable_events`; starts off).
     pub fn events_enabled(&self) -> bool {
         self.events.load(Ordering::Relaxed)
+    }
+
+    /// The switch [`ControlPlane::set_events`] and `enable_events` / `disable_events`
+    /// turn: the event sender reads it before each task event.
+    pub fn events_switch(&self) -> Arc<AtomicBool> {
+        self.events.clone()
     }
 
     /// Turns task events on or off (the worker's `-E`).

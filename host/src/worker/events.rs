@@ -17,7 +17,7 @@
 //! that is not listening misses them.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -59,6 +59,8 @@ struct Inner {
     pools: Mutex<Vec<PoolState>>,
     queue: mpsc::Sender<Message>,
     dropped: AtomicU64,
+    /// Whether task events are sent (`-E`, `enable_events`); worker events always are.
+    task_events: Arc<AtomicBool>,
 }
 
 impl Inner {
@@ -101,6 +103,9 @@ impl Inner {
     }
 
     fn queue_task_event(&self, uuid: &str, event: &TaskEvent<'_>, extra: &Map<String, Value>) {
+        if !self.task_events.load(Ordering::Relaxed) {
+            return;
+        }
         let body = wire::task_event(
             &self.sender,
             self.tick(),
@@ -143,7 +148,14 @@ pub struct Events {
 impl Events {
     /// Sends `worker-online` for the worker `hostname` through `sink`, then starts the
     /// heartbeat and the task-event sender.
-    pub async fn start(sink: Arc<dyn EventSink>, hostname: &str) -> Events {
+    ///
+    /// Task events are sent only while `task_events` is on (`-E`; `enable_events` and
+    /// `disable_events` turn it at run time); worker events always.
+    pub async fn start(
+        sink: Arc<dyn EventSink>,
+        hostname: &str,
+        task_events: Arc<AtomicBool>,
+    ) -> Events {
         let (queue, rx) = mpsc::channel(QUEUE_CAP);
         let inner = Arc::new(Inner {
             sink,
@@ -153,6 +165,7 @@ impl Events {
             pools: Mutex::new(Vec::new()),
             queue,
             dropped: AtomicU64::new(0),
+            task_events,
         });
         inner.send_worker_event(WorkerEventKind::Online).await;
         let publisher = tokio::spawn(publish(inner.clone(), rx));

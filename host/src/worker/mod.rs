@@ -32,7 +32,6 @@ mod active;
 pub mod control;
 pub mod events;
 mod job;
-mod job;
 pub mod metrics;
 pub mod observe;
 pub mod revoked;

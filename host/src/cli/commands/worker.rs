@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -95,15 +96,20 @@ pub async fn run(args: WorkerArgs, log_filter: &str) -> anyhow::Result<ExitCode>
         }
     };
     let hostname = args.hostname.clone().unwrap_or_else(default_hostname);
-    let observers = match Observability::start(&args, &hostname, &sandbox).await {
-        Ok(observers) => observers,
-        Err(e) => {
-            for (_, pool) in &pools {
-                pool.shutdown().await;
+    // Remote control: one plane for every pool of the process (served below); its
+    // events switch is `-E`, turned later by `enable_events` / `disable_events`.
+    let plane = ControlPlane::new(&hostname, revoked);
+    plane.set_events(args.task_events);
+    let observers =
+        match Observability::start(&args, &hostname, &sandbox, plane.events_switch()).await {
+            Ok(observers) => observers,
+            Err(e) => {
+                for (_, pool) in &pools {
+                    pool.shutdown().await;
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
-    };
+        };
     print_banner(&hostname, &args, &pools, named, mixed, &registry);
     if registry.snapshot().is_empty() {
         tracing::warn!(
@@ -128,9 +134,7 @@ pub async fn run(args: WorkerArgs, log_filter: &str) -> anyhow::Result<ExitCode>
     let shutdown_tx = Arc::new(shutdown_tx);
     tokio::spawn(forward_signals(shutdown_tx.clone()));
 
-    // Remote control: one plane for every pool of the process, answering on its own
-    // thread; a remote `shutdown` is a warm shutdown.
-    let plane = ControlPlane::new(&hostname, revoked);
+    // Remote control answers on its own thread; a remote `shutdown` is a warm shutdown.
     plane.set_broker_info(broker_info(&args.broker.broker));
     let _control = match connection.broker.mailbox() {
         Some(mailbox) => Some(
@@ -243,6 +247,7 @@ impl Observability {
         args: &WorkerArgs,
         hostname: &str,
         sandbox: &Sandbox,
+        task_events: Arc<AtomicBool>,
     ) -> anyhow::Result<Observability> {
         let metrics = match args.metrics_addr {
             Some(addr) => {
@@ -256,26 +261,29 @@ impl Observability {
             }
             None => None,
         };
-        let events = if args.task_events {
-            let sink = connect::events(&args.broker.broker)
-                .await
-                .with_context(|| format!("cannot send events on {}", args.broker.broker))?;
-            match sink {
-                Some(sink) => {
+        // Worker events (online, heartbeat, offline) go wherever the broker carries
+        // events, as Celery's do; task events only while the switch is on (`-E`, or
+        // `celery control enable_events`, which is how Flower turns them on).
+        let sink = connect::events(&args.broker.broker)
+            .await
+            .with_context(|| format!("cannot send events on {}", args.broker.broker))?;
+        let events = match sink {
+            Some(sink) => {
+                if args.task_events {
                     tracing::info!("task events: on (the celeryev exchange)");
-                    Some(Events::start(sink, hostname).await)
                 }
-                None => {
+                Some(Events::start(sink, hostname, task_events).await)
+            }
+            None => {
+                if args.task_events {
                     tracing::warn!(
                         "task events (-E): no events are sent on this broker (the embedded \
                          SQLite broker has no subscribers; AMQP is not supported yet): use a \
                          Redis broker for Flower"
                     );
-                    None
                 }
+                None
             }
-        } else {
-            None
         };
         Ok(Observability { events, metrics })
     }
