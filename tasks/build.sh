@@ -22,7 +22,7 @@ out_dir="$(cd "$out_dir" && pwd)"
 target_dir="$repo/target/wasm"
 
 # Component tasks (wasm32-wasip2) and plain WASI commands (wasm32-wasip1).
-components=(echo math fib hog sleep fail trap alloc flaky spew fetch_feed greet)
+components=(echo math fib hog sleep fail trap alloc flaky spew fetch_feed greet net redis_client pg_query)
 commands=(wasi_upper)
 
 # Variables an outer cargo (`cargo test` calling this script), make, or a coverage or

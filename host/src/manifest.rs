@@ -343,11 +343,17 @@ mod tests {
             allowed_hosts,
             http_timeout,
             http_max_response_kib,
+            tcp_max_sockets,
+            tcp_connect_timeout,
+            tcp_max_read_kib,
+            tcp_max_write_kib,
             dirs,
             env,
             config,
         } = capabilities;
         assert!(!allowed_hosts.is_empty() && http_timeout.is_some());
+        assert!(tcp_max_sockets.is_some() && tcp_connect_timeout.is_some());
+        assert!(tcp_max_read_kib.is_some() && tcp_max_write_kib.is_some());
         assert!(http_max_response_kib.is_some() && !dirs.is_empty());
         assert!(!env.is_empty() && !config.is_empty());
 

@@ -28,6 +28,7 @@ mod redis_backend;
 mod redis_broker;
 mod results_sqlite;
 mod settle;
+mod sockets;
 mod sqlite_broker;
 mod support;
 mod worker;

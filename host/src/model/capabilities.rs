@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -20,24 +21,32 @@ pub const CONFIG_ENV_PREFIX: &str = "SPROUT_CONFIG_";
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Capabilities {
-    /// Outgoing HTTP destinations (`wasi:http`), as `scheme://host[:port]` patterns.
-    /// Nothing is allowed when empty. Every request, and every hop of a redirect, must
-    /// match one; the check happens before any DNS lookup or connection.
+    /// Outgoing HTTP destinations (`wasi:http`), as `scheme://host[:port]` patterns,
+    /// and raw TCP destinations (`wasi:sockets`), as `tcp://host:port` patterns.
+    /// Nothing is allowed when empty. Every HTTP request, and every hop of a redirect,
+    /// must match an `http`/`https` pattern; the check happens before any DNS lookup or
+    /// connection. Every TCP connection must match a `tcp` pattern (see
+    /// `docs/sockets.md`): DNS is allowed only for the names in `tcp` patterns, and the
+    /// address connected to must be an IP literal of a pattern or an address one of its
+    /// names resolved to in this job.
     ///
     /// ```text
     /// pattern = scheme "://" host [ ":" port ]      (case-insensitive)
-    /// scheme  = "http" | "https"
+    /// scheme  = "http" | "https" | "tcp"
     /// host    = "*"                  any host
     ///         | "*." domain          any name ending in "." domain (not domain itself);
     ///                                domain has at least two labels
     ///         | name                 that DNS name exactly (a trailing "." is ignored)
     ///         | ipv4 | "[" ipv6 "]"  that IP literal exactly (names are not resolved
     ///                                to compare: list the form the task uses)
-    /// port    = "*" | 1..65535       omitted = the scheme's default, 80 or 443
+    /// port    = "*" | n | n "-" m     1..65535; omitted = the scheme's default, 80 or
+    ///                                443 (a tcp pattern must name its port)
     /// ```
     ///
-    /// No user info, path, query or fragment. Examples: `"https://api.example.com"`
-    /// (port 443 only), `"https://*.example.com:*"`, `"http://127.0.0.1:*"`.
+    /// No user info, path, query or fragment; `tcp` patterns may not use `*` as the whole
+    /// host. Examples: `"https://api.example.com"` (port 443 only),
+    /// `"https://*.example.com:*"`, `"http://127.0.0.1:*"`, `"tcp://127.0.0.1:6379"`,
+    /// `"tcp://db.internal:5432-5433"`.
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
     /// Longest wait, in seconds, for each phase of an outgoing HTTP request: connecting,
@@ -49,6 +58,24 @@ pub struct Capabilities {
     /// clear error (at once when `content-length` announces it). Default: 10240 (10 MiB).
     #[serde(default)]
     pub http_max_response_kib: Option<u64>,
+    /// Most TCP sockets a job may have open at once; one more fails to open with
+    /// `new-socket-limit`. Default 16, at most the worker's ceiling (1024).
+    #[serde(default)]
+    pub tcp_max_sockets: Option<u32>,
+    /// Longest wait, in seconds, for a TCP connection to be established; then the
+    /// guest's connect fails with `timeout`. Default 10.
+    #[serde(default)]
+    pub tcp_connect_timeout: Option<f64>,
+    /// Most bytes, in KiB, a job may read from all its TCP sockets together; the read
+    /// that would cross it fails. Default 1048576 (1 GiB), at most the worker's ceiling
+    /// (16 GiB).
+    #[serde(default)]
+    pub tcp_max_read_kib: Option<u64>,
+    /// Most bytes, in KiB, a job may write to all its TCP sockets together; the write
+    /// that would cross it fails. Default 1048576 (1 GiB), at most the worker's ceiling
+    /// (16 GiB).
+    #[serde(default)]
+    pub tcp_max_write_kib: Option<u64>,
     /// Host directories mounted read-only: guest path → host path
     /// (`"/data" = "/srv/feeds"`). Relative host paths are relative to the manifest.
     #[serde(default)]
@@ -126,15 +153,63 @@ impl Capabilities {
         if self.http_max_response_kib == Some(0) {
             return Err("[capabilities] http_max_response_kib must be at least 1".into());
         }
+        if let Some(n) = self.tcp_max_sockets
+            && !(1..=TCP_MAX_SOCKETS_CEILING).contains(&n)
+        {
+            return Err(format!(
+                "[capabilities] tcp_max_sockets must be 1..={TCP_MAX_SOCKETS_CEILING}, not {n}"
+            ));
+        }
+        if let Some(secs) = self.tcp_connect_timeout {
+            time::seconds(secs).map_err(|e| format!("[capabilities] tcp_connect_timeout: {e}"))?;
+            if secs == 0.0 {
+                return Err(
+                    "[capabilities] tcp_connect_timeout must be a positive number of seconds, not 0"
+                        .into(),
+                );
+            }
+        }
+        for (key, value) in [
+            ("tcp_max_read_kib", self.tcp_max_read_kib),
+            ("tcp_max_write_kib", self.tcp_max_write_kib),
+        ] {
+            if let Some(kib) = value
+                && !(1..=TCP_MAX_BYTES_CEILING_KIB).contains(&kib)
+            {
+                return Err(format!(
+                    "[capabilities] {key} must be 1..={TCP_MAX_BYTES_CEILING_KIB} (16 GiB), not {kib}"
+                ));
+            }
+        }
         Ok(())
     }
+
+    /// True when `allowed_hosts` has at least one `tcp://` pattern.
+    pub fn grants_tcp(&self) -> bool {
+        self.allowed_hosts
+            .iter()
+            .any(|p| p.trim().to_ascii_lowercase().starts_with("tcp://"))
+    }
 }
+
+/// The default of `[capabilities] tcp_max_sockets`.
+pub const TCP_DEFAULT_MAX_SOCKETS: u32 = 16;
+/// The most `[capabilities] tcp_max_sockets` may raise it to (the worker's ceiling).
+pub const TCP_MAX_SOCKETS_CEILING: u32 = 1024;
+/// The default of `tcp_max_read_kib` and `tcp_max_write_kib`: 1 GiB.
+pub const TCP_DEFAULT_MAX_BYTES_KIB: u64 = 1 << 20;
+/// The most `tcp_max_read_kib` and `tcp_max_write_kib` may raise it to: 16 GiB.
+pub const TCP_MAX_BYTES_CEILING_KIB: u64 = 16 << 20;
+/// The default of `[capabilities] tcp_connect_timeout`, in seconds.
+pub const TCP_DEFAULT_CONNECT_TIMEOUT_SECS: f64 = 10.0;
 
 /// The scheme part of a pattern.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Scheme {
     Http,
     Https,
+    /// A raw TCP connection (`wasi:sockets`).
+    Tcp,
 }
 
 impl Scheme {
@@ -142,13 +217,15 @@ impl Scheme {
         match self {
             Scheme::Http => "http",
             Scheme::Https => "https",
+            Scheme::Tcp => "tcp",
         }
     }
 
-    fn default_port(self) -> u16 {
+    fn default_port(self) -> Option<u16> {
         match self {
-            Scheme::Http => 80,
-            Scheme::Https => 443,
+            Scheme::Http => Some(80),
+            Scheme::Https => Some(443),
+            Scheme::Tcp => None,
         }
     }
 }
@@ -170,12 +247,13 @@ enum HostMatch {
 ///
 /// ```text
 /// pattern = scheme "://" host [ ":" port ]
-/// scheme  = "http" | "https"
-/// host    = "*"                       any host
+/// scheme  = "http" | "https" | "tcp"
+/// host    = "*"                       any host (not for tcp)
 ///         | "*." name                 any name ending in "." name (not name itself)
 ///         | name                      a DNS name, exactly (a trailing "." is ignored)
 ///         | ipv4 | "[" ipv6 "]"       an IP literal, exactly
-/// port    = "*" | 1..65535            omitted = the scheme's default (80 or 443)
+/// port    = "*" | n | n "-" m         1..65535, a range n..=m (n <= m);
+///                                     omitted = 80 or 443; tcp must name its port
 /// ```
 ///
 /// No user info, path, query or fragment. `*` only stands for whole labels at the
@@ -184,8 +262,8 @@ enum HostMatch {
 pub struct HostPattern {
     scheme: Scheme,
     host: HostMatch,
-    /// `None` = any port.
-    port: Option<u16>,
+    /// `None` = any port; else the inclusive range.
+    port: Option<(u16, u16)>,
 }
 
 /// Why an `allowed_hosts` entry is not a valid pattern.
@@ -217,8 +295,9 @@ impl HostPattern {
         let scheme = match scheme {
             "http" => Scheme::Http,
             "https" => Scheme::Https,
-            "*" => return Err(err("the scheme must be http or https, not a wildcard")),
-            _ => return Err(err("the scheme must be http or https")),
+            "tcp" => Scheme::Tcp,
+            "*" => return Err(err("the scheme must be http, https or tcp, not a wildcard")),
+            _ => return Err(err("the scheme must be http, https or tcp")),
         };
         if rest.contains(['/', '?', '#']) {
             return Err(err("a pattern has no path, query or fragment"));
@@ -228,13 +307,20 @@ impl HostPattern {
         }
         let (host, port) = split_host_port(rest).map_err(|r| err(&r))?;
         let port = match port {
-            None => Some(scheme.default_port()),
-            Some("*") => None,
-            Some(p) => match p.parse::<u16>() {
-                Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => Some(n),
-                _ => return Err(err("the port must be 1-65535 or *")),
+            None => match scheme.default_port() {
+                Some(p) => Some((p, p)),
+                None => return Err(err("a tcp pattern must name its port (tcp://host:port)")),
             },
+            Some("*") => None,
+            Some(p) => Some(parse_ports(p).ok_or_else(|| {
+                err("the port must be 1-65535, a range n-m of those (n <= m), or *")
+            })?),
         };
+        if scheme == Scheme::Tcp && host == "*" {
+            return Err(err(
+                "a tcp pattern must name its host (a name, `*.domain` or an IP literal), not `*`",
+            ));
+        }
         let host = if host == "*" {
             HostMatch::Any
         } else if let Some(suffix) = host.strip_prefix("*.") {
@@ -272,22 +358,79 @@ impl HostPattern {
     /// Whether a request to `scheme://host:port` matches. `host` must be lowercase
     /// without a trailing dot (see [`Destination`]).
     fn matches(&self, dest: &Destination) -> bool {
-        if self.scheme.name() != dest.scheme {
-            return false;
-        }
-        if self.port.is_some_and(|p| p != dest.port) {
-            return false;
-        }
+        self.scheme.name() == dest.scheme
+            && self.port_matches(dest.port)
+            && self.host_matches(&dest.host, dest.is_ip_literal())
+    }
+
+    fn port_matches(&self, port: u16) -> bool {
+        self.port.is_none_or(|(lo, hi)| (lo..=hi).contains(&port))
+    }
+
+    /// `host`: lowercase, no trailing dot, IPv6 in brackets.
+    fn host_matches(&self, host: &str, ip_literal: bool) -> bool {
         match &self.host {
             HostMatch::Any => true,
-            HostMatch::Exact(h) => *h == dest.host,
+            HostMatch::Exact(h) => h == host,
             // IP literals never match a name pattern.
             HostMatch::Subdomains(suffix) => {
-                !dest.is_ip_literal()
-                    && dest.host.len() > suffix.len()
-                    && dest.host.ends_with(suffix.as_str())
+                !ip_literal && host.len() > suffix.len() && host.ends_with(suffix.as_str())
             }
         }
+    }
+
+    /// True for a `tcp://` pattern.
+    pub fn is_tcp(&self) -> bool {
+        self.scheme == Scheme::Tcp
+    }
+
+    /// The IP address this pattern names, when its host is an IP literal.
+    fn ip_literal(&self) -> Option<IpAddr> {
+        match &self.host {
+            HostMatch::Exact(h) => parse_ip(h),
+            _ => None,
+        }
+    }
+}
+
+/// Parses `n` or `n-m` (1..=65535, n <= m).
+fn parse_ports(text: &str) -> Option<(u16, u16)> {
+    let one = |p: &str| {
+        p.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| p.parse::<u16>().ok())
+            .flatten()
+            .filter(|n| *n > 0)
+    };
+    match text.split_once('-') {
+        None => one(text).map(|n| (n, n)),
+        Some((lo, hi)) => {
+            let (lo, hi) = (one(lo)?, one(hi)?);
+            (lo <= hi).then_some((lo, hi))
+        }
+    }
+}
+
+/// An IP literal as patterns and destinations write it: `1.2.3.4` or `[::1]`.
+fn parse_ip(host: &str) -> Option<IpAddr> {
+    match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<Ipv6Addr>().ok().map(IpAddr::V6),
+        None => host.parse::<Ipv4Addr>().ok().map(IpAddr::V4),
+    }
+}
+
+/// Lowercases a host name and drops a trailing dot; IP literals are normalised
+/// (`[0:0::1]` is `[::1]`, a bare IPv6 address gets brackets).
+pub fn normalise_host(host: &str) -> String {
+    let host = host.trim().to_ascii_lowercase();
+    let host = host.strip_suffix('.').unwrap_or(&host);
+    if let Ok(v6) = host.parse::<Ipv6Addr>() {
+        return format!("[{v6}]");
+    }
+    match parse_ip(host) {
+        Some(IpAddr::V6(v6)) => format!("[{v6}]"),
+        Some(IpAddr::V4(v4)) => v4.to_string(),
+        None => host.to_string(),
     }
 }
 
@@ -300,7 +443,8 @@ impl fmt::Display for HostPattern {
             HostMatch::Exact(h) => f.write_str(h)?,
         }
         match self.port {
-            Some(p) => write!(f, ":{p}"),
+            Some((lo, hi)) if lo == hi => write!(f, ":{lo}"),
+            Some((lo, hi)) => write!(f, ":{lo}-{hi}"),
             None => f.write_str(":*"),
         }
     }
@@ -388,6 +532,38 @@ impl AllowList {
     /// True when no host is allowed.
     pub fn is_empty(&self) -> bool {
         self.patterns.is_empty()
+    }
+
+    /// True when at least one `tcp://` pattern is listed.
+    pub fn grants_tcp(&self) -> bool {
+        self.patterns.iter().any(HostPattern::is_tcp)
+    }
+
+    /// Whether a guest may resolve `name` (DNS) for a TCP connection: some `tcp://`
+    /// pattern names it (exactly, or as a subdomain of a `*.` pattern). `name` is
+    /// normalised first ([`normalise_host`]).
+    pub fn tcp_may_resolve(&self, name: &str) -> bool {
+        let name = normalise_host(name);
+        let literal = parse_ip(&name).is_some();
+        self.patterns
+            .iter()
+            .any(|p| p.is_tcp() && p.host_matches(&name, literal))
+    }
+
+    /// Whether a guest may connect a TCP socket to `addr`. `resolved` says which names
+    /// (normalised) resolved to `addr`'s IP in this job: a pattern whose host is an IP
+    /// literal matches that address; a name pattern matches an address one of its
+    /// names resolved to. The port must be in the pattern's range either way.
+    pub fn tcp_allows(&self, addr: SocketAddr, resolved: &[String]) -> bool {
+        let ip = addr.ip().to_canonical();
+        self.patterns.iter().any(|p| {
+            p.is_tcp()
+                && p.port_matches(addr.port())
+                && match p.ip_literal() {
+                    Some(literal) => literal.to_canonical() == ip,
+                    None => resolved.iter().any(|name| p.host_matches(name, false)),
+                }
+        })
     }
 }
 
@@ -527,12 +703,144 @@ mod tests {
     }
 
     #[test]
+    fn tcp_patterns() {
+        let list = AllowList::parse(&[
+            "tcp://127.0.0.1:6379",
+            "tcp://LocalHost.:5432-5433",
+            "tcp://*.db.internal:*",
+            "tcp://[::1]:7000",
+            "https://api.example.com",
+        ])
+        .unwrap();
+        assert!(list.grants_tcp());
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(list.tcp_allows(addr("127.0.0.1:6379"), &[]));
+        assert!(!list.tcp_allows(addr("127.0.0.1:6380"), &[]));
+        assert!(!list.tcp_allows(addr("127.0.0.2:6379"), &[]));
+        // An IPv4-mapped IPv6 address is the same host.
+        assert!(list.tcp_allows(addr("[::ffff:127.0.0.1]:6379"), &[]));
+        assert!(list.tcp_allows(addr("[::1]:7000"), &[]));
+        // Name patterns match only addresses their names resolved to.
+        assert!(!list.tcp_allows(addr("127.0.0.1:5432"), &[]));
+        assert!(list.tcp_allows(addr("127.0.0.1:5432"), &["localhost".into()]));
+        assert!(list.tcp_allows(addr("127.0.0.1:5433"), &["localhost".into()]));
+        assert!(!list.tcp_allows(addr("127.0.0.1:5434"), &["localhost".into()]));
+        assert!(!list.tcp_allows(addr("127.0.0.1:5432"), &["example.com".into()]));
+        assert!(list.tcp_allows(addr("10.0.0.9:1"), &["pg.db.internal".into()]));
+        assert!(!list.tcp_allows(addr("10.0.0.9:1"), &["db.internal".into()]));
+        // DNS only for names in tcp patterns.
+        assert!(list.tcp_may_resolve("localhost"));
+        assert!(list.tcp_may_resolve("LOCALHOST."));
+        assert!(list.tcp_may_resolve("a.b.db.internal"));
+        assert!(!list.tcp_may_resolve("db.internal"));
+        assert!(!list.tcp_may_resolve("api.example.com"));
+        assert!(list.tcp_may_resolve("127.0.0.1"));
+        assert!(list.tcp_may_resolve("::1"));
+        assert!(!list.tcp_may_resolve("127.0.0.2"));
+        // tcp patterns never allow HTTP, and HTTP patterns never allow TCP.
+        assert!(
+            !list
+                .check(&"http://127.0.0.1:6379/".parse().unwrap())
+                .is_ok()
+        );
+        let http_only = AllowList::parse(&["http://127.0.0.1:*"]).unwrap();
+        assert!(!http_only.grants_tcp());
+        assert!(!http_only.tcp_allows(addr("127.0.0.1:6379"), &[]));
+        assert!(!http_only.tcp_may_resolve("127.0.0.1"));
+    }
+
+    #[test]
+    fn invalid_tcp_patterns_are_rejected() {
+        for (bad, why) in [
+            ("tcp://127.0.0.1", "must name its port"),
+            ("tcp://*:6379", "must name its host"),
+            ("tcp://*:*", "must name its host"),
+            ("tcp://h:6380-6379", "range"),
+            ("tcp://h:0-10", "range"),
+            ("tcp://h:1-70000", "range"),
+            ("tcp://h:1-", "range"),
+            ("tcp://h:6379/0", "path"),
+            ("udp://h:53", "http, https or tcp"),
+        ] {
+            let e = HostPattern::parse(bad).expect_err(bad).to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn tcp_bounds_are_validated() {
+        let ok = Capabilities {
+            allowed_hosts: vec!["tcp://127.0.0.1:6379".into()],
+            tcp_max_sockets: Some(TCP_MAX_SOCKETS_CEILING),
+            tcp_connect_timeout: Some(0.5),
+            tcp_max_read_kib: Some(TCP_MAX_BYTES_CEILING_KIB),
+            tcp_max_write_kib: Some(1),
+            ..Capabilities::default()
+        };
+        assert_eq!(ok.validate(), Ok(()));
+        assert!(ok.grants_tcp());
+        for (bad, key) in [
+            (
+                Capabilities {
+                    tcp_max_sockets: Some(0),
+                    ..ok.clone()
+                },
+                "tcp_max_sockets",
+            ),
+            (
+                Capabilities {
+                    tcp_max_sockets: Some(TCP_MAX_SOCKETS_CEILING + 1),
+                    ..ok.clone()
+                },
+                "tcp_max_sockets",
+            ),
+            (
+                Capabilities {
+                    tcp_connect_timeout: Some(0.0),
+                    ..ok.clone()
+                },
+                "tcp_connect_timeout",
+            ),
+            (
+                Capabilities {
+                    tcp_connect_timeout: Some(f64::NAN),
+                    ..ok.clone()
+                },
+                "tcp_connect_timeout",
+            ),
+            (
+                Capabilities {
+                    tcp_max_read_kib: Some(0),
+                    ..ok.clone()
+                },
+                "tcp_max_read_kib",
+            ),
+            (
+                Capabilities {
+                    tcp_max_write_kib: Some(TCP_MAX_BYTES_CEILING_KIB + 1),
+                    ..ok.clone()
+                },
+                "tcp_max_write_kib",
+            ),
+        ] {
+            let e = bad.validate().unwrap_err();
+            assert!(e.contains(key), "{e}");
+        }
+    }
+
+    #[test]
     fn display_round_trips() {
         for (text, shown) in [
             ("https://*.Example.com", "https://*.example.com:443"),
             ("http://127.0.0.1:*", "http://127.0.0.1:*"),
             ("http://[::1]:8080", "http://[::1]:8080"),
             ("http://*:*", "http://*:*"),
+            ("tcp://LOCALHOST:6379", "tcp://localhost:6379"),
+            (
+                "tcp://*.db.internal:5432-5440",
+                "tcp://*.db.internal:5432-5440",
+            ),
+            ("https://h:8000-8000", "https://h:8000"),
         ] {
             let p = HostPattern::parse(text).unwrap();
             assert_eq!(p.to_string(), shown);

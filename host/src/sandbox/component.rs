@@ -8,6 +8,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use super::http::HttpPolicy;
 use super::limiter::MemoryLimiter;
 use super::output::CapturedOutput;
+use super::sockets::SocketPolicy;
 
 /// Generated from `wit/task.wit`, the single source of truth shared with the guest SDK.
 #[allow(missing_docs)]
@@ -29,6 +30,9 @@ pub struct ComponentState {
     http: WasiHttpCtx,
     /// What outgoing HTTP may reach (deny everything unless set from the manifest).
     pub http_policy: HttpPolicy,
+    /// What raw TCP may reach, and the job's socket bounds (deny everything unless set
+    /// from the manifest).
+    pub sockets: SocketPolicy,
     /// Memory cap for this job.
     pub limiter: MemoryLimiter,
     /// The job the guest may ask about.
@@ -47,11 +51,24 @@ impl ComponentState {
             table: ResourceTable::new(),
             http: WasiHttpCtx::new(),
             http_policy: HttpPolicy::default(),
+            sockets: SocketPolicy::default(),
             limiter,
             job,
             log,
             progress: None,
         }
+    }
+}
+
+impl ComponentState {
+    /// The job's resource table (sockets, streams, pollables, ...).
+    pub(crate) fn table_mut(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
+
+    /// wasmtime-wasi's own `wasi:sockets` implementation over this job's context.
+    pub(crate) fn sockets_view(&mut self) -> wasmtime_wasi::sockets::WasiSocketsCtxView<'_> {
+        wasmtime_wasi::sockets::WasiSocketsView::sockets(self)
     }
 }
 

@@ -3,38 +3,39 @@
 //!
 //! | the guest tries to          | it gets                                   | logged by the host |
 //! |-----------------------------|-------------------------------------------|--------------------|
-//! | create a TCP or UDP socket  | `access-denied` from `wasi:sockets`       | yes, with task and job id |
-//! | resolve a host name (DNS)   | `access-denied` from `ip-name-lookup`     | yes, with the name |
-//! | connect or bind (any addr)  | `access-denied` (the address check)       | yes, with the address |
+//! | create a TCP socket, no `tcp://` grant | `access-denied` from `wasi:sockets` | yes, with task and job id |
+//! | create a UDP socket         | `access-denied` from `wasi:sockets` (never granted) | yes, with task and job id |
+//! | resolve a host name (DNS) no `tcp://` pattern names | `access-denied` from `ip-name-lookup` | yes, with the name |
+//! | connect or bind an address not granted | `access-denied` (the address check) | yes, with the address |
 //! | open a file, no grant       | "not found"/`EBADF`: there is no preopened directory to open it under | no: the call never reaches the host |
 //! | escape a granted directory (`..`, an absolute symlink, a symlink out) | `not-permitted`/`EPERM` from wasmtime-wasi's capability checks | no (inside wasmtime-wasi) |
 //! | write into a granted directory | `read-only`/`EBADF` (directories are read-only) | no (inside wasmtime-wasi) |
 //! | read an env var not granted | "not present": the guest's environment holds only what was granted | no: the guest reads a list the host gave it |
 //! | outgoing HTTP to a host not in `allowed_hosts` | `HTTP-request-denied` | yes (`sandbox::http`) |
 //!
-//! Sockets are the one raw network door WASI p2 has. They are disabled in every WASI
-//! context (`allow_tcp/udp/ip_name_lookup(false)`), and the socket-creating and
-//! name-resolving functions are shadowed in the linker by ones that log the attempt and
-//! return `access-denied` without creating an OS socket (so a guest cannot use up the
-//! worker's file descriptors either). The address check installed on every context
-//! ([`deny_sockets`]) logs and refuses too: it is the backstop should sockets ever be
-//! enabled.
+//! Sockets are the one raw network door WASI p2 has. Without a `tcp://` grant they are
+//! disabled in the WASI context (`allow_tcp/udp/ip_name_lookup(false)`), and the
+//! socket-creating and name-resolving functions, shadowed in the linker
+//! ([`super::sockets`] for TCP and DNS, [`shadow_sockets`] here for UDP), log the attempt
+//! and return `access-denied` without creating an OS socket (so a guest cannot use up the
+//! worker's file descriptors either). The address check installed on those contexts
+//! ([`deny_sockets`]) logs and refuses too: it is the backstop. A `tcp://` grant opens
+//! exactly what [`super::sockets`] describes.
 
 use std::net::SocketAddr;
 
 use wasmtime::StoreContextMut;
 use wasmtime::component::{Linker, Resource};
 use wasmtime_wasi::WasiCtxBuilder;
-use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::ResolveAddressStream;
-use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode, IpAddressFamily, Network};
-use wasmtime_wasi::p2::{TcpSocket, UdpSocket};
+use wasmtime_wasi::p2::UdpSocket;
+use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode, IpAddressFamily};
 use wasmtime_wasi::sockets::SocketAddrUse;
 
 use super::component::ComponentState;
 
 /// The `wasi:sockets` version wasmtime-wasi 48 defines; guests importing any 0.2.x
 /// version resolve to it (semver matching), so shadowing this one covers them all.
-const SOCKETS_VERSION: &str = "0.2.12";
+const SOCKETS_VERSION: &str = super::sockets::WASI_VERSION;
 
 /// Disables raw sockets and DNS in a WASI context and installs an address check that
 /// logs and refuses every use (with the job and task, so an operator can see who tried).
@@ -51,9 +52,9 @@ pub fn deny_sockets(builder: &mut WasiCtxBuilder, job_id: &str, task: &str) {
         });
 }
 
-/// Replaces `create-tcp-socket`, `create-udp-socket` and `resolve-addresses` in a
-/// component linker (after WASI p2 was added to it) with functions that log the attempt
-/// with the job's task and id and return `access-denied`.
+/// Replaces `create-udp-socket` in a component linker (after WASI p2 was added to it)
+/// with a function that logs the attempt with the job's task and id and returns
+/// `access-denied` (TCP and DNS: [`super::sockets::add_to_linker`]).
 ///
 /// # Errors
 /// The linker rejects the definitions (a wasmtime-wasi upgrade changed the names).
@@ -67,15 +68,6 @@ pub fn shadow_sockets(linker: &mut Linker<ComponentState>) -> wasmtime::Result<(
 fn shadow(linker: &mut Linker<ComponentState>) -> wasmtime::Result<()> {
     let v = SOCKETS_VERSION;
     linker
-        .instance(&format!("wasi:sockets/tcp-create-socket@{v}"))?
-        .func_wrap(
-            "create-tcp-socket",
-            |store: StoreContextMut<'_, ComponentState>, (family,): (IpAddressFamily,)| {
-                log_denial(store.data(), &format!("open a TCP socket ({family:?})"));
-                Ok((Err::<Resource<TcpSocket>, _>(ErrorCode::AccessDenied),))
-            },
-        )?;
-    linker
         .instance(&format!("wasi:sockets/udp-create-socket@{v}"))?
         .func_wrap(
             "create-udp-socket",
@@ -84,26 +76,14 @@ fn shadow(linker: &mut Linker<ComponentState>) -> wasmtime::Result<()> {
                 Ok((Err::<Resource<UdpSocket>, _>(ErrorCode::AccessDenied),))
             },
         )?;
-    linker
-        .instance(&format!("wasi:sockets/ip-name-lookup@{v}"))?
-        .func_wrap(
-            "resolve-addresses",
-            |store: StoreContextMut<'_, ComponentState>,
-             (_network, name): (Resource<Network>, String)| {
-                log_denial(store.data(), &format!("resolve {name:?} (DNS)"));
-                Ok((Err::<Resource<ResolveAddressStream>, _>(
-                    ErrorCode::AccessDenied,
-                ),))
-            },
-        )?;
     Ok(())
 }
 
-fn log_denial(state: &ComponentState, what: &str) {
+pub(crate) fn log_denial(state: &ComponentState, what: &str) {
     tracing::warn!(
         job = %state.job.id,
         task = %state.job.task,
-        "denied: the guest tried to {what}; raw network access is never granted \
-         (outgoing HTTP goes through [capabilities] allowed_hosts)"
+        "denied: the guest tried to {what}; its manifest grants no raw network access \
+         (TCP needs a tcp://host:port pattern in [capabilities] allowed_hosts)"
     );
 }

@@ -41,6 +41,7 @@ pub(crate) mod limiter;
 pub(crate) mod module;
 pub(crate) mod output;
 pub mod shape;
+pub(crate) mod sockets;
 
 pub use cache::ArtifactCache;
 pub use compile::CompileLimits;
@@ -54,6 +55,7 @@ use component::{ComponentState, JobInfo, Task};
 use limiter::MemoryLimiter;
 use module::{Format, check_command_module, link_component, sniff};
 use output::CapturedOutput;
+use sockets::SocketPolicy;
 
 /// Fuel allowed for listing a component's tasks at load time.
 const INSPECT_FUEL: u64 = 1_000_000_000;
@@ -162,8 +164,10 @@ impl Sandbox {
         let engine = engine::build_engine(&settings)?;
         let mut component_linker = ComponentLinker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut component_linker)?;
-        // Raw sockets and DNS: denied, and every attempt logged with the job.
+        // UDP: denied, and every attempt logged with the job. TCP and DNS: denied the
+        // same way unless the manifest has a tcp:// grant, then checked and bounded.
         deny::shadow_sockets(&mut component_linker)?;
+        sockets::add_to_linker(&mut component_linker)?;
         // Outgoing HTTP; every request is checked by the job's `http::HttpPolicy`.
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut component_linker)?;
         Task::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut component_linker, |s| s)?;
@@ -499,6 +503,8 @@ impl Sandbox {
         let mut builder = WasiCtxBuilder::new();
         builder.stdout(log.clone()).stderr(stderr.clone());
         grant(&mut builder, &req);
+        let sockets = SocketPolicy::new(&req.capabilities, &req.job_id, &req.task);
+        sockets.configure(&mut builder, &req.job_id, &req.task);
         let wasi = builder.build();
         let job = JobInfo {
             id: req.job_id.clone(),
@@ -513,6 +519,7 @@ impl Sandbox {
             log.clone(),
         );
         state.http_policy = http::HttpPolicy::new(&req.capabilities, &req.job_id, &req.task);
+        state.sockets = sockets;
         let mut store = self.new_store(state, limits.fuel, |s| &mut s.limiter);
         let args = Value::Array(req.args).to_string();
         let kwargs = Value::Object(req.kwargs).to_string();
@@ -560,7 +567,8 @@ impl Sandbox {
         req: RunRequest,
     ) -> Execution {
         let limits = req.limits.clone();
-        let (wasi, stdout, stderr) = command_stdio(&req, |b| b.build());
+        let sockets = SocketPolicy::new(&req.capabilities, &req.job_id, &req.task);
+        let (wasi, stdout, stderr) = command_stdio(&req, &sockets, |b| b.build());
         let job = JobInfo {
             id: req.job_id.clone(),
             task: req.task.clone(),
@@ -571,6 +579,7 @@ impl Sandbox {
         let mut state =
             ComponentState::new(wasi, MemoryLimiter::new(limits.memory_bytes), job, log);
         state.http_policy = http::HttpPolicy::new(&req.capabilities, &req.job_id, &req.task);
+        state.sockets = sockets;
         let mut store = self.new_store(state, limits.fuel, |s| &mut s.limiter);
         let started = Instant::now();
         let call = async {
@@ -603,7 +612,9 @@ impl Sandbox {
         req: RunRequest,
     ) -> Execution {
         let limits = req.limits.clone();
-        let (wasi, stdout, stderr) = command_stdio(&req, |b| b.build_p1());
+        // WASI p1 has no sockets to grant.
+        let no_sockets = SocketPolicy::default();
+        let (wasi, stdout, stderr) = command_stdio(&req, &no_sockets, |b| b.build_p1());
         let state = CommandState {
             wasi,
             limiter: MemoryLimiter::new(limits.memory_bytes),
@@ -634,8 +645,8 @@ impl Sandbox {
 }
 
 /// Adds what the manifest grants to a fresh WASI context: environment variables,
-/// `config` values (as `SPROUT_CONFIG_<key>` variables) and read-only directories; and
-/// denies (and logs) raw sockets and DNS. Nothing else is granted: `WasiCtxBuilder::new`
+/// `config` values (as `SPROUT_CONFIG_<key>` variables) and read-only directories
+/// (sockets: [`SocketPolicy::configure`]). Nothing else is granted: `WasiCtxBuilder::new`
 /// starts with no preopens, no environment, no arguments, no network and stdio that is
 /// not the host's. A directory that cannot be opened is skipped with a warning (the
 /// guest then sees it as missing).
@@ -652,7 +663,6 @@ fn grant(builder: &mut WasiCtxBuilder, req: &RunRequest) {
             tracing::warn!(job = %req.job_id, task = %req.task, "cannot grant directory {host} as {guest}: {e:#}");
         }
     }
-    deny::deny_sockets(builder, &req.job_id, &req.task);
 }
 
 /// Runs `call` under the soft and hard wall-clock limits; `Err` is the time-limit
@@ -671,6 +681,7 @@ async fn with_time_limits<T>(call: impl Future<Output = T>, limits: &Limits) -> 
 /// captured; returns it with the two capture buffers.
 fn command_stdio<C>(
     req: &RunRequest,
+    sockets: &SocketPolicy,
     build: impl FnOnce(&mut WasiCtxBuilder) -> C,
 ) -> (C, CapturedOutput, CapturedOutput) {
     let input = serde_json::json!({ "args": req.args, "kwargs": req.kwargs }).to_string();
@@ -684,6 +695,7 @@ fn command_stdio<C>(
         .stderr(stderr.clone())
         .arg(&req.task);
     grant(&mut builder, req);
+    sockets.configure(&mut builder, &req.job_id, &req.task);
     (build(&mut builder), stdout, stderr)
 }
 
