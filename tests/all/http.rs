@@ -22,7 +22,7 @@ use sprout::sandbox::{RunRequest, Sandbox, TaskModule};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::support;
+use crate::support::{self, job, wait_result as wait};
 
 // ---------------------------------------------------------------------------------------
 // A tiny HTTP server.
@@ -305,23 +305,6 @@ impl Drop for Worker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn job(task: &str, args: Value) -> Job {
-    Job::new(
-        task,
-        args.as_array().cloned().unwrap_or_default(),
-        Default::default(),
-    )
-}
-
-async fn wait(client: &Client, id: &str) -> ResultRecord {
-    client
-        .wait(id, Duration::from_secs(60))
-        .await
-        .expect("backend")
-        .filter(|r| r.state.is_terminal())
-        .unwrap_or_else(|| panic!("job {id} did not finish within 60 s"))
 }
 
 fn error_of(record: &ResultRecord) -> (String, String) {
@@ -683,17 +666,7 @@ async fn timing_http_waits_and_cpu_work_do_not_delay_each_other() {
     let server = TestServer::start(Duration::from_millis(200)).await;
     let p90 = |v: &[Duration]| v[v.len() * 9 / 10];
     let baseline = latencies(spawn_fetches(&sandbox, &feed, &server, 200)).await;
-    let spinners: Vec<_> = (0..2)
-        .map(|_| {
-            let (sandbox, hog) = (sandbox.clone(), hog.clone());
-            tokio::spawn(async move {
-                let mut request = RunRequest::new("hog", vec![]);
-                request.limits.fuel = u64::MAX / 2;
-                request.limits.time_limit = Duration::from_secs(4);
-                sandbox.run(&hog, request).await.outcome
-            })
-        })
-        .collect();
+    let spinners = support::spawn_hogs(&sandbox, &hog, 2, Duration::from_secs(4));
     tokio::time::sleep(Duration::from_millis(100)).await;
     let beside_spinners = latencies(spawn_fetches(&sandbox, &feed, &server, 200)).await;
     let spinning = spinners.iter().all(|s| !s.is_finished());

@@ -16,12 +16,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sprout::client::Client;
-use sprout::model::{Capabilities, Job, Outcome, ResultRecord, State};
+use sprout::model::{Capabilities, Outcome, ResultRecord, State};
 use sprout::sandbox::{RunRequest, Sandbox, TaskModule};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::support;
+use crate::support::{self, job, wait_result as wait};
 
 // ---------------------------------------------------------------------------------------
 // A test server that counts the connections it holds open.
@@ -531,17 +531,7 @@ async fn timing_a_thousand_socket_readers_beside_cpu_hogs() {
     let echo = sandbox.load_file(&support::task("echo")).await.unwrap();
     let grant = caps(&[&format!("tcp://{}", server.addr())]);
 
-    let hogs: Vec<_> = (0..4)
-        .map(|_| {
-            let (sandbox, hog) = (sandbox.clone(), hog.clone());
-            tokio::spawn(async move {
-                let mut req = RunRequest::new("hog", vec![]);
-                req.limits.fuel = u64::MAX / 2;
-                req.limits.time_limit = Duration::from_secs(6);
-                sandbox.run(&hog, req).await.outcome
-            })
-        })
-        .collect();
+    let hogs = support::spawn_hogs(&sandbox, &hog, 4, Duration::from_secs(6));
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     let started = Instant::now();
@@ -628,23 +618,6 @@ impl TaskDir {
     fn path(&self) -> &Path {
         self.dir.path()
     }
-}
-
-async fn wait(client: &Client, id: &str) -> ResultRecord {
-    client
-        .wait(id, Duration::from_secs(60))
-        .await
-        .expect("backend")
-        .filter(|r| r.state.is_terminal())
-        .unwrap_or_else(|| panic!("job {id} did not finish within 60 s"))
-}
-
-fn job(task: &str, args: Value) -> Job {
-    Job::new(
-        task,
-        args.as_array().cloned().unwrap_or_default(),
-        Default::default(),
-    )
 }
 
 /// `pg_up`: whether PostgreSQL answers at 127.0.0.1:5432 (says why `test` skips if not).

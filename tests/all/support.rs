@@ -15,9 +15,10 @@ use sprout::backend::{BackendError, ResultBackend};
 use sprout::broker::redis::RedisBroker;
 use sprout::broker::sqlite::SqliteBroker;
 use sprout::broker::{Broker, BrokerError, DeadLetter, Delivery, DeliveryTag, QueueStats};
-use sprout::model::{Job, Limits, ResultRecord, State};
+use sprout::client::Client;
+use sprout::model::{Job, Limits, Outcome, ResultRecord, State};
 use sprout::registry::Registry;
-use sprout::sandbox::{EngineSettings, Sandbox};
+use sprout::sandbox::{EngineSettings, RunRequest, Sandbox, TaskModule};
 use sprout::storage::redis::RedisOptions;
 use sprout::storage::sqlite::Database;
 
@@ -80,6 +81,46 @@ pub fn sandbox(instances: u32) -> Sandbox {
         ..EngineSettings::default()
     };
     Sandbox::new(settings, Some(&cache_dir())).expect("sandbox")
+}
+
+/// A job of `task` with `args` (a JSON array) and no keyword arguments.
+pub fn job(task: &str, args: serde_json::Value) -> Job {
+    Job::new(
+        task,
+        args.as_array().cloned().unwrap_or_default(),
+        Default::default(),
+    )
+}
+
+/// The terminal result of job `id`, waiting up to 60 s for it (panics after).
+pub async fn wait_result(client: &Client, id: &str) -> ResultRecord {
+    client
+        .wait(id, Duration::from_secs(60))
+        .await
+        .expect("backend")
+        .filter(|r| r.state.is_terminal())
+        .unwrap_or_else(|| panic!("job {id} did not finish within 60 s"))
+}
+
+/// Starts `n` guests of the `hog` task spinning on the CPU in `sandbox` until
+/// `time_limit` (fuel is no limit); each handle yields how the guest ended.
+pub fn spawn_hogs(
+    sandbox: &Sandbox,
+    hog: &Arc<TaskModule>,
+    n: usize,
+    time_limit: Duration,
+) -> Vec<tokio::task::JoinHandle<Outcome>> {
+    (0..n)
+        .map(|_| {
+            let (sandbox, hog) = (sandbox.clone(), hog.clone());
+            tokio::spawn(async move {
+                let mut request = RunRequest::new("hog", vec![]);
+                request.limits.fuel = u64::MAX / 2;
+                request.limits.time_limit = time_limit;
+                sandbox.run(&hog, request).await.outcome
+            })
+        })
+        .collect()
 }
 
 /// A registry holding every example task.

@@ -739,9 +739,8 @@ mod tests {
         assert!(!list.tcp_may_resolve("127.0.0.2"));
         // tcp patterns never allow HTTP, and HTTP patterns never allow TCP.
         assert!(
-            !list
-                .check(&"http://127.0.0.1:6379/".parse().unwrap())
-                .is_ok()
+            list.check(&"http://127.0.0.1:6379/".parse().unwrap())
+                .is_err()
         );
         let http_only = AllowList::parse(&["http://127.0.0.1:*"]).unwrap();
         assert!(!http_only.grants_tcp());

@@ -453,10 +453,13 @@ fn start_connect(
     Ok(started)
 }
 
+/// A connection's input and output streams.
+type Streams = (Resource<DynInputStream>, Resource<DynOutputStream>);
+
 fn finish_connect(
     state: &mut ComponentState,
     this: Resource<TcpSocket>,
-) -> wasmtime::Result<Result<(Resource<DynInputStream>, Resource<DynOutputStream>), ErrorCode>> {
+) -> wasmtime::Result<Result<Streams, ErrorCode>> {
     let rep = this.rep();
     let finished = socket_result(state.sockets_view().finish_connect(this))?;
     let deadline = state.sockets.connecting.get(&rep).copied();
