@@ -5,11 +5,11 @@
 //! Every server here is a small HTTP/1.1 responder on 127.0.0.1 inside this test process.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -36,13 +36,27 @@ use crate::support::{self, job, wait_result as wait};
 pub(crate) struct TestServer {
     addr: SocketAddr,
     hits: Arc<AtomicUsize>,
+    log: Arc<Mutex<Vec<Hit>>>,
     connections: Arc<AtomicUsize>,
     first_hit: Arc<OnceLock<Instant>>,
+}
+
+/// One request a [`TestServer`] answered: who asked for what, and when it arrived.
+#[derive(Debug, Clone)]
+pub(crate) struct Hit {
+    /// The client's address.
+    pub(crate) peer: IpAddr,
+    /// The request's path.
+    pub(crate) path: String,
+    /// When its head was read.
+    pub(crate) at: Instant,
 }
 
 /// How a [`TestServer`] treats its connections.
 #[derive(Debug, Clone, Copy)]
 struct ServerOptions {
+    /// The address to listen on (any port).
+    bind: IpAddr,
     /// Wait before answering a feed.
     delay: Duration,
     /// Close a connection that has been idle this long between requests (servers do;
@@ -52,7 +66,13 @@ struct ServerOptions {
 
 impl TestServer {
     pub(crate) async fn start(delay: Duration) -> TestServer {
+        TestServer::start_on(Ipv4Addr::LOCALHOST.into(), delay).await
+    }
+
+    /// [`TestServer::start`] listening on `bind` (an address of a test network).
+    pub(crate) async fn start_on(bind: IpAddr, delay: Duration) -> TestServer {
         TestServer::with(ServerOptions {
+            bind,
             delay,
             idle_close: None,
         })
@@ -63,32 +83,53 @@ impl TestServer {
         // `TcpListener::bind` listens with a backlog of 128: a thousand guests connecting
         // at once would overflow it, and dropped SYNs are retried only after a second.
         let socket = TcpSocket::new_v4().expect("socket");
-        socket.bind("127.0.0.1:0".parse().unwrap()).expect("bind");
+        let socket = match options.bind {
+            IpAddr::V4(_) => socket,
+            IpAddr::V6(_) => TcpSocket::new_v6().expect("socket"),
+        };
+        socket.bind(SocketAddr::new(options.bind, 0)).expect("bind");
         let listener = socket.listen(4096).expect("listen");
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
         let connections = Arc::new(AtomicUsize::new(0));
         let first_hit = Arc::new(OnceLock::new());
-        let (h, c, f) = (hits.clone(), connections.clone(), first_hit.clone());
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (h, c, f, l) = (
+            hits.clone(),
+            connections.clone(),
+            first_hit.clone(),
+            log.clone(),
+        );
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
+                let Ok((stream, peer)) = listener.accept().await else {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     continue;
                 };
                 c.fetch_add(1, Ordering::SeqCst);
-                let (h, f) = (h.clone(), f.clone());
+                let (h, f, l) = (h.clone(), f.clone(), l.clone());
                 tokio::spawn(async move {
-                    let _ = serve(stream, options, &h, &f).await;
+                    let seen = Seen {
+                        hits: &h,
+                        first_hit: &f,
+                        log: &l,
+                    };
+                    let _ = serve(stream, peer.ip(), options, seen).await;
                 });
             }
         });
         TestServer {
             addr,
             hits,
+            log,
             connections,
             first_hit,
         }
+    }
+
+    /// Every request answered so far, in arrival order.
+    pub(crate) fn log(&self) -> Vec<Hit> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// When the first request arrived, if one did.
@@ -110,21 +151,34 @@ impl TestServer {
     }
 }
 
+/// Where a connection records the requests it reads.
+struct Seen<'a> {
+    hits: &'a AtomicUsize,
+    first_hit: &'a OnceLock<Instant>,
+    log: &'a Mutex<Vec<Hit>>,
+}
+
 /// Serves requests on one connection until the client closes it, a route closes it, or
 /// it has been idle for `options.idle_close`.
 async fn serve(
     mut stream: TcpStream,
+    peer: IpAddr,
     options: ServerOptions,
-    hits: &AtomicUsize,
-    first_hit: &OnceLock<Instant>,
+    seen: Seen<'_>,
 ) -> std::io::Result<()> {
     let mut pending = Vec::new();
     loop {
         let Some(head) = read_head(&mut stream, &mut pending, options.idle_close).await? else {
             return Ok(());
         };
-        first_hit.get_or_init(Instant::now);
-        hits.fetch_add(1, Ordering::SeqCst);
+        let at = Instant::now();
+        seen.first_hit.get_or_init(|| at);
+        seen.hits.fetch_add(1, Ordering::SeqCst);
+        let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+        seen.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Hit { peer, path, at });
         if !answer(&mut stream, &head, options.delay).await? {
             return stream.shutdown().await;
         }
@@ -237,13 +291,13 @@ fn rss(feed: &str) -> String {
 // A task directory with our own manifests, and a worker on it.
 
 /// A temp dir holding copies of built task files with manifests written by the test.
-struct TaskDir {
+pub(crate) struct TaskDir {
     dir: tempfile::TempDir,
 }
 
 impl TaskDir {
     /// `files`: (task file name, manifest text or "" for none).
-    fn new(files: &[(&str, &str)]) -> TaskDir {
+    pub(crate) fn new(files: &[(&str, &str)]) -> TaskDir {
         let dir = tempfile::tempdir().expect("tempdir");
         for (name, manifest) in files {
             std::fs::copy(support::task(name), dir.path().join(format!("{name}.wasm")))
@@ -256,7 +310,7 @@ impl TaskDir {
         TaskDir { dir }
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 
@@ -474,6 +528,7 @@ async fn successive_jobs_reuse_pooled_connections() {
     let server = TestServer::start(Duration::ZERO).await;
     // Closes a connection idle for 100 ms, as servers with short keep-alive do.
     let closing = TestServer::with(ServerOptions {
+        bind: Ipv4Addr::LOCALHOST.into(),
         delay: Duration::ZERO,
         idle_close: Some(Duration::from_millis(100)),
     })
