@@ -58,6 +58,12 @@ bench: build tasks
 	else \
 		echo "make bench: no Redis at 127.0.0.1:6379; skipped the Redis and Celery benchmarks"; \
 	fi
+	@if [ "$$(id -u)" = 0 ] && command -v ip >/dev/null && command -v redis-server >/dev/null; then \
+		./host/benches/fleet.sh 10000 sleep '[0.2]' 100 3 && \
+		./host/benches/fleet.sh 50000 add '[2, 3]' 200 3; \
+	else \
+		echo "make bench: the fleet benchmark needs root, ip and redis-server; skipped"; \
+	fi
 
 clean:
 	$(CARGO) clean
