@@ -44,7 +44,9 @@ use std::time::{Duration, Instant};
 use crate::celery_redis::venv;
 use crate::http::{Hit, TaskDir, TestServer};
 use crate::netns::Network;
-use crate::support::{Workdir, WorkerProcess, cache_dir, repo_root, sprout_bin, wait_until};
+use crate::support::{
+    Workdir, WorkerProcess, cache_dir, installed, repo_root, sprout_bin, wait_until,
+};
 
 /// Jobs in the run, sent in two halves: the cut lands in the first, the second is sent
 /// once the cut-off worker is back (so it has work to come back to).
@@ -80,19 +82,6 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// Whether `redis-server` is installed (says loudly that `test` is skipped when not).
-fn redis_server_installed(test: &str) -> bool {
-    let there = Command::new("redis-server")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok();
-    if !there {
-        eprintln!("SKIPPED {test}: redis-server is not installed");
-    }
-    there
 }
 
 /// The runtime of the feed server (and the AMQP proxy).
@@ -541,7 +530,7 @@ fn cut_off_and_back(
 #[test]
 fn fleet_redis_worker_host_cut_off_and_back() {
     let test = "fleet_redis_worker_host_cut_off_and_back";
-    if !redis_server_installed(test) {
+    if !installed(test, "redis-server", "--version") {
         return;
     }
     let Some(net) = Network::create(test, 3) else {
@@ -719,7 +708,7 @@ fn amqp_supported(test: &str, rt: &tokio::runtime::Runtime) -> bool {
 fn fleet_amqp_worker_host_cut_off_and_back() {
     let test = "fleet_amqp_worker_host_cut_off_and_back";
     let rt = runtime();
-    if !redis_server_installed(test) || !amqp_supported(test, &rt) {
+    if !installed(test, "redis-server", "--version") || !amqp_supported(test, &rt) {
         return;
     }
     let Some(net) = Network::create(test, 3) else {

@@ -16,7 +16,9 @@ use serde_json::json;
 use sprout::connect::{Connection, connect};
 use sprout::model::{Job, State};
 
-use crate::support::{Workdir, WorkerProcess, cache_dir, sprout_bin, tasks_dir, wait_until};
+use crate::support::{
+    Workdir, WorkerProcess, cache_dir, installed, sprout_bin, tasks_dir, wait_until,
+};
 
 /// Jobs the killed worker holds.
 const IN_FLIGHT: usize = 200;
@@ -40,13 +42,7 @@ impl Drop for RedisServer {
 impl RedisServer {
     /// Starts one, or `None` (with a loud message) when `redis-server` is missing.
     fn start(test: &str) -> Option<RedisServer> {
-        if Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_err()
-        {
-            eprintln!("SKIPPED {test}: redis-server is not installed");
+        if !installed(test, "redis-server", "--version") {
             return None;
         }
         let port = TcpListener::bind("127.0.0.1:0")

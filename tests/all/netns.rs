@@ -149,13 +149,7 @@ impl Network {
             eprintln!("SKIPPED {test}: needs root to create network namespaces");
             return None;
         }
-        if Command::new("ip")
-            .arg("-V")
-            .stdout(Stdio::null())
-            .status()
-            .is_err()
-        {
-            eprintln!("SKIPPED {test}: `ip` (iproute2) is not installed");
+        if !crate::support::installed(test, "ip", "-V") {
             return None;
         }
         sweep_stale();

@@ -268,6 +268,21 @@ impl Drop for WorkerProcess {
     }
 }
 
+/// Whether `program` runs (`program ARG`, e.g. `--version`); says loudly that `test` is
+/// skipped when it does not.
+pub fn installed(test: &str, program: &str, arg: &str) -> bool {
+    let runs = Command::new(program)
+        .arg(arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !runs {
+        eprintln!("SKIPPED {test}: `{program}` is not installed");
+    }
+    runs
+}
+
 /// Polls `check` every 20 ms until it returns true or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
