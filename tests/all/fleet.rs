@@ -36,7 +36,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -74,16 +74,6 @@ fn fleet_id(i: usize) -> String {
     format!("00000000-0000-4000-8000-{i:012}")
 }
 
-/// A child process killed on drop (the broker server, the Python sender).
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The runtime of the feed server (and the AMQP proxy).
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -95,7 +85,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// A private `redis-server` inside the broker host's namespace. The namespace is the
 /// test's own, so the default port is free there.
-fn start_redis(net: &Network, dir: &Workdir) -> (Killed, String) {
+fn start_redis(net: &Network, dir: &Workdir) -> (WorkerProcess, String) {
     let addr = net.host(BROKER).addr;
     let child = net
         .spawn(
@@ -108,7 +98,8 @@ fn start_redis(net: &Network, dir: &Workdir) -> (Killed, String) {
                 .stdout(Stdio::null()),
         )
         .expect("spawn redis-server in the broker namespace");
-    let server = Killed(child);
+    // Killed on drop, like a worker.
+    let server = WorkerProcess { child: Some(child) };
     let url = format!("redis://{addr}:6379/0");
     let up = wait_until(Duration::from_secs(10), || {
         redis_conn(&url)
@@ -202,7 +193,7 @@ impl Drop for ResultWatch {
 struct Sender {
     stdin: Option<ChildStdin>,
     stdout: BufReader<ChildStdout>,
-    _child: Killed,
+    _child: WorkerProcess,
 }
 
 impl Sender {
@@ -219,7 +210,7 @@ impl Sender {
         Sender {
             stdin,
             stdout,
-            _child: Killed(child),
+            _child: WorkerProcess { child: Some(child) },
         }
     }
 
