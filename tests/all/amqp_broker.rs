@@ -84,6 +84,11 @@ impl RabbitScope {
         format!("amqp://guest:guest@{RABBIT_ADDR}/{}", self.vhost)
     }
 
+    /// The vhost's name.
+    pub fn vhost(&self) -> &str {
+        &self.vhost
+    }
+
     /// Closes every client connection to the vhost, as a network failure or a broker
     /// restart would.
     pub fn close_connections(&self) {

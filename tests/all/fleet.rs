@@ -41,6 +41,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::amqp_broker::{RABBIT_ADDR, rabbit_test};
 use crate::celery_redis::venv;
 use crate::http::{Hit, TaskDir, TestServer};
 use crate::netns::Network;
@@ -554,79 +555,9 @@ fn fleet_redis_worker_host_cut_off_and_back() {
 // the worker hosts through a forwarding proxy on the bridge (so pulling a host's cable
 // cuts its AMQP connections), and results in a private Redis on the broker host.
 
-/// Where the shared RabbitMQ listens.
-const RABBIT_ADDR: &str = "127.0.0.1:5672";
 /// AMQP heartbeat the workers ask for (seconds): RabbitMQ closes a connection after
 /// two missed ones, and requeues what it held.
 const AMQP_HEARTBEAT: u64 = 2;
-
-/// A RabbitMQ virtual host for one test, deleted on drop (with everything in it).
-struct RabbitVhost(String);
-
-fn rabbitmqctl(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("rabbitmqctl")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("rabbitmqctl: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "rabbitmqctl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-impl RabbitVhost {
-    /// A fresh vhost guest may use; `None` (after saying why `test` is skipped) when
-    /// RabbitMQ or `rabbitmqctl` is not there.
-    fn create(test: &str) -> Option<RabbitVhost> {
-        let addr = RABBIT_ADDR.parse().expect("socket address");
-        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err() {
-            eprintln!("SKIPPED {test}: no RabbitMQ at {RABBIT_ADDR}");
-            return None;
-        }
-        let name = format!("sprout-fleet-{}", uuid::Uuid::new_v4().simple());
-        if let Err(e) = rabbitmqctl(&["add_vhost", &name]) {
-            eprintln!("SKIPPED {test}: cannot create a RabbitMQ vhost: {e}");
-            return None;
-        }
-        let vhost = RabbitVhost(name);
-        rabbitmqctl(&["set_permissions", "-p", &vhost.0, "guest", ".*", ".*", ".*"])
-            .expect("grant guest the test vhost");
-        Some(vhost)
-    }
-
-    /// (ready, unacknowledged) messages in `queue`; `None` when it cannot be read.
-    fn messages(&self, queue: &str) -> Option<(usize, usize)> {
-        let out = rabbitmqctl(&[
-            "list_queues",
-            "-p",
-            &self.0,
-            "-q",
-            "--no-table-headers",
-            "name",
-            "messages_ready",
-            "messages_unacknowledged",
-        ])
-        .ok()?;
-        out.lines().find_map(|line| {
-            let mut fields = line.split_whitespace();
-            (fields.next()? == queue).then_some(())?;
-            Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
-        })
-    }
-}
-
-impl Drop for RabbitVhost {
-    fn drop(&mut self) {
-        if let Err(e) = rabbitmqctl(&["delete_vhost", &self.0]) {
-            eprintln!("warning: could not delete the test vhost: {e}");
-        }
-    }
-}
 
 /// A TCP forwarder on the bridge to RabbitMQ on the root namespace's loopback. It
 /// closes both sides as soon as either does, and counts open connections per client
@@ -679,35 +610,19 @@ impl Proxy {
     }
 }
 
-/// Whether this build has the AMQP broker (says loudly that `test` is skipped when
-/// not): an `amqp://` URL to a closed port fails to connect rather than being refused
-/// as an unknown scheme.
-fn amqp_supported(test: &str, rt: &tokio::runtime::Runtime) -> bool {
-    match rt.block_on(sprout::connect::broker("amqp://guest:guest@127.0.0.1:1/")) {
-        Err(sprout::connect::ConnectError::UnsupportedUrl { .. }) => {
-            eprintln!(
-                "SKIPPED {test}: this build has no AMQP broker yet (issue 14 item 1, branch \
-                 `amqp`); the RabbitMQ fleet run waits for it"
-            );
-            false
-        }
-        _ => true,
-    }
-}
-
 #[test]
 fn fleet_amqp_worker_host_cut_off_and_back() {
     let test = "fleet_amqp_worker_host_cut_off_and_back";
-    let rt = runtime();
-    if !installed(test, "redis-server", "--version") || !amqp_supported(test, &rt) {
+    if !installed(test, "redis-server", "--version") {
         return;
     }
     let Some(net) = Network::create(test, 3) else {
         return;
     };
-    let Some(vhost) = RabbitVhost::create(test) else {
+    let Some(vhost) = rabbit_test(test) else {
         return;
     };
+    let rt = runtime();
     let wd = Workdir::new();
     let (_redis, results) = start_redis(&net, &wd);
     let proxy = rt.block_on(Proxy::start(net.gateway, RABBIT_ADDR));
@@ -717,15 +632,19 @@ fn fleet_amqp_worker_host_cut_off_and_back() {
             "--broker".into(),
             format!(
                 "amqp://guest:guest@{}/{}?heartbeat={AMQP_HEARTBEAT}",
-                proxy.addr, vhost.0
+                proxy.addr,
+                vhost.vhost()
             ),
             "--result-backend".into(),
             results.clone(),
         ],
-        client_url: format!("amqp://guest:guest@{RABBIT_ADDR}/{}", vhost.0),
+        client_url: vhost.url(),
         results,
         live: Box::new(|| proxy.clients()),
-        pending: Box::new(|| vhost.messages(QUEUE).unwrap_or((usize::MAX, usize::MAX))),
+        pending: Box::new(|| {
+            let (ready, unacked) = vhost.depth(QUEUE);
+            (ready as usize, unacked as usize)
+        }),
         restore_log: None,
         // Two missed heartbeats, and margin for RabbitMQ's own timer.
         cut_for: Duration::from_secs(AMQP_HEARTBEAT * 5),
