@@ -123,7 +123,31 @@ enum Target<'a> {
 
 fn parse<'a>(url: &'a str, what: &'static str) -> Result<Target<'a>, ConnectError> {
     if let Some(path) = url.strip_prefix("sqlite:") {
-        return Ok(Target::Sqlite(path.strip_prefix("//").unwrap_or(path)));
+        let path = path.strip_prefix("//").unwrap_or(path);
+        // A file in a directory that is not there is a typo in the URL: refused here,
+        // before anything is opened (the file is created, never directories).
+        let file = std::path::Path::new(path);
+        if path.is_empty() || file.is_dir() {
+            return Err(ConnectError::InvalidUrl {
+                what,
+                url: url.to_string(),
+                reason: "expected sqlite:PATH to a database file".into(),
+            });
+        }
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty())
+            && !dir.is_dir()
+        {
+            return Err(ConnectError::InvalidUrl {
+                what,
+                url: url.to_string(),
+                reason: format!(
+                    "the directory {} does not exist (Sprout creates the database file, \
+                     never directories)",
+                    dir.display()
+                ),
+            });
+        }
+        return Ok(Target::Sqlite(path));
     }
     let redis = ["redis://", "rediss://", "redis+unix://", "unix://"];
     if redis.iter().any(|scheme| url.starts_with(scheme)) {

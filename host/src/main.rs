@@ -23,11 +23,19 @@ use cli::commands;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let Cli { log, command } = Cli::parse();
-    cli::telemetry::init(&log);
+    let Cli {
+        log,
+        log_format,
+        command,
+    } = Cli::parse();
+    if let Err(e) = cli::telemetry::init(&log, log_format) {
+        errln!("error: {e}");
+        return ExitCode::from(commands::EXIT_USAGE);
+    }
     // A prefork child builds its own single-threaded runtime.
     let command = match command {
         Command::Child(args) => return commands::worker::run_child(args),
+        Command::Completions(args) => return commands::completions::run(args),
         Command::Compile(args) => return sprout::sandbox::compile::child_main(&args.request),
         command => command,
     };
@@ -52,7 +60,7 @@ fn main() -> ExitCode {
             Command::Purge(args) => commands::purge::run(args).await,
             Command::Inspect(args) => commands::control::run(args, true).await,
             Command::Control(args) => commands::control::run(args, false).await,
-            Command::Child(_) | Command::Compile(_) => {
+            Command::Child(_) | Command::Compile(_) | Command::Completions(_) => {
                 unreachable!("handled before the runtime starts")
             }
         }

@@ -30,7 +30,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::model::{DecodeError, Job};
+use crate::model::{DecodeError, Job, WorkerRoutes};
 
 pub mod amqp;
 pub mod events;
@@ -336,5 +336,33 @@ pub trait Broker: Send + Sync {
     /// none.
     fn mailbox(&self) -> Option<std::sync::Arc<dyn mailbox::Mailbox>> {
         None
+    }
+
+    /// Publishes what a worker serves (its task → queue map), replacing its earlier
+    /// entry, so senders without task files route by it ([`crate::model::routes`]). The
+    /// default does nothing: then senders fall back to the default queue.
+    ///
+    /// # Errors
+    /// [`BrokerError`]; senders then see the previous map.
+    async fn publish_routes(&self, routes: &WorkerRoutes) -> Result<(), BrokerError> {
+        let _ = routes;
+        Ok(())
+    }
+
+    /// Removes a worker's entry (on a clean shutdown). The default does nothing.
+    ///
+    /// # Errors
+    /// [`BrokerError`].
+    async fn withdraw_routes(&self, worker: &str) -> Result<(), BrokerError> {
+        let _ = worker;
+        Ok(())
+    }
+
+    /// Every worker's published entry. The default: none.
+    ///
+    /// # Errors
+    /// [`BrokerError`].
+    async fn routes(&self) -> Result<Vec<WorkerRoutes>, BrokerError> {
+        Ok(Vec::new())
     }
 }

@@ -20,7 +20,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use super::{isotime, message, pyjson};
-use crate::model::{CeleryResultMeta, ErrorInfo, ResultRecord, State};
+use crate::model::{CeleryResultMeta, ErrorInfo, Progress, ResultRecord, State};
 
 /// The module Sprout's own error kinds are reported in.
 pub const SPROUT_EXC_MODULE: &str = "sprout.exceptions";
@@ -223,6 +223,11 @@ pub fn result_value(record: &ResultRecord) -> Value {
             "pid": std::process::id(),
             "hostname": record.worker.as_deref().unwrap_or_else(|| message::hostname()),
         }),
+        // Celery's custom-state convention, what `AsyncResult.info` shows.
+        State::Progress => match record.progress {
+            Some(p) => json!({ "current": p.current, "total": p.total }),
+            None => record.result.clone().unwrap_or(Value::Null),
+        },
         State::Pending => record.result.clone().unwrap_or(Value::Null),
     }
 }
@@ -256,6 +261,9 @@ pub fn encode_meta(record: &ResultRecord) -> String {
     }
     if let Some(s) = record.started_at {
         sprout.insert("started_at".into(), json!(isotime::format(s)));
+    }
+    if let Some(log) = record.log.as_deref().filter(|l| !l.is_empty()) {
+        sprout.insert("log".into(), json!(log));
     }
     let meta = Meta {
         status: record.state.as_str(),
@@ -293,8 +301,9 @@ fn child_ids(children: Option<&Value>) -> Vec<String> {
 
 /// Decodes a stored `celery-task-meta-<id>` value (written by Sprout or by Celery).
 ///
-/// Custom states (`PROGRESS`, …) have no [`State`]: they read as `Started` with the
-/// custom `result` kept.
+/// `PROGRESS` reads as [`State::Progress`], its `{"current", "total"}` meta as
+/// [`ResultRecord::progress`]; other custom states have no [`State`]: they read as
+/// `Started` with the custom `result` kept.
 ///
 /// # Errors
 /// The bytes are not a JSON object with a `status`.
@@ -324,6 +333,16 @@ pub fn decode_meta(id: &str, raw: &[u8]) -> Result<ResultRecord, String> {
         State::Failure | State::Retry | State::Revoked => {
             record.error = Some(error_info(&result, traceback));
         }
+        State::Progress => {
+            record.progress = match (
+                result.get("current").and_then(Value::as_u64),
+                result.get("total").and_then(Value::as_u64),
+            ) {
+                (Some(current), Some(total)) => Some(Progress { current, total }),
+                _ => None,
+            };
+            record.result = Some(result);
+        }
         State::Started if status == "STARTED" => {
             record.worker = text(result.get("hostname"));
             record.result = (!result.is_null()).then_some(result);
@@ -341,6 +360,7 @@ pub fn decode_meta(id: &str, raw: &[u8]) -> Result<ResultRecord, String> {
     record.fuel_used = from_sprout("fuel_used").and_then(Value::as_u64);
     record.duration_ms = from_sprout("duration_ms").and_then(Value::as_f64);
     record.started_at = text(from_sprout("started_at")).and_then(|s| isotime::parse(&s).ok());
+    record.log = text(from_sprout("log"));
     let date_done: Option<DateTime<Utc>> =
         text(meta.get("date_done")).and_then(|s| isotime::parse(&s).ok());
     if let Some(at) = date_done {

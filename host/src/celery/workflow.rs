@@ -377,7 +377,7 @@ fn followups_of(job: &Job, record: &ResultRecord) -> Followups {
                 &mut out,
             );
         }
-        State::Pending | State::Started | State::Retry | State::Revoked => {}
+        State::Pending | State::Started | State::Progress | State::Retry | State::Revoked => {}
     }
     out
 }

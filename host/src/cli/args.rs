@@ -9,13 +9,38 @@ use clap::{Args, Parser, Subcommand};
 use sprout::connect::ConnectOptions;
 use sprout::model::time;
 
+/// `sprout --version`: Sprout's version and the wasmtime it embeds (pinned in the
+/// workspace's Cargo.toml; a unit test checks it against Cargo.lock).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (wasmtime 48.0.8)");
+
+/// Exit codes shared by the commands that talk to a broker, for `--help` (a macro so
+/// that `concat!` can use it).
+macro_rules! exit_codes_broker {
+    () => {
+        "  2  bad usage: a flag, argument or URL that cannot be right (the message names it)
+  5  the broker or result backend cannot be reached (the message says where and why)
+  130  interrupted (Ctrl-C)"
+    };
+}
+
 /// Sprout: a WebAssembly sandboxed task runner with Celery-style workers.
 #[derive(Debug, Parser)]
-#[command(name = "sprout", version, about, long_about = None)]
+#[command(name = "sprout", version = VERSION, about, long_about = None,
+          after_help = "Examples:\n  sprout worker --tasks target/tasks &\n  sprout send add '[2, 3]' --wait\n  sprout tasks target/tasks\n\nExit codes: 0 ok, 1 a job or task failed, 2 bad usage, 3 unloadable task file,\n4 timed out waiting (or not finished), 5 broker unreachable, 130 interrupted.")]
 pub struct Cli {
-    /// Log filter (tracing `EnvFilter` syntax), e.g. `info`, `sprout=debug`.
+    /// Log filter: levels and `TARGET=LEVEL`, comma-separated (tracing's `EnvFilter`),
+    /// e.g. `info`, `warn,sprout::worker=debug`. Anything else is refused (exit 2).
     #[arg(long, global = true, env = "SPROUT_LOG", default_value = "info")]
     pub log: String,
+    /// Log lines as `text` or `json` (one object per line, for log shippers).
+    #[arg(
+        long,
+        global = true,
+        env = "SPROUT_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: crate::cli::telemetry::LogFormat,
     /// The command to run.
     #[command(subcommand)]
     pub command: Command,
@@ -25,14 +50,61 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Consume jobs from a broker and run them.
+    #[command(after_help = concat!("Examples:
+  sprout worker --tasks target/tasks                       # async pool, queue celery
+  sprout worker --tasks target/tasks -P prefork -c 2 -Q celery,cpu
+  sprout worker --tasks target/tasks --pool io=async:100:celery --pool cpu=prefork:2
+
+Exit codes:
+  0  stopped by a signal (warm shutdown) or --max-jobs
+  1  cold shutdown, or the worker failed
+", "  2  bad usage: unknown pool, missing --tasks path, a concurrency the sandbox cannot reserve, ...
+  5  the broker or result backend cannot be reached (the message says where and why)"))]
     Worker(Box<WorkerArgs>),
     /// Send a job (or many) to a queue.
+    #[command(after_help = concat!("Examples:
+  sprout send add '[2, 3]' --wait              # prints 5
+  sprout send fib '[20]' --countdown 10 --retries 3
+  sprout send echo '[\"hi\"]' --count 1000
+
+Routing: without -q, the queue is the task's `queue` from a manifest under --tasks, else
+the queue the workers on this broker published for it, else `celery`.
+
+Exit codes:
+  0  sent (with --wait: every job succeeded)
+  1  with --wait: a job failed or was revoked
+", exit_codes_broker!(), "
+  4  with --wait: timed out waiting"))]
     Send(SendArgs),
     /// Show (or wait for) the result of a job.
+    #[command(after_help = concat!("Examples:
+  sprout result 3f2a…                 # the stored record as JSON
+  sprout result 3f2a… --wait --timeout 30
+  sprout result 3f2a… --logs          # the job's captured log lines
+
+Exit codes:
+  0  SUCCESS
+  1  FAILURE or REVOKED
+", exit_codes_broker!(), "
+  4  not finished (PENDING, STARTED, PROGRESS, RETRY; with --wait: timed out waiting)"))]
     Result(ResultArgs),
     /// Show queue depths, dead letters and recent results.
+    #[command(after_help = concat!("Examples:
+  sprout status
+  sprout status --broker redis://127.0.0.1:6379/0
+
+Exit codes:
+  0  shown
+", exit_codes_broker!()))]
     Status(BrokerArgs),
     /// Remove every waiting job from queues.
+    #[command(after_help = concat!("Examples:
+  sprout purge -Q celery,cpu          # asks first on a terminal
+  sprout purge -Q celery -f           # no question
+
+Exit codes:
+  0  purged (or nothing to do after a \"no\")
+", exit_codes_broker!()))]
     Purge(PurgeArgs),
     /// Ask workers about themselves (Celery's `inspect`): ping, active, reserved,
     /// scheduled, registered, stats, active_queues, revoked, conf, clock, query_task ID...
@@ -54,9 +126,28 @@ pub enum Command {
     /// 2 bad usage or arguments, or a task file over the module caps (`--module-caps`:
     /// refused before compiling, like an argument out of range); 3 the task file cannot
     /// be loaded otherwise, or lacks the task.
+    #[command(after_help = "Examples:
+  sprout run target/tasks/math.wasm add '[1, 2]'
+  sprout run target/tasks/fib.wasm fib '[25]' --json")]
     Run(RunArgs),
-    /// List the tasks a directory or file provides, with their limits.
+    /// List the tasks a directory or file provides, with their limits; or, with
+    /// `--broker`, the tasks and queues the workers on that broker serve.
+    #[command(after_help = "Examples:
+  sprout tasks target/tasks
+  sprout tasks --broker redis://127.0.0.1:6379/0    # what the fleet serves
+
+Exit codes:
+  0  listed
+  1  a task file was rejected
+  2  bad usage: a path that does not exist, or a directory with no task files
+  5  --broker cannot be reached")]
     Tasks(TasksArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = "Examples:
+  sprout completions bash > ~/.local/share/bash-completion/completions/sprout
+  sprout completions zsh > \"${fpath[1]}/_sprout\"
+  sprout completions fish > ~/.config/fish/completions/sprout.fish")]
+    Completions(CompletionsArgs),
     /// A prefork pool's child process (started by `sprout worker -P prefork`; it speaks
     /// frames on stdin/stdout, not a command to type).
     #[command(hide = true)]
@@ -65,6 +156,13 @@ pub enum Command {
     /// time (started by the worker; not a command to type).
     #[command(hide = true)]
     Compile(CompileArgs),
+}
+
+/// `sprout completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    pub shell: clap_complete::Shell,
 }
 
 /// Where the broker is.
@@ -155,7 +253,8 @@ pub struct CallArgs {
 /// `sprout worker`.
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
-    /// Task directory or file (repeatable).
+    /// Task directory or file (repeatable; each must exist). The example tasks are
+    /// built into `target/tasks` (`make tasks`).
     #[arg(
         short,
         long = "tasks",
@@ -164,7 +263,8 @@ pub struct WorkerArgs {
         value_delimiter = ','
     )]
     pub tasks: Vec<PathBuf>,
-    /// Pool: `async` (also `eventlet`, `gevent`) or `prefork`, used with `-c` and `-Q`.
+    /// Pool: `async` (also `eventlet`, `gevent`), `prefork` (also `processes`) or
+    /// `solo` (the async pool running one job at a time, `-c 1`), used with `-c` and `-Q`.
     /// Or, repeated, named pools each bound to its own queues:
     /// `NAME=KIND[:CONCURRENCY[:QUEUE,...]][:OPTION=VALUE,...]`, e.g. `--pool
     /// io=async:1000 --pool cpu=prefork:2:cpu,hogs` (a pool's queue defaults to its
@@ -237,6 +337,10 @@ pub struct WorkerArgs {
     /// Store a STARTED state when a job begins (one extra write per job).
     #[arg(long)]
     pub track_started: bool,
+    /// Log one INFO line per finished job (task, id, state, duration, fuel). Off by
+    /// default: a line per job costs throughput on a busy worker.
+    #[arg(long)]
+    pub log_jobs: bool,
     /// Stop after this many jobs (for benchmarks and tests).
     #[arg(long, hide = true)]
     pub max_jobs: Option<u64>,
@@ -282,17 +386,12 @@ pub struct SendArgs {
     #[arg(short, long)]
     pub queue: Option<String>,
     /// Task directories or files whose manifests give a task's default queue (only the
-    /// `.toml` manifests are read; no wasm is compiled).
-    #[arg(
-        short,
-        long = "tasks",
-        env = "SPROUT_TASKS",
-        default_value = "./tasks",
-        value_delimiter = ','
-    )]
+    /// `.toml` manifests are read; no wasm is compiled). Default: none, so the queue the
+    /// workers on the broker published for the task. A path given must exist.
+    #[arg(short, long = "tasks", env = "SPROUT_TASKS", value_delimiter = ',')]
     pub tasks: Vec<PathBuf>,
     /// Priority 0–9 (higher first on the embedded broker).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=9))]
     pub priority: u8,
     /// Run no earlier than this many seconds from now.
     #[arg(long, conflicts_with = "eta", value_parser = parse_duration)]
@@ -340,6 +439,10 @@ pub struct ResultArgs {
     /// Seconds to wait with `--wait`.
     #[arg(long, default_value = "60", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Print the job's captured log (its log lines, stdout and stderr) instead of the
+    /// record. (`--logs`, not `--log`: that is the global log filter.)
+    #[arg(long)]
+    pub logs: bool,
     /// Broker.
     #[command(flatten)]
     pub broker: BrokerArgs,
@@ -351,6 +454,9 @@ pub struct PurgeArgs {
     /// Queues to purge, comma-separated.
     #[arg(short = 'Q', long, value_delimiter = ',', default_value = sprout::model::DEFAULT_QUEUE)]
     pub queues: Vec<String>,
+    /// Do not ask for confirmation (on a terminal, purge asks first).
+    #[arg(short, long)]
+    pub force: bool,
     /// Broker.
     #[command(flatten)]
     pub broker: BrokerArgs,
@@ -377,9 +483,13 @@ pub struct RunArgs {
 /// `sprout tasks`.
 #[derive(Debug, Args)]
 pub struct TasksArgs {
-    /// Task directories or files.
+    /// Task directories or files (each must exist).
     #[arg(default_value = "./tasks")]
     pub paths: Vec<PathBuf>,
+    /// Instead of reading files, list what the workers on this broker serve: the
+    /// task → queue map each worker publishes when it starts or reloads.
+    #[arg(long, conflicts_with = "paths")]
+    pub broker: Option<String>,
     /// Limits.
     #[command(flatten)]
     pub limits: LimitArgs,
@@ -438,6 +548,21 @@ pub fn parse_eta(text: &str) -> Result<DateTime<Utc>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--version` names the wasmtime Cargo.lock resolved.
+    #[test]
+    fn version_names_the_locked_wasmtime() {
+        let lock = include_str!("../../../Cargo.lock");
+        let pinned = lock
+            .split("name = \"wasmtime\"\nversion = \"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("wasmtime in Cargo.lock");
+        assert!(
+            VERSION.contains(&format!("(wasmtime {pinned})")),
+            "{VERSION} vs {pinned}"
+        );
+    }
 
     #[test]
     fn durations_parse_with_and_without_units() {

@@ -16,6 +16,7 @@ pub mod capabilities;
 pub mod job;
 pub mod limits;
 pub mod outcome;
+pub mod routes;
 pub mod state;
 pub mod time;
 
@@ -23,7 +24,9 @@ pub use capabilities::{AllowList, CONFIG_ENV_PREFIX, Capabilities, HostPattern, 
 pub use job::{CeleryContext, DEFAULT_QUEUE, DecodeError, Job, LimitOverrides};
 pub use limits::Limits;
 pub use outcome::{Execution, Outcome, RetryRequest, TimeLimitKind, human_bytes};
+pub use routes::WorkerRoutes;
 pub use state::{
-    CeleryResultMeta, ChordMembership, DEFAULT_RESULT_EXPIRES, ErrorInfo, ResultRecord, State,
+    CeleryResultMeta, ChordMembership, DEFAULT_RESULT_EXPIRES, ErrorInfo, Progress, ResultRecord,
+    State,
 };
 pub use time::TimeError;

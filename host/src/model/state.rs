@@ -20,6 +20,9 @@ pub enum State {
     Pending,
     /// A worker has started running it.
     Started,
+    /// Running, and the task reported how far it got ([`ResultRecord::progress`]):
+    /// Celery's custom `PROGRESS` state, `{"current": …, "total": …}` as its meta.
+    Progress,
     /// Finished with a value.
     Success,
     /// Finished with an error; no more retries.
@@ -36,6 +39,7 @@ impl State {
         match self {
             State::Pending => "PENDING",
             State::Started => "STARTED",
+            State::Progress => "PROGRESS",
             State::Success => "SUCCESS",
             State::Failure => "FAILURE",
             State::Retry => "RETRY",
@@ -48,6 +52,7 @@ impl State {
         Some(match s {
             "PENDING" => State::Pending,
             "STARTED" => State::Started,
+            "PROGRESS" => State::Progress,
             "SUCCESS" => State::Success,
             "FAILURE" => State::Failure,
             "RETRY" => State::Retry,
@@ -80,6 +85,16 @@ pub struct ErrorInfo {
     pub traceback: Option<String>,
 }
 
+/// A running job's progress as its task reported it: `current` of `total` done
+/// (Celery's `{"current": …, "total": …}` meta convention).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Units done.
+    pub current: u64,
+    /// Units in all.
+    pub total: u64,
+}
+
 /// Everything the backend keeps about one job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResultRecord {
@@ -100,6 +115,13 @@ pub struct ResultRecord {
     /// The failure (FAILURE, RETRY, REVOKED).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorInfo>,
+    /// How far a running job got, as the task last reported it (PROGRESS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+    /// The job's captured log: its log lines, stdout and stderr, bounded by the task's
+    /// log limit. Kept with every result, success included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
     /// Retries so far.
     #[serde(default)]
     pub retries: u32,
@@ -181,6 +203,8 @@ impl ResultRecord {
             state,
             result: None,
             error: None,
+            progress: None,
+            log: None,
             retries: 0,
             fuel_used: None,
             duration_ms: None,

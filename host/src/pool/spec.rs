@@ -89,18 +89,31 @@ pub enum PoolKind {
 }
 
 impl PoolKind {
-    /// Parses a `-P` pool name. `eventlet`, `gevent`, `threads` and `solo` are accepted
-    /// as names of the async pool and `processes` of prefork, as Celery users type them.
+    /// Parses a `-P` pool name. `eventlet` and `gevent` are accepted as names of the
+    /// async pool and `processes` of prefork, as Celery users type them. `solo` is not
+    /// a kind: it is the async pool running one job at a time ([`PoolKind::parse_solo`]).
     ///
     /// # Errors
-    /// An unknown pool name, with the known ones.
+    /// An unknown pool name (`threads` included: Sprout has no thread pool), with the
+    /// known ones.
     pub fn parse(name: &str) -> Result<PoolKind, String> {
         match name {
-            "async" | "eventlet" | "gevent" | "threads" | "solo" => Ok(PoolKind::Async),
+            "async" | "eventlet" | "gevent" => Ok(PoolKind::Async),
             "prefork" | "processes" => Ok(PoolKind::Prefork),
-            other => Err(format!(
-                "unknown pool {other:?}: expected async (alias eventlet, gevent) or prefork"
-            )),
+            other => Err(format!("unknown pool {other:?}: {KNOWN_POOLS}")),
+        }
+    }
+
+    /// Parses a pool name that may be `solo`: Celery's solo pool runs one job at a
+    /// time, so here it is the async pool with a concurrency of 1, returned as
+    /// `(Async, Some(1))`; any other name as [`PoolKind::parse`] with no concurrency.
+    ///
+    /// # Errors
+    /// As [`PoolKind::parse`].
+    pub fn parse_solo(name: &str) -> Result<(PoolKind, Option<usize>), String> {
+        match name {
+            "solo" => Ok((PoolKind::Async, Some(1))),
+            other => Ok((PoolKind::parse(other)?, None)),
         }
     }
 
@@ -118,6 +131,10 @@ impl std::fmt::Display for PoolKind {
         f.write_str(self.as_str())
     }
 }
+
+/// The pool names `-P` and `--pool` accept, for error messages.
+pub const KNOWN_POOLS: &str = "expected async (alias eventlet, gevent), prefork (alias \
+                               processes) or solo (the async pool with -c 1)";
 
 const USAGE: &str = "expected NAME=KIND[:CONCURRENCY[:QUEUE,...]][:OPTION=VALUE,...], \
                      e.g. io=async:1000, cpu=prefork:2:cpu,hogs or \
@@ -150,10 +167,17 @@ pub fn parse_pool_spec(text: &str) -> Result<PoolSpec, String> {
     if parts.len() > 3 {
         return Err(format!("pool {text:?}: too many ':' parts; {USAGE}"));
     }
-    let kind = PoolKind::parse(parts[0].trim()).map_err(|e| format!("pool {text:?}: {e}"))?;
+    let (kind, solo) =
+        PoolKind::parse_solo(parts[0].trim()).map_err(|e| format!("pool {text:?}: {e}"))?;
     let concurrency = match parts.get(1).map(|s| s.trim()) {
-        None | Some("") => None,
+        None | Some("") => solo,
         Some(n) => match n.parse::<usize>() {
+            Ok(1) if solo.is_some() => solo,
+            Ok(_) if solo.is_some() => {
+                return Err(format!(
+                    "pool {text:?}: a solo pool runs one job at a time; give async:{n} for more"
+                ));
+            }
             Ok(n) if n > 0 => Some(n),
             _ => {
                 return Err(format!(

@@ -41,7 +41,17 @@ pub struct ComponentState {
     pub log: CapturedOutput,
     /// The last progress the guest reported: (done, total).
     pub progress: Option<(u64, u64)>,
+    /// Where progress goes while the job runs (the worker's reporter), if anywhere.
+    pub progress_sink: Option<super::ProgressSink>,
+    /// Log lines passed on to the host's log so far (bounded by [`MAX_LOGGED_LINES`]).
+    logged_lines: u32,
 }
+
+/// Guest log lines passed on to the worker's log per job; the rest are only kept in
+/// the job's captured log (which has its own byte limit).
+pub const MAX_LOGGED_LINES: u32 = 100;
+/// Characters of one guest log line passed on to the worker's log.
+pub const MAX_LOGGED_LINE_CHARS: usize = 1000;
 
 impl ComponentState {
     /// State for one job.
@@ -56,6 +66,8 @@ impl ComponentState {
             job,
             log,
             progress: None,
+            progress_sink: None,
+            logged_lines: 0,
         }
     }
 }
@@ -91,6 +103,35 @@ impl WasiHttpView for ComponentState {
     }
 }
 
+impl ComponentState {
+    /// Passes a guest log line on to the host's log at the guest's own level, with the
+    /// task and job id; at most [`MAX_LOGGED_LINES`] per job, each cut at
+    /// [`MAX_LOGGED_LINE_CHARS`] (a chatty guest cannot flood the worker's log; the
+    /// job's captured log keeps what its limit allows).
+    fn log_to_host(&mut self, level: Level, message: &str) {
+        self.logged_lines = self.logged_lines.saturating_add(1);
+        if self.logged_lines > MAX_LOGGED_LINES + 1 {
+            return;
+        }
+        let (job, task) = (&self.job.id, &self.job.task);
+        if self.logged_lines == MAX_LOGGED_LINES + 1 {
+            tracing::warn!(job = %job, task = %task, "guest: more than {MAX_LOGGED_LINES} log lines; the rest are only in the job's log (sprout result ID --logs)");
+            return;
+        }
+        let line = match message.char_indices().nth(MAX_LOGGED_LINE_CHARS) {
+            Some((cut, _)) => format!("{}…", &message[..cut]),
+            None => message.to_string(),
+        };
+        match level {
+            Level::Trace => tracing::trace!(job = %job, task = %task, "guest: {line}"),
+            Level::Debug => tracing::debug!(job = %job, task = %task, "guest: {line}"),
+            Level::Info => tracing::info!(job = %job, task = %task, "guest: {line}"),
+            Level::Warn => tracing::warn!(job = %job, task = %task, "guest: {line}"),
+            Level::Error => tracing::error!(job = %job, task = %task, "guest: {line}"),
+        }
+    }
+}
+
 impl bindings::sprout::task::types::Host for ComponentState {}
 
 impl bindings::sprout::task::host::Host for ComponentState {
@@ -102,13 +143,16 @@ impl bindings::sprout::task::host::Host for ComponentState {
             Level::Warn => "WARN",
             Level::Error => "ERROR",
         };
-        tracing::debug!(job = %self.job.id, task = %self.job.task, "guest {level_name}: {message}");
+        self.log_to_host(level, &message);
         self.log
             .append(format!("[{level_name}] {message}\n").as_bytes());
     }
 
     fn progress(&mut self, done: u64, total: u64) {
         self.progress = Some((done, total));
+        if let Some(sink) = &self.progress_sink {
+            sink.send_replace(Some((done, total)));
+        }
     }
 
     fn job(&mut self) -> JobInfo {

@@ -83,7 +83,15 @@ pub struct RunRequest {
     /// What the task's manifest grants (files, env, network). Empty = deny everything.
     #[serde(default)]
     pub capabilities: std::sync::Arc<Capabilities>,
+    /// Where the guest's `progress(done, total)` goes while it runs (the worker stores
+    /// it as a PROGRESS state). Not sent to prefork children: there the last progress
+    /// is not reported while the job runs.
+    #[serde(skip)]
+    pub progress: Option<ProgressSink>,
 }
+
+/// Receives a running guest's latest `progress(done, total)`.
+pub type ProgressSink = std::sync::Arc<tokio::sync::watch::Sender<Option<(u64, u64)>>>;
 
 impl RunRequest {
     /// A request with default limits and a random job id, for tools and tests.
@@ -97,6 +105,7 @@ impl RunRequest {
             retries: 0,
             queue: crate::model::DEFAULT_QUEUE.into(),
             capabilities: Default::default(),
+            progress: None,
         }
     }
 }
@@ -520,6 +529,7 @@ impl Sandbox {
         );
         state.http_policy = http::HttpPolicy::new(&req.capabilities, &req.job_id, &req.task);
         state.sockets = sockets;
+        state.progress_sink = req.progress.clone();
         let mut store = self.new_store(state, limits.fuel, |s| &mut s.limiter);
         let args = Value::Array(req.args).to_string();
         let kwargs = Value::Object(req.kwargs).to_string();

@@ -22,7 +22,7 @@ pub enum OptionsError {
     #[error("invalid Redis settings: {0}")]
     Conflict(String),
     /// The server could not be reached.
-    #[error("Redis connection failed: {0}")]
+    #[error("{0}")]
     Connection(String),
 }
 
@@ -191,15 +191,36 @@ impl RedisOptions {
     /// # Errors
     /// [`OptionsError::Connection`] when Redis cannot be reached now.
     pub async fn connect(&self) -> Result<ConnectionManager, OptionsError> {
+        let client = self.client()?;
+        // One plain attempt first, so an unreachable server is reported at once (the
+        // manager below retries its first connection with backoff, ~13 s of silence),
+        // saying where it tried and why.
+        let probe = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(self.response_timeout));
+        if let Err(e) = client
+            .get_multiplexed_async_connection_with_config(&probe)
+            .await
+        {
+            return Err(OptionsError::Connection(format!(
+                "cannot connect to Redis at {}: {e}",
+                client.get_connection_info().addr()
+            )));
+        }
         let config = ConnectionManagerConfig::new()
             .set_min_delay(Duration::from_millis(100))
             .set_max_delay(Duration::from_secs(2))
             .set_number_of_retries(8)
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(self.response_timeout));
-        ConnectionManager::new_with_config(self.client()?, config)
+        ConnectionManager::new_with_config(client.clone(), config)
             .await
-            .map_err(|e| OptionsError::Connection(format!("{}: {e}", self.url)))
+            .map_err(|e| {
+                OptionsError::Connection(format!(
+                    "cannot connect to Redis at {}: {e}",
+                    client.get_connection_info().addr()
+                ))
+            })
     }
 }
 

@@ -217,15 +217,16 @@ async fn run_job(
         retries: job.retries,
         queue: job.queue.clone(),
         capabilities: entry.capabilities.clone(),
+        progress: None,
     };
     let started_at = Utc::now();
     let started = Instant::now();
     tracked.set(Stage::Active);
     shared.observer.started(job);
-    // A terminate drops the pool's future: the guest stops at its next fuel slice (in
+    // A terminate drops the run's future: the guest stops at its next fuel slice (in
     // a prefork child too, which is told to cancel that job alone).
     let execution = tokio::select! {
-        execution = shared.pool.execute(entry.clone(), request) => execution,
+        execution = with_progress(shared, job, entry.clone(), started_at, request) => execution,
         stop = tracked.until_stopped(true) => {
             drop(permit);
             shared.observer.stopped(job);
@@ -267,7 +268,63 @@ async fn run_job(
     let mut record = base_record(shared, job, state);
     apply_execution(&mut record, &execution);
     record.started_at = Some(started_at);
+    if shared.log_jobs {
+        tracing::info!(id = %job.id, task = %job.task, state = %state, duration_ms = format_args!("{:.1}", execution.duration.as_secs_f64() * 1e3), fuel = execution.fuel_used, "job finished");
+    }
     complete(job, record)
+}
+
+/// Least time between two PROGRESS writes of one job: a guest may report progress in a
+/// tight loop; the backend sees at most a few writes a second, the latest numbers.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Runs the job in the pool while a reporter stores the guest's `progress(done,
+/// total)` as a PROGRESS state (throttled to [`PROGRESS_INTERVAL`]). The reporter is
+/// stopped, and its last write finished, before this returns, so it never writes after
+/// the job's final state.
+async fn with_progress(
+    shared: &Shared,
+    job: &Job,
+    entry: std::sync::Arc<TaskEntry>,
+    started_at: chrono::DateTime<Utc>,
+    mut request: RunRequest,
+) -> Execution {
+    let (sink, mut progress) = tokio::sync::watch::channel(None);
+    request.progress = Some(std::sync::Arc::new(sink));
+    let (done_tx, mut done) = tokio::sync::oneshot::channel::<()>();
+    let mut record = base_record(shared, job, State::Progress);
+    record.started_at = Some(started_at);
+    let backend = &shared.backend;
+    // In the job's own task (no spawn per job): the reporter ends when the run does,
+    // after finishing a write it had started.
+    let reporter = async move {
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut done => return,
+                changed = progress.changed() => if changed.is_err() { return },
+            }
+            let Some((current, total)) = *progress.borrow_and_update() else {
+                continue;
+            };
+            record.progress = Some(crate::model::Progress { current, total });
+            record.updated_at = Utc::now();
+            if let Err(e) = backend.store(std::slice::from_ref(&record)).await {
+                tracing::debug!(id = %record.id, "could not store PROGRESS: {e}");
+            }
+            tokio::select! {
+                _ = &mut done => return,
+                () = tokio::time::sleep(PROGRESS_INTERVAL) => {}
+            }
+        }
+    };
+    let run = async move {
+        let execution = shared.pool.execute(entry, request).await;
+        let _ = done_tx.send(());
+        execution
+    };
+    let (execution, ()) = tokio::join!(run, reporter);
+    execution
 }
 
 /// The header (kept in `celery.extra`, so it survives a republish on every broker)
@@ -362,6 +419,8 @@ fn base_record(shared: &Shared, job: &Job, state: State) -> ResultRecord {
 /// Copies an execution's result or error, cost and logs into a record.
 fn apply_execution(record: &mut ResultRecord, execution: &Execution) {
     record.fuel_used = Some(execution.fuel_used);
+    // The captured log (bounded by the task's log limit) stays with every result.
+    record.log = (!execution.logs.is_empty()).then(|| execution.logs.clone());
     record.duration_ms = Some(execution.duration.as_secs_f64() * 1e3);
     match &execution.outcome {
         Outcome::Success { value } => record.result = Some(value.clone()),

@@ -35,6 +35,7 @@ mod job;
 pub mod metrics;
 pub mod observe;
 pub mod revoked;
+pub mod routes;
 mod settle;
 
 use std::collections::HashSet;
@@ -159,6 +160,7 @@ pub struct Worker {
     liveness: Option<Liveness>,
     control: Option<(Arc<ControlPlane>, String)>,
     observers: Observers,
+    log_jobs: bool,
 }
 
 /// State shared by the loop and the per-job tasks.
@@ -174,6 +176,8 @@ struct Shared {
     control: Arc<ControlPlane>,
     link: control::PoolLink,
     observer: Arc<dyn JobObserver>,
+    /// An INFO line per finished job ([`Worker::log_jobs`]).
+    log_jobs: bool,
 }
 
 impl Shared {
@@ -251,6 +255,17 @@ impl Worker {
         self
     }
 
+            log_jobs: false,
+        }
+    }
+
+    /// Logs one INFO line per finished job: task, id, state, duration and fuel
+    /// (default: off, as a line per job costs throughput on a busy worker).
+    pub fn log_jobs(mut self, on: bool) -> Self {
+        self.log_jobs = on;
+        self
+    }
+
     /// Sets how the worker heartbeats (default: [`Liveness::default`]); `None` turns
     /// liveness off, so a dead worker's jobs come back only after their lease.
     pub fn liveness(mut self, liveness: Option<Liveness>) -> Self {
@@ -321,6 +336,7 @@ impl Worker {
             control: plane,
             link,
             observer,
+            log_jobs: self.log_jobs,
         });
         let lease_keeper = tokio::spawn(extend_leases(shared.clone()));
         let (stop_tx, mut stop_rx) = watch::channel(false);

@@ -113,7 +113,7 @@ use super::{
 };
 use crate::celery::{isotime, keys, message, pyjson, result};
 use crate::model::DecodeError;
-use crate::model::Job;
+use crate::model::{Job, WorkerRoutes};
 
 /// The hash of live-tagged reservations: tag → owner identity.
 const RESERVED_BY: &str = "sprout.reserved_by";
@@ -1057,6 +1057,45 @@ impl Broker for RedisBroker {
     fn mailbox(&self) -> Option<Arc<dyn crate::broker::mailbox::Mailbox>> {
         Some(self.mailbox.clone())
     }
+
+    /// One field per worker in the hash `sprout.routes` (under the key prefix), the
+    /// entry as JSON. Celery ignores the key.
+    async fn publish_routes(&self, routes: &WorkerRoutes) -> Result<(), BrokerError> {
+        let entry = serde_json::to_string(routes)
+            .map_err(|e| BrokerError::Other(format!("cannot encode routes: {e}")))?;
+        redis::cmd("HSET")
+            .arg(self.key(ROUTES_KEY))
+            .arg(&routes.worker)
+            .arg(entry)
+            .query_async::<()>(&mut self.conn())
+            .await
+            .map_err(broker_error)
+    }
+
+    async fn withdraw_routes(&self, worker: &str) -> Result<(), BrokerError> {
+        redis::cmd("HDEL")
+            .arg(self.key(ROUTES_KEY))
+            .arg(worker)
+            .query_async::<()>(&mut self.conn())
+            .await
+            .map_err(broker_error)
+    }
+
+    async fn routes(&self) -> Result<Vec<WorkerRoutes>, BrokerError> {
+        let entries: Vec<String> = redis::cmd("HVALS")
+            .arg(self.key(ROUTES_KEY))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(broker_error)?;
+        // An entry this version cannot read is skipped, not fatal.
+        Ok(entries
+            .iter()
+            .filter_map(|e| serde_json::from_str(e).ok())
+            .collect())
+    }
 }
+
+/// The hash of published task → queue maps, one field per worker.
+const ROUTES_KEY: &str = "sprout.routes";
 
 mod stats;

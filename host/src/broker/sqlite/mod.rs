@@ -26,13 +26,26 @@ use crate::broker::{
     Broker, BrokerError, BrokerIdentity, DeadLetter, Delivery, DeliveryTag, LivenessUsers,
     QueueStats,
 };
-use crate::model::Job;
+use crate::model::{Job, WorkerRoutes};
 use crate::storage::sqlite::{Database, Failure, OpenError, duration_ms, now_ms};
 use queue::{LeasedRow, NewRow, parse_tag};
 
-/// How often an idle `fetch` looks again for jobs from other processes and for etas and
-/// leases that came due. Jobs published in this process wake it at once. Default: 5 ms.
+/// How soon an empty `fetch` looks again for jobs from other processes and for etas
+/// and leases that came due; each empty look doubles the nap, up to [`IDLE_POLL`] (or
+/// [`IDLE_POLL_UNWATCHED`]). Jobs published in this process wake it at once, and so do
+/// writes of other processes to the file when inotify can watch it. Default: 5 ms.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(5);
+
+/// Longest nap of an idle `fetch` while inotify watches the database's WAL file: any
+/// other process's write (a `sprout send`) wakes it at once, so this only bounds how
+/// late a due eta or an expired lease is noticed. An idle worker then costs a few
+/// queries a second (BENCHMARKS.md). Default: 100 ms.
+pub const IDLE_POLL: Duration = Duration::from_millis(100);
+
+/// Longest nap of an idle `fetch` when the file cannot be watched (no inotify): the
+/// most a job sent by another process waits before an idle worker sees it. Default:
+/// 40 ms.
+pub const IDLE_POLL_UNWATCHED: Duration = Duration::from_millis(40);
 
 /// How often a broker looks for dead workers' leased rows.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -52,6 +65,56 @@ pub struct SqliteBroker {
     identity: Arc<BrokerIdentity>,
     live: Arc<Mutex<Live>>,
     mailbox: Arc<SqliteMailbox>,
+    /// Watches the file for other processes' writes; started by the first `fetch`
+    /// (senders never fetch, so they start no watcher thread).
+    external: Arc<std::sync::OnceLock<ExternalWake>>,
+}
+
+/// Wakes this process's fetchers when another process writes the database: inotify on
+/// the WAL file (every commit appends to it). `None` inside when it cannot be watched.
+struct ExternalWake(Option<notify::RecommendedWatcher>);
+
+impl std::fmt::Debug for ExternalWake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "watching"
+        } else {
+            "polling"
+        })
+    }
+}
+
+impl ExternalWake {
+    fn start(db: &Database) -> ExternalWake {
+        use notify::{EventKind, RecursiveMode, Watcher as _};
+        let mut wal = db.path().as_os_str().to_owned();
+        wal.push("-wal");
+        let wal = std::path::PathBuf::from(wal);
+        let waker = db.clone();
+        let handler = move |event: notify::Result<notify::Event>| {
+            let relevant = match event {
+                Ok(event) => !matches!(event.kind, EventKind::Access(_)),
+                Err(_) => true,
+            };
+            if relevant {
+                waker.inner().wake.notify_waiters();
+            }
+        };
+        let watched = notify::recommended_watcher(handler).and_then(|mut watcher| {
+            watcher.watch(&wal, RecursiveMode::NonRecursive)?;
+            Ok(watcher)
+        });
+        match watched {
+            Ok(watcher) => ExternalWake(Some(watcher)),
+            Err(e) => {
+                tracing::debug!(
+                    "cannot watch {} ({e}); polling every {IDLE_POLL_UNWATCHED:?} when idle",
+                    wal.display()
+                );
+                ExternalWake(None)
+            }
+        }
+    }
 }
 
 impl From<Failure> for BrokerError {
@@ -82,6 +145,7 @@ impl SqliteBroker {
             db,
             identity: Arc::new(BrokerIdentity::new()),
             live: Arc::default(),
+            external: Arc::default(),
         }
     }
 
@@ -236,6 +300,15 @@ impl Broker for SqliteBroker {
     ) -> Result<Vec<Delivery>, BrokerError> {
         let deadline = tokio::time::Instant::now() + wait;
         let lease_ms = duration_ms(lease);
+        let longest = match self
+            .external
+            .get_or_init(|| ExternalWake::start(&self.db))
+            .0
+        {
+            Some(_) => IDLE_POLL,
+            None => IDLE_POLL_UNWATCHED,
+        };
+        let mut nap = POLL_INTERVAL;
         loop {
             // Registered before the attempt, so a publish during it is not missed.
             let woken = self.db.inner().wake.notified();
@@ -251,10 +324,10 @@ impl Broker for SqliteBroker {
             if !got.is_empty() || now >= deadline {
                 return Ok(got);
             }
-            let nap = POLL_INTERVAL.min(deadline - now);
             tokio::select! {
-                () = tokio::time::sleep(nap) => {}
-                () = &mut woken => {}
+                () = tokio::time::sleep(nap.min(deadline - now)) => nap = (nap * 2).min(longest),
+                // Something was written: look again soon after, in case it was not a job.
+                () = &mut woken => nap = POLL_INTERVAL,
             }
         }
     }
@@ -382,4 +455,62 @@ impl Broker for SqliteBroker {
     fn mailbox(&self) -> Option<Arc<dyn crate::broker::mailbox::Mailbox>> {
         Some(self.mailbox.clone())
     }
+
+    /// One row per worker in `routes` (created when first used: older files and
+    /// readers of them are unaffected), the entry as JSON.
+    async fn publish_routes(&self, routes: &WorkerRoutes) -> Result<(), BrokerError> {
+        let worker = routes.worker.clone();
+        let entry = serde_json::to_string(routes)
+            .map_err(|e| BrokerError::Other(format!("cannot encode routes: {e}")))?;
+        self.db
+            .run(move |inner| {
+                let conn = inner.writer();
+                conn.execute_batch(ROUTES_TABLE)?;
+                conn.execute(
+                    "INSERT INTO routes (worker, entry) VALUES (?1, ?2)
+                     ON CONFLICT (worker) DO UPDATE SET entry = excluded.entry",
+                    rusqlite::params![worker, entry],
+                )?;
+                Ok(())
+            })
+            .await
+            .map_err(BrokerError::from)
+    }
+
+    async fn withdraw_routes(&self, worker: &str) -> Result<(), BrokerError> {
+        let worker = worker.to_string();
+        self.db
+            .run(move |inner| {
+                let conn = inner.writer();
+                conn.execute_batch(ROUTES_TABLE)?;
+                conn.execute("DELETE FROM routes WHERE worker = ?1", [worker])?;
+                Ok(())
+            })
+            .await
+            .map_err(BrokerError::from)
+    }
+
+    async fn routes(&self) -> Result<Vec<WorkerRoutes>, BrokerError> {
+        self.db
+            .run(move |inner| {
+                let conn = inner.writer();
+                conn.execute_batch(ROUTES_TABLE)?;
+                let mut statement = conn.prepare("SELECT entry FROM routes ORDER BY worker")?;
+                let entries = statement
+                    .query_map([], |row| row.get::<_, String>(0))?
+                    .collect::<Result<Vec<String>, _>>()?;
+                // An entry this version cannot read is skipped, not fatal.
+                Ok(entries
+                    .iter()
+                    .filter_map(|e| serde_json::from_str(e).ok())
+                    .collect())
+            })
+            .await
+            .map_err(BrokerError::from)
+    }
 }
+
+/// The published task → queue maps (see [`Broker::publish_routes`]). Not part of the
+/// versioned schema: created on first use, so files of older versions keep working.
+const ROUTES_TABLE: &str =
+    "CREATE TABLE IF NOT EXISTS routes (worker TEXT PRIMARY KEY, entry TEXT NOT NULL);";

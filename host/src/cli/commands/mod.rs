@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use serde_json::{Map, Value};
 
 use crate::cli::args::LimitArgs;
@@ -11,6 +11,7 @@ use sprout::connect::ConnectError;
 use sprout::model::Limits;
 use sprout::sandbox::{ArtifactCache, CompileLimits, EngineSettings, Sandbox};
 
+pub mod completions;
 pub mod control;
 pub mod purge;
 pub mod result;
@@ -28,6 +29,13 @@ pub const EXIT_USAGE: u8 = 2;
 /// the module caps is [`EXIT_USAGE`] instead: refused before compiling, by a limit the
 /// command line sets).
 pub const EXIT_INVALID_TASK: u8 = 3;
+/// Exit code: timed out waiting for a result (`send --wait`, `result --wait`), or the
+/// job is not finished (`result`).
+pub const EXIT_NOT_READY: u8 = 4;
+/// Exit code: the broker or result backend cannot be reached.
+pub const EXIT_UNREACHABLE: u8 = 5;
+/// Exit code: interrupted by Ctrl-C (SIGINT) while waiting: 128 + 2, as shells report it.
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// An error that carries its own exit code.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +57,47 @@ impl ExitError {
     }
 }
 
+/// Runs `wait` until it finishes, or until Ctrl-C: then prints "interrupted" and the
+/// command exits [`EXIT_INTERRUPTED`].
+///
+/// # Errors
+/// `wait`'s error, or [`ExitError`] with [`EXIT_INTERRUPTED`].
+pub async fn until_interrupted<T, E>(
+    wait: impl std::future::Future<Output = Result<T, E>>,
+) -> anyhow::Result<T>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    tokio::select! {
+        result = wait => Ok(result?),
+        _ = tokio::signal::ctrl_c() => {
+            Err(ExitError::new(EXIT_INTERRUPTED, "interrupted").into())
+        }
+    }
+}
+
+/// Checks that every path given exists: a task directory or file that is not there is
+/// a typo, refused as bad usage rather than listed as "no tasks".
+///
+/// # Errors
+/// [`ExitError`] with [`EXIT_USAGE`] naming the first missing path.
+pub fn check_task_paths(flag: &str, paths: &[std::path::PathBuf]) -> anyhow::Result<()> {
+    for path in paths {
+        if !path.exists() {
+            let hint = if path.ends_with("tasks") {
+                " (the example tasks are built into target/tasks by `make tasks`)"
+            } else {
+                ""
+            };
+            bail!(ExitError::new(
+                EXIT_USAGE,
+                format!("{flag} {}: no such file or directory{hint}", path.display())
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Worker-wide default limits from flags.
 pub fn default_limits(args: &LimitArgs) -> Limits {
     let mut limits = Limits::default();
@@ -67,20 +116,77 @@ pub fn default_limits(args: &LimitArgs) -> Limits {
     limits
 }
 
+/// Sandbox slots kept beyond a worker's concurrency (loading and inspecting task files
+/// instantiates them too).
+const SPARE_SLOTS: usize = 16;
+
+/// Address space one slot reserves: two memories of the engine's memory ceiling plus
+/// their guard regions (wasmtime's default guard is 32 MiB). For messages only.
+fn slot_reservation(settings: &EngineSettings) -> u64 {
+    2 * (settings.max_memory_bytes + (32 << 20))
+}
+
+/// The most slots an engine with these settings can reserve on this machine (found by
+/// building engines, halving the gap: each try only reserves address space), or `None`
+/// when even the smallest does not build (then the error is not about concurrency).
+fn most_slots(settings: &EngineSettings) -> Option<usize> {
+    let builds = |slots: u32| {
+        let settings = EngineSettings {
+            max_instances: slots,
+            ..settings.clone()
+        };
+        Sandbox::new(settings, None).is_ok()
+    };
+    let (mut good, mut bad) = (SPARE_SLOTS as u32 + 1, settings.max_instances);
+    if !builds(good) {
+        return None;
+    }
+    while bad - good > 1 {
+        let mid = good + (bad - good) / 2;
+        if builds(mid) {
+            good = mid;
+        } else {
+            bad = mid;
+        }
+    }
+    Some(good as usize)
+}
+
 /// Builds the process's sandbox with room for `max_instances` concurrent guests.
 ///
 /// # Errors
-/// The engine cannot be built.
+/// The engine cannot be built; [`EXIT_USAGE`] when that is because the concurrency
+/// needs more address space than the machine has, naming the most that fits.
 pub fn build_sandbox(args: &LimitArgs, max_instances: usize) -> anyhow::Result<Sandbox> {
     let settings = EngineSettings {
-        max_instances: u32::try_from(max_instances + 16).unwrap_or(u32::MAX),
+        max_instances: u32::try_from(max_instances.saturating_add(SPARE_SLOTS)).unwrap_or(u32::MAX),
         ..EngineSettings::default()
     };
     let cache_dir = (!args.no_cache)
         .then(|| args.cache_dir.clone().or_else(ArtifactCache::default_dir))
         .flatten();
-    let sandbox =
-        Sandbox::new(settings, cache_dir.as_deref()).context("cannot build the wasm engine")?;
+    let sandbox = match Sandbox::new(settings.clone(), cache_dir.as_deref()) {
+        Ok(sandbox) => sandbox,
+        Err(e) => {
+            // The pooling allocator reserves address space for every slot up front; when
+            // that fails for a large concurrency, say what fits instead of mmap's error.
+            if let Some(most) = most_slots(&settings) {
+                let per_slot = sprout::model::human_bytes(slot_reservation(&settings));
+                bail!(ExitError::new(
+                    EXIT_USAGE,
+                    format!(
+                        "-c/--concurrency {max_instances} is more than this machine can reserve: \
+                         each async slot reserves {per_slot} of address space for its guests' \
+                         memories (the pooling allocator), and at most {} slots fit here; \
+                         lower -c/--concurrency (the async pools' added up) to {} or less",
+                        most.saturating_sub(SPARE_SLOTS),
+                        most.saturating_sub(SPARE_SLOTS),
+                    )
+                ));
+            }
+            return Err(anyhow::Error::new(e).context("cannot build the wasm engine"));
+        }
+    };
     sandbox.set_max_task_file_bytes(args.max_task_file_size.saturating_mul(1 << 20));
     if let Some(caps) = args.module_caps {
         sandbox.set_shape_caps(caps);
@@ -138,9 +244,13 @@ pub fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
             let bad_url = error
                 .downcast_ref::<ConnectError>()
                 .is_some_and(ConnectError::is_usage_error);
+            let unreachable = error
+                .downcast_ref::<ConnectError>()
+                .is_some_and(ConnectError::is_connection_error);
             let code = match error.downcast_ref::<ExitError>() {
                 Some(e) => e.code,
                 None if bad_url => EXIT_USAGE,
+                None if unreachable => EXIT_UNREACHABLE,
                 None => 1,
             };
             crate::errln!("error: {error:#}");

@@ -16,7 +16,7 @@ use sprout::model::time;
 use sprout::model::{Job, LimitOverrides};
 use sprout::registry::{manifest_path, task_files};
 
-use super::{EXIT_TASK_FAILED, EXIT_USAGE, ExitError};
+use super::{EXIT_NOT_READY, EXIT_TASK_FAILED, EXIT_USAGE, ExitError};
 
 /// Jobs published per broker call with `--count`.
 const SEND_BATCH: usize = 1000;
@@ -26,10 +26,26 @@ const SEND_BATCH: usize = 1000;
 /// # Errors
 /// Bad arguments or an unreachable broker.
 pub async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
-    let template = build_job(&args)?;
+    super::check_task_paths("--tasks", &args.tasks)?;
+    let mut template = build_job(&args)?;
     let client = Client::connect_with(&args.broker.broker, &args.broker.connect_options(None))
         .await
         .with_context(|| format!("cannot open broker {}", args.broker.broker))?;
+    if args.queue.is_none() && manifest_queue(&args.task, &args.tasks).is_none() {
+        // No -q and no local manifest: the queue a worker serving the task reads.
+        match client.broker().routes().await {
+            Ok(fleet) => {
+                if let Some(queue) = sprout::model::routes::route(&fleet, &args.task) {
+                    tracing::debug!("{}: queue {queue} from the workers' routes", args.task);
+                    template.queue = queue.to_string();
+                }
+            }
+            Err(e) => tracing::warn!(
+                "cannot read the workers' routes ({e}); sending to {}",
+                template.queue
+            ),
+        }
+    }
     let count = args.count.max(1);
     let mut ids = Vec::with_capacity(count.min(1_000_000) as usize);
     let progress = (count > 1).then(|| {
@@ -78,8 +94,9 @@ pub async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     }
     let timeout = args.timeout;
     let mut failed = 0;
+    let mut timed_out = 0;
     for id in &ids {
-        let record = client.wait(id, timeout).await?;
+        let record = super::until_interrupted(client.wait(id, timeout)).await?;
         match record {
             Some(r) if r.state == State::Success => {
                 if count == 1 {
@@ -95,21 +112,26 @@ pub async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
                 crate::errln!("{id} {}: {err}", r.state);
             }
             None => {
-                failed += 1;
+                timed_out += 1;
                 crate::errln!(
-                    "{id} PENDING: no result within {:.1} s",
+                    "{id}: timed out waiting: no result within {:.1} s",
                     timeout.as_secs_f64()
                 );
             }
         }
     }
     if count > 1 {
-        crate::errln!("{} succeeded, {failed} failed", ids.len() - failed);
+        crate::errln!(
+            "{} succeeded, {failed} failed, {timed_out} timed out",
+            ids.len() - failed - timed_out
+        );
     }
-    Ok(if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
+    Ok(if failed > 0 {
         ExitCode::from(EXIT_TASK_FAILED)
+    } else if timed_out > 0 {
+        ExitCode::from(EXIT_NOT_READY)
+    } else {
+        ExitCode::SUCCESS
     })
 }
 
@@ -126,7 +148,8 @@ fn build_job(args: &SendArgs) -> anyhow::Result<Job> {
     {
         job.queue = queue;
     }
-    job.priority = args.priority.min(9);
+    // Checked by its parser: 0–9.
+    job.priority = args.priority;
     job.max_retries = args.retries;
     // The flags were checked by their parser (model::time): at most MAX_SECONDS.
     let now = Utc::now();

@@ -5,6 +5,9 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
+use anyhow::Context;
+
+use super::{EXIT_USAGE, ExitError};
 use crate::cli::args::TasksArgs;
 use sprout::model::Capabilities;
 use sprout::model::human_bytes;
@@ -17,6 +20,22 @@ use sprout::registry::{self, TaskEntry};
 /// # Errors
 /// The engine cannot be built.
 pub async fn run(args: TasksArgs) -> anyhow::Result<ExitCode> {
+    if let Some(url) = &args.broker {
+        return fleet(url).await;
+    }
+    super::check_task_paths("sprout tasks", &args.paths)?;
+    if registry::task_files(&args.paths).is_empty() {
+        let paths: Vec<String> = args.paths.iter().map(|p| p.display().to_string()).collect();
+        return Err(ExitError::new(
+            EXIT_USAGE,
+            format!(
+                "no task files (*.wasm) in {} (the example tasks are built into target/tasks \
+                 by `make tasks`)",
+                paths.join(", ")
+            ),
+        )
+        .into());
+    }
     let sandbox = super::build_sandbox(&args.limits, 1)?;
     let defaults = super::default_limits(&args.limits);
     let (entries, rejected) = registry::scan(&sandbox, &args.paths, &defaults).await;
@@ -58,6 +77,42 @@ pub async fn run(args: TasksArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// `sprout tasks --broker URL`: what the workers on that broker serve, from the maps
+/// they published: one line per task and worker, with the queue a sender routes to.
+async fn fleet(url: &str) -> anyhow::Result<ExitCode> {
+    let broker = sprout::connect::broker(url)
+        .await
+        .with_context(|| format!("cannot open broker {url}"))?;
+    let fleet = broker.routes().await?;
+    crate::outln!(
+        "{:<24} {:<16} {:<32} QUEUES READ",
+        "TASK",
+        "QUEUE",
+        "WORKER"
+    );
+    let mut rows = Vec::new();
+    for worker in &fleet {
+        for task in worker.tasks.keys() {
+            let queue = worker.queue_for(task).unwrap_or("-");
+            rows.push((task.clone(), queue.to_string(), worker));
+        }
+    }
+    rows.sort_by(|a, b| (&a.0, &a.2.worker).cmp(&(&b.0, &b.2.worker)));
+    for (task, queue, worker) in &rows {
+        crate::outln!(
+            "{:<24} {:<16} {:<32} {}",
+            task,
+            queue,
+            worker.worker,
+            worker.queues.join(",")
+        );
+    }
+    if fleet.is_empty() {
+        crate::errln!("no worker on {url} has published its tasks (is one running?)");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Queue, rate limit, the limits not in the table, and the retry policy.

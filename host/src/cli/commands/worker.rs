@@ -43,6 +43,7 @@ const DEFAULT_ASYNC_CONCURRENCY: usize = 100;
 pub async fn run(args: WorkerArgs, log_filter: &str) -> anyhow::Result<ExitCode> {
     let (specs, named) = plan_pools(&args).map_err(|e| ExitError::new(EXIT_USAGE, e))?;
     let liveness = liveness(&args).map_err(|e| ExitError::new(EXIT_USAGE, e))?;
+    super::check_task_paths("--tasks", &args.tasks)?;
     let revoked = match &args.statedb {
         Some(path) => Revoked::open(path).map_err(|e| ExitError::new(EXIT_USAGE, e.to_string()))?,
         None => Revoked::default(),
@@ -159,6 +160,23 @@ pub async fn run(args: WorkerArgs, log_filter: &str) -> anyhow::Result<ExitCode>
         });
     }
     let mut workers = tokio::task::JoinSet::new();
+    // Each consume loop publishes the task → queue map it serves (senders without the
+    // task files route by it); withdrawn when the worker stops.
+    let mut publishers = tokio::task::JoinSet::new();
+    for (spec, _) in &pools {
+        let name = if named {
+            format!("{hostname}/{}", spec.name)
+        } else {
+            hostname.clone()
+        };
+        publishers.spawn(sprout::worker::routes::publish(
+            connection.broker.clone(),
+            registry.clone(),
+            name,
+            spec.queues.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
     for (spec, pool) in &pools {
         let config = WorkerConfig {
             hostname: hostname.clone(),
@@ -181,7 +199,8 @@ pub async fn run(args: WorkerArgs, log_filter: &str) -> anyhow::Result<ExitCode>
         )
         .liveness(liveness)
         .liveness(liveness)
-        .control(plane.clone(), spec.name.clone());
+        .control(plane.clone(), spec.name.clone())
+        .log_jobs(args.log_jobs);
         let worker = observers.observe(worker, &spec.name, pool.as_ref());
         let name = spec.name.clone();
         let shutdown = shutdown_rx.clone();
@@ -219,6 +238,9 @@ pub async fn run(args: WorkerArgs, log_filter: &str) -> anyhow::Result<ExitCode>
     if let Some(sweeper) = sweeper {
         sweeper.abort();
     }
+    // The shutdown state is no longer Running: each publisher withdraws its map.
+    let withdrawn = async { while publishers.join_next().await.is_some() {} };
+    let _ = tokio::time::timeout(Duration::from_secs(5), withdrawn).await;
     observers.stop().await;
     for (_, pool) in &pools {
         pool.shutdown().await;
@@ -343,7 +365,13 @@ fn plan_pools(args: &WorkerArgs) -> Result<(Vec<PoolSpec>, bool), String> {
                 args.pool.join(", ")
             ));
         };
-        let kind = PoolKind::parse(kind)?;
+        let (kind, solo) = PoolKind::parse_solo(kind)?;
+        if solo.is_some() && args.concurrency.is_some_and(|c| c != 1) {
+            return Err(
+                "-P solo runs one job at a time (the async pool with -c 1); for more, give -P async -c N"
+                    .into(),
+            );
+        }
         let queues = if args.queues.is_empty() {
             vec![sprout::model::DEFAULT_QUEUE.to_string()]
         } else {
@@ -353,7 +381,7 @@ fn plan_pools(args: &WorkerArgs) -> Result<(Vec<PoolSpec>, bool), String> {
             name: kind.to_string(),
             kind,
             concurrency: Some(
-                args.concurrency
+                solo.or(args.concurrency)
                     .unwrap_or_else(|| default_concurrency(kind)),
             ),
             queues,

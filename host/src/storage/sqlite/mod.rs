@@ -73,7 +73,7 @@ impl std::fmt::Debug for Database {
 }
 
 impl Database {
-    /// Opens (creating if needed) the database at `path`, its parent directory and its
+    /// Opens (creating if needed) the database at `path` (in a directory that must exist) and its
     /// tables, and upgrades an older schema.
     ///
     /// `:memory:` is not supported: every connection would see its own empty database.
@@ -86,10 +86,17 @@ impl Database {
     pub async fn open(path: impl AsRef<Path>) -> Result<Database, OpenError> {
         let path = path.as_ref().to_path_buf();
         let open = move || -> Result<Database, Failure> {
-            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).map_err(|e| {
-                    Failure::Open(format!("cannot create {}: {e}", parent.display()))
-                })?;
+            // The file is created, never its directories: a mistyped path is an error,
+            // not a new empty database that jobs vanish into.
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+                && !parent.is_dir()
+            {
+                return Err(Failure::Open(format!(
+                    "{}: the directory {} does not exist (Sprout creates the database \
+                     file, not directories)",
+                    path.display(),
+                    parent.display()
+                )));
             }
             let mut writer = schema::open_connection(&path)?;
             schema::migrate(&mut writer)?;
