@@ -5,7 +5,10 @@ CARGO ?= cargo
 TASKS_DIR := target/tasks
 SPROUT := target/release/sprout
 
-.PHONY: all build tasks demo test test-tasks lint fmt bench clean
+.PHONY: all build tasks demo test test-tasks lint fmt bench clean install
+
+## Where `make install` puts the binary: $(PREFIX)/bin/sprout.
+PREFIX ?= $(HOME)/.local
 
 all: build tasks
 
@@ -31,6 +34,14 @@ test: tasks
 	$(CARGO) test --workspace --release -- --skip timing_
 	$(CARGO) test --workspace --release timing_ -- --test-threads=1
 	CARGO_TARGET_DIR=target/wasm $(CARGO) test --manifest-path tasks/Cargo.toml
+
+## Builds sprout and the example tasks and copies the binary to $(PREFIX)/bin (default
+## ~/.local/bin; `make install PREFIX=/usr/local` for a system-wide one).
+install: build tasks
+	install -d $(PREFIX)/bin
+	install -m 0755 $(SPROUT) $(PREFIX)/bin/sprout
+	@echo "installed $(PREFIX)/bin/sprout"
+	@case ":$$PATH:" in *":$(PREFIX)/bin:"*) ;; *) echo "note: $(PREFIX)/bin is not on PATH: export PATH=\"$(PREFIX)/bin:\$$PATH\"";; esac
 
 lint:
 	$(CARGO) fmt --all -- --check
