@@ -17,6 +17,7 @@ mod queue;
 
 pub use mailbox::SqliteMailbox;
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -68,6 +69,9 @@ pub struct SqliteBroker {
     /// Watches the file for other processes' writes; started by the first `fetch`
     /// (senders never fetch, so they start no watcher thread).
     external: Arc<std::sync::OnceLock<ExternalWake>>,
+    /// The current nap of an empty fetch, in µs: kept across `fetch` calls (a worker
+    /// calls it every 200 ms), reset when jobs come or something wakes it.
+    nap_us: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Wakes this process's fetchers when another process writes the database: inotify on
@@ -146,6 +150,7 @@ impl SqliteBroker {
             identity: Arc::new(BrokerIdentity::new()),
             live: Arc::default(),
             external: Arc::default(),
+            nap_us: Arc::default(),
         }
     }
 
@@ -308,7 +313,9 @@ impl Broker for SqliteBroker {
             Some(_) => IDLE_POLL,
             None => IDLE_POLL_UNWATCHED,
         };
-        let mut nap = POLL_INTERVAL;
+        let nap_us = &self.nap_us;
+        let load = || Duration::from_micros(nap_us.load(Ordering::Relaxed)).max(POLL_INTERVAL);
+        let store = |nap: Duration| nap_us.store(nap.as_micros() as u64, Ordering::Relaxed);
         loop {
             // Registered before the attempt, so a publish during it is not missed.
             let woken = self.db.inner().wake.notified();
@@ -321,13 +328,18 @@ impl Broker for SqliteBroker {
                 self.try_fetch(queues, max, lease_ms).await?
             };
             let now = tokio::time::Instant::now();
-            if !got.is_empty() || now >= deadline {
+            if !got.is_empty() {
+                store(POLL_INTERVAL);
                 return Ok(got);
             }
+            if now >= deadline {
+                return Ok(got);
+            }
+            let nap = load();
             tokio::select! {
-                () = tokio::time::sleep(nap.min(deadline - now)) => nap = (nap * 2).min(longest),
+                () = tokio::time::sleep(nap.min(deadline - now)) => store((nap * 2).min(longest)),
                 // Something was written: look again soon after, in case it was not a job.
-                () = &mut woken => nap = POLL_INTERVAL,
+                () = &mut woken => store(POLL_INTERVAL),
             }
         }
     }
