@@ -239,6 +239,7 @@ impl Worker {
             liveness: Some(Liveness::default()),
             control: None,
             observers: Observers::default(),
+            log_jobs: false,
         }
     }
 
@@ -253,10 +254,6 @@ impl Worker {
     pub fn observe(mut self, observer: Arc<dyn JobObserver>) -> Self {
         self.observers.0.push(observer);
         self
-    }
-
-            log_jobs: false,
-        }
     }
 
     /// Logs one INFO line per finished job: task, id, state, duration and fuel
