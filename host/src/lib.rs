@@ -22,6 +22,8 @@
 //! - [`manifest`], [`rate_limit`] and [`registry`] — task files and their manifests,
 //!   loaded into the set of task names a worker can run and kept in step with the
 //!   directories while it runs (hot reload, [`registry::watch`]).
+//! - [`build`] — `sprout build`: Python modules (componentize-py) and Rust crates
+//!   turned into task files with their manifests; toolchains and files, no wasm.
 //! - [`pool`] — how jobs run: the async pool (many guests on tokio, preempted by fuel)
 //!   and the prefork pool (supervised child processes).
 //! - [`worker`] — the consume loop: reserve capacity, fetch, run, and settle every
@@ -36,6 +38,7 @@
 
 pub mod backend;
 pub mod broker;
+pub mod build;
 pub mod celery;
 pub mod client;
 pub mod connect;

@@ -53,6 +53,7 @@ fn main() -> ExitCode {
         match command {
             Command::Run(args) => commands::run::run(args).await,
             Command::Tasks(args) => commands::tasks::run(args).await,
+            Command::Build(args) => commands::build::run(args).await,
             Command::Worker(args) => commands::worker::run(*args, &log).await,
             Command::Send(args) => commands::send::run(args).await,
             Command::Result(args) => commands::result::run(args).await,

@@ -13,7 +13,7 @@
 //! borrows a whole database of its own ([`redis_db_test`]), emptied when the test ends
 //! (also when it fails), after its worker processes are gone.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -71,9 +71,19 @@ pub(crate) fn sprout_worker(broker: &str, queue: &str) -> WorkerProcess {
 
 /// [`sprout_worker`] with more arguments (`--result-backend …`).
 pub(crate) fn sprout_worker_with(broker: &str, queue: &str, more: &[&str]) -> WorkerProcess {
+    sprout_worker_on(broker, queue, tasks_dir(), more)
+}
+
+/// [`sprout_worker_with`] on the task files in `tasks`.
+pub(crate) fn sprout_worker_on(
+    broker: &str,
+    queue: &str,
+    tasks: &Path,
+    more: &[&str],
+) -> WorkerProcess {
     let (log, stderr) = log_file(queue);
     eprintln!("sprout worker log: {}", log.display());
-    let tasks = tasks_dir().display().to_string();
+    let tasks = tasks.display().to_string();
     let child = Command::new(sprout_bin())
         .args([
             "worker",

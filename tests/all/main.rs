@@ -28,6 +28,7 @@ mod plugins;
 mod poison;
 mod prefork;
 mod readme;
+mod python;
 mod redis_backend;
 mod redis_broker;
 mod results_sqlite;

@@ -148,6 +148,19 @@ Exit codes:
   sprout completions zsh > \"${fpath[1]}/_sprout\"
   sprout completions fish > ~/.config/fish/completions/sprout.fish")]
     Completions(CompletionsArgs),
+    /// Build a task file from source: a Python module (`shop.py`) or package, or a Rust
+    /// crate folder.
+    ///
+    /// Writes `DIR/<name>.wasm` and `DIR/<name>.toml` (the manifest beside the source,
+    /// checked, or a commented template), then compiles the file once for this machine
+    /// into the artifact cache, so a worker sharing the cache starts it without
+    /// compiling. Python needs componentize-py (the error says how to install it);
+    /// pure-Python dependencies in `requirements.txt` or `pyproject.toml` beside the
+    /// module are bundled, native ones refused.
+    ///
+    /// Exit codes: 0 built; 1 the build failed (a compile error, a missing tool, a
+    /// native dependency); 2 bad usage (not a buildable source, an invalid manifest).
+    Build(BuildArgs),
     /// A prefork pool's child process (started by `sprout worker -P prefork`; it speaks
     /// frames on stdin/stdout, not a command to type).
     #[command(hide = true)]
@@ -229,6 +242,24 @@ pub struct LimitArgs {
     /// The longest a task file may take to compile (in the child process). Default: 300.
     #[arg(long, env = "SPROUT_COMPILE_TIMEOUT", default_value = "300", value_parser = parse_duration)]
     pub compile_timeout: Duration,
+}
+
+/// `sprout build`.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The source: a Python module (`.py`), a Python package folder (with
+    /// `__init__.py`), or a Rust crate folder (with `Cargo.toml`).
+    pub src: PathBuf,
+    /// Where the task file and its manifest go.
+    #[arg(short = 'o', long = "out", default_value = ".")]
+    pub out: PathBuf,
+    /// Do not compile the built file into the artifact cache.
+    #[arg(long)]
+    pub no_precompile: bool,
+    /// Limits (the artifact cache, module caps and compile limits apply to the
+    /// pre-compile; a worker with the same cache directory finds the artifact).
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 /// `sprout compile` (hidden).

@@ -550,6 +550,13 @@ impl Sandbox {
         let outcome = match result {
             Err(time_limit) => time_limit,
             Ok(Err(error)) => classify(&error, &observed),
+            // A guest language that turns a refused memory growth into an exception
+            // (Python's `MemoryError`) still hit the job's memory limit.
+            Ok(Ok(Err(guest))) if observed.memory_limit_hit && guest.kind == "MemoryError" => {
+                Outcome::MemoryLimit {
+                    limit_bytes: limits.memory_bytes,
+                }
+            }
             Ok(Ok(Err(guest))) => Outcome::GuestError {
                 kind: guest.kind,
                 message: guest.message,

@@ -13,6 +13,7 @@ use sprout::sandbox::{ArtifactCache, CompileLimits, EngineSettings, Sandbox};
 
 pub mod completions;
 pub mod control;
+pub mod build;
 pub mod purge;
 pub mod result;
 pub mod run;
