@@ -5,16 +5,21 @@ CARGO ?= cargo
 TASKS_DIR := target/tasks
 SPROUT := target/release/sprout
 
-.PHONY: all build tasks demo test test-tasks lint fmt bench clean install
+.PHONY: all build tasks demo test test-tasks test-python lint fmt bench clean install
 
 ## Where `make install` puts the binary: $(PREFIX)/bin/sprout.
 PREFIX ?= $(HOME)/.local
 
 all: build tasks
 
-## Installs the wasm targets if missing and builds the example tasks to target/tasks/.
-tasks:
+## Installs the wasm targets if missing and builds the example tasks to target/tasks/;
+## the Python examples (tasks/python, with `sprout build`) to target/tasks/python when
+## python3 is installed, and the JavaScript ones (tasks/js) to target/tasks/js when node
+## and npm are (each script says loudly when it skips).
+tasks: build
 	./tasks/build.sh $(TASKS_DIR)
+	./tasks/python/build.sh $(SPROUT) $(TASKS_DIR)/python
+	./tasks/js/build.sh $(SPROUT) $(TASKS_DIR)/js
 
 ## Builds the sprout binary (release).
 build:
@@ -30,7 +35,7 @@ demo: build tasks
 ## The tests that measure time (`timing_*`) run last, one at a time, on a machine
 ## nothing else of the suite is loading; their bounds catch regressions, not a few
 ## percent (the figures themselves: `make bench`, BENCHMARKS.md).
-test: tasks
+test: tasks test-python
 	$(CARGO) test --workspace --release -- --skip timing_
 	$(CARGO) test --workspace --release timing_ -- --test-threads=1
 	CARGO_TARGET_DIR=target/wasm $(CARGO) test --manifest-path tasks/Cargo.toml
@@ -42,6 +47,17 @@ install: build tasks
 	install -m 0755 $(SPROUT) $(PREFIX)/bin/sprout
 	@echo "installed $(PREFIX)/bin/sprout"
 	@case ":$$PATH:" in *":$(PREFIX)/bin:"*) ;; *) echo "note: $(PREFIX)/bin is not on PATH: export PATH=\"$(PREFIX)/bin:\$$PATH\"";; esac
+
+## The Python SDK's own tests and the Python examples' unit tests: plain pytest on the
+## SDK's native fallback (nothing is built). Skipped, loudly, without python3.
+test-python:
+	@if command -v python3 >/dev/null 2>&1; then \
+		venv="$$(./guest-sdk/python/setup_venv.sh)" && \
+		(cd guest-sdk/python && "$$venv/bin/pytest" -q -p no:cacheprovider) && \
+		(cd tasks/python && PYTHONPATH=../../guest-sdk/python "$$venv/bin/pytest" -q -p no:cacheprovider); \
+	else \
+		echo "make test-python: SKIPPED: python3 is not installed (the Python SDK tests need it)"; \
+	fi
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -6,7 +6,10 @@
 //! ./tasks/build.sh target/tasks && cargo bench -p sprout --bench worker
 //! SPROUT_BENCH_JOBS=50000 SPROUT_BENCH_CONCURRENCY=100 cargo bench -p sprout --bench worker
 //! ```
-//! `SPROUT_BENCH_TASKS` overrides the task dir.
+//! `SPROUT_BENCH_TASKS` overrides the task dir; `SPROUT_BENCH_TASK` the task (default
+//! `echo`, called with `[i]`; any other task is called with `[i, 0]`, an `add`):
+//! Python `add` is
+//! `SPROUT_BENCH_TASKS=target/tasks/python SPROUT_BENCH_TASK=py.add cargo bench -p sprout --bench worker`.
 //! The enqueue rate of the CLI is measured with
 //! `sprout send echo '[1]' --count 100000 --broker sqlite:/tmp/b.db` (it prints jobs/s).
 
@@ -30,11 +33,13 @@ fn main() {
     let jobs = env_usize("SPROUT_BENCH_JOBS", 50_000);
     let concurrency = env_usize("SPROUT_BENCH_CONCURRENCY", 100);
     let tasks = common::pool::tasks_dir();
+    let task = std::env::var("SPROUT_BENCH_TASK").unwrap_or_else(|_| "echo".into());
     runtime().block_on(async move {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite:{}", dir.path().join("bench.db").display());
         let store = connect::connect(&url).await.unwrap();
-        let batch: Vec<Job> = (0..jobs).map(|i| Job::new("echo", vec![json!(i)], Default::default())).collect();
+        let args = |i: usize| if task == "echo" { vec![json!(i)] } else { vec![json!(i), json!(0)] };
+        let batch: Vec<Job> = (0..jobs).map(|i| Job::new(&task, args(i), Default::default())).collect();
         let t = Instant::now();
         for chunk in batch.chunks(10_000) {
             store.broker.publish(chunk).await.unwrap();
@@ -66,7 +71,7 @@ fn main() {
         let last = store.backend.get(&batch[jobs - 1].id).await.unwrap().expect("stored");
         assert_eq!(last.result, Some(json!(jobs - 1)));
         println!(
-            "end to end (fetch → run → store → ack), echo, -c {concurrency}: {jobs} jobs in {secs:.2} s = {:.0} jobs/s",
+            "end to end (fetch → run → store → ack), {task}, -c {concurrency}: {jobs} jobs in {secs:.2} s = {:.0} jobs/s",
             jobs as f64 / secs
         );
     });

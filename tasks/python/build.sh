@@ -36,7 +36,7 @@ common="$(cat "$repo"/guest-sdk/python/sprout_task/*.py "$repo"/guest-sdk/python
 for m in "${modules[@]}"; do
     src="$here/$m.py"
     stamp="$out_dir/.$m.stamp"
-    want="$( { echo "$common"; cat "$src"; [ -f "$here/$m.toml" ] && cat "$here/$m.toml"; } | sha256sum | cut -d' ' -f1)"
+    want="$( { echo "$common"; cat "$src"; if [ -f "$here/$m.toml" ]; then cat "$here/$m.toml"; fi; } | sha256sum | cut -d' ' -f1)"
     if [ -f "$out_dir/$m.wasm" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
         continue
     fi

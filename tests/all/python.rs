@@ -73,13 +73,16 @@ fn text(out: &Output) -> String {
     )
 }
 
-/// `sprout run FILE TASK ARGS --json [extra]`: the execution record.
+/// `sprout run FILE TASK ARGS --json [extra]`: the execution record's outcome
+/// (`{"outcome": "success", "value": …}`, `{"outcome": "guest_error", "kind": …}`).
 fn run_json(dir: &Workdir, file: &Path, task: &str, args: &str, extra: &[&str]) -> Value {
     let file = file.display().to_string();
     let mut all = vec!["run", &file, task, args, "--json"];
     all.extend_from_slice(extra);
     let out = dir.run(&all);
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)))
+    let record: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    record["outcome"].clone()
 }
 
 /// The SDK's own tests and the examples' unit tests, with plain pytest on the native
@@ -326,7 +329,8 @@ async fn python_fetch_feed_is_allowed_by_the_manifest_and_denied_without_it() {
                 .output()
                 .unwrap();
             serde_json::from_slice::<Value>(&out.stdout)
-                .unwrap_or_else(|e| panic!("{e}: {}", text(&out)))
+                .unwrap_or_else(|e| panic!("{e}: {}", text(&out)))["outcome"]
+                .clone()
         })
     };
     let e = run(allowed.clone(), feed.clone()).await.unwrap();
@@ -420,7 +424,7 @@ fn celery_client_gets_python_task_results_on_redis() {
         &broker,
         &q,
         10,
-        &["--task", "py.add", "--args", "[2, 3]", "--vary"],
+        &["--task", "py.add", "--args", "[2, 3]", "--expect", "5"],
     );
     crate::celery_redis::check(
         &broker,

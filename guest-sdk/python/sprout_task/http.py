@@ -37,6 +37,14 @@ from urllib.parse import urljoin, urlsplit
 
 from ._host import IN_WORKER
 
+if IN_WORKER:
+    # Imported when the task file is built (componentize-py snapshots the interpreter
+    # then): a binding module first imported inside a job is not in the file.
+    from componentize_py_types import Err as _Err  # type: ignore[import-not-found]
+    from wit_world.imports import outgoing_handler as _outgoing_handler  # type: ignore[import-not-found]
+    from wit_world.imports import streams as _streams  # type: ignore[import-not-found]
+    from wit_world.imports import wasi_http_types as _t  # type: ignore[import-not-found]
+
 __all__ = [
     "Request",
     "Response",
@@ -192,9 +200,7 @@ def _send(req: Request) -> Response:
 
 
 def _wasi_send(req: Request) -> Response:
-    from componentize_py_types import Err  # type: ignore[import-not-found]
-    from wit_world.imports import outgoing_handler, streams  # type: ignore[import-not-found]
-    from wit_world.imports import wasi_http_types as t  # type: ignore[import-not-found]
+    Err, outgoing_handler, streams, t = _Err, _outgoing_handler, _streams, _t
 
     parts = urlsplit(req.url)
     where = f"http: {req.method} {req.url}"

@@ -24,6 +24,10 @@ const MEMORY_KEEP_RESIDENT: usize = 2 << 20;
 /// The same for each table.
 const TABLE_KEEP_RESIDENT: usize = 64 << 10;
 
+/// Core module instances one component instance may create: a Python component
+/// (componentize-py 0.25) has 14, with headroom for other toolchains.
+const CORE_INSTANCES_PER_SLOT: u32 = 20;
+
 /// Engine-wide settings. They bound what any task may ask for.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EngineSettings {
@@ -73,13 +77,18 @@ pub fn build_engine(settings: &EngineSettings) -> wasmtime::Result<Engine> {
     let slots = settings.max_instances.max(1);
     let mut pool = PoolingAllocationConfig::new();
     // A WASI p2 Rust component has 3 core modules (main, shim, fixups), 1 memory and
-    // 2 tables; a WASI command module has 1 of each. Leave headroom for other toolchains.
+    // 2 tables; a WASI command module has 1 of each. A Python component
+    // (componentize-py: libpython, libc and friends dynamically linked) instantiates 14
+    // core modules, and a JavaScript one (componentize-js) 3: size the core-instance
+    // pool so every slot can hold a Python job (at 4 per slot, a worker would run out of core
+    // instances near 300 Python jobs in flight, by arithmetic). Core-instance slots cost no memory
+    // until used.
     pool.total_component_instances(slots)
-        .total_core_instances(slots.saturating_mul(4))
+        .total_core_instances(slots.saturating_mul(CORE_INSTANCES_PER_SLOT))
         .total_memories(slots.saturating_mul(2))
         .total_tables(slots.saturating_mul(3))
         .total_stacks(slots)
-        .max_core_instances_per_component(16)
+        .max_core_instances_per_component(CORE_INSTANCES_PER_SLOT)
         .max_memories_per_component(4)
         .max_tables_per_component(8)
         .max_memory_size(settings.max_memory_bytes as usize)
