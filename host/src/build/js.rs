@@ -110,6 +110,7 @@ pub fn build(src: &Path, out: &Path) -> Result<(), BuildError> {
         .into_iter()
         .map(|d| entry_in(&d))
         .find(|e| e.is_file())
+        .map(|e| std::fs::canonicalize(&e).unwrap_or(e))
         .ok_or_else(|| {
             BuildError::MissingTool(format!(
                 "building a JavaScript task needs componentize-js {COMPONENTIZE_JS_VERSION}, \

@@ -176,6 +176,8 @@ pub fn componentize_py() -> Result<PathBuf, BuildError> {
             ))
         })?,
     };
+    // Absolute: componentize-py runs in the scratch folder.
+    let program = std::fs::canonicalize(&program).unwrap_or(program);
     let out = Command::new(&program)
         .arg("--version")
         .output()
