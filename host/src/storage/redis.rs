@@ -224,9 +224,15 @@ impl RedisOptions {
     }
 }
 
-/// Whether a Redis error means the connection, not the command, failed.
+/// Whether a Redis error means the connection, not the command, failed — or that the
+/// server is up but not serving yet (`LOADING` its dataset after a restart): both pass,
+/// so both are retried rather than treated as the command's failure.
 pub fn is_connection(e: &redis::RedisError) -> bool {
-    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
 }
 
 #[cfg(test)]
