@@ -105,7 +105,7 @@ pub(crate) fn sprout_worker_on(
         .stderr(stderr)
         .spawn()
         .expect("spawn sprout worker");
-    WorkerProcess { child: Some(child) }
+    WorkerProcess::new(child)
 }
 
 /// Runs client_check.py with `args`; asserts it exits 0 reporting `n passed, 0 failed`.
@@ -249,7 +249,7 @@ pub(crate) fn python_worker_with(broker: &str, queue: &str, env: &[(&str, &str)]
         .stderr(stderr)
         .spawn()
         .expect("spawn celery worker");
-    WorkerProcess { child: Some(child) }
+    WorkerProcess::new(child)
 }
 
 pub(crate) fn send(broker: &str, queue: &str, args: &[&str]) -> Output {

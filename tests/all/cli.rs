@@ -317,7 +317,7 @@ fn one_job_through_a_worker_with(
         .stdout(Stdio::null());
     setup(&mut worker);
     let child = worker.spawn().expect("spawn worker");
-    let (code, _) = WorkerProcess { child: Some(child) }.wait(Duration::from_secs(60));
+    let (code, _) = WorkerProcess::new(child).wait(Duration::from_secs(60));
     let result = w.run(&["result", &id]);
     (code, stdout(&result))
 }

@@ -175,7 +175,7 @@ pub(crate) fn events_worker(
         .stderr(std::fs::File::create(log).expect("log file"))
         .spawn()
         .expect("spawn worker");
-    WorkerProcess { child: Some(child) }
+    WorkerProcess::new(child)
 }
 
 fn job(task: &str, args: Value, queue: &str) -> Job {

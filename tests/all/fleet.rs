@@ -100,7 +100,7 @@ fn start_redis(net: &Network, dir: &Workdir) -> (WorkerProcess, String) {
         )
         .expect("spawn redis-server in the broker namespace");
     // Killed on drop, like a worker.
-    let server = WorkerProcess { child: Some(child) };
+    let server = WorkerProcess::new(child);
     let url = format!("redis://{addr}:6379/0");
     let up = wait_until(Duration::from_secs(10), || {
         redis_conn(&url)
@@ -211,7 +211,7 @@ impl Sender {
         Sender {
             stdin,
             stdout,
-            _child: WorkerProcess { child: Some(child) },
+            _child: WorkerProcess::new(child),
         }
     }
 
@@ -267,7 +267,7 @@ fn worker(
                 .stderr(std::fs::File::create(log).expect("log file")),
         )
         .expect("spawn sprout worker in its namespace");
-    WorkerProcess { child: Some(child) }
+    WorkerProcess::new(child)
 }
 
 fn read(path: &PathBuf) -> String {

@@ -147,7 +147,7 @@ fn worker(wd: &Workdir, url: &str, log: &Path, args: &[&str]) -> WorkerProcess {
         .stderr(std::fs::File::create(log).expect("log file"))
         .spawn()
         .expect("spawn worker");
-    WorkerProcess { child: Some(child) }
+    WorkerProcess::new(child)
 }
 
 fn sleep_job(seconds: f64) -> Job {

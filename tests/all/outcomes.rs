@@ -263,7 +263,7 @@ async fn async_pool_outcomes() {
 }
 
 /// The log line the sleep task's `log` import produces for `sleep(0.25)`.
-const PANICKING_LINE: &str = "guest INFO: sleeping 0.25 s";
+const PANICKING_LINE: &str = "guest: sleeping 0.25 s";
 /// What [`PanickingSink`] panics with.
 const SINK_PANIC: &str = "the log sink failed";
 

@@ -439,7 +439,12 @@ fn celery_client_gets_python_task_results_on_redis() {
             "ValueError",
         ],
     );
-    crate::celery_redis::check(&broker, &q, 2, &["--chain", "py.add:[1, 2]", "py.add:[3]"]);
+    crate::celery_redis::check(
+        &broker,
+        &q,
+        2,
+        &["--chain", "py.add:[1, 2]", "py.add:[3]", "--expect", "6"],
+    );
 }
 
 /// What `sprout build` refuses, and how it says so.
@@ -573,20 +578,18 @@ fn sprout_build_bundles_pure_python_dependencies() {
 /// `path`, with Python's zipfile.
 fn make_wheel(venv: &Path, path: &Path, name: &str, version: &str) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let script = format!(
-        r#"
+    let script = r#"
 import sys, zipfile
 path, name, version = sys.argv[1:4]
-info = f"{{name}}-{{version}}.dist-info"
+info = f"{name}-{version}.dist-info"
 with zipfile.ZipFile(path, "w") as z:
-    z.writestr(f"{{name}}/__init__.py", f"def greet(who):\n    return '{{name}} {{version}} to ' + who\n")
-    z.writestr(f"{{info}}/METADATA", f"Metadata-Version: 2.1\nName: {{name}}\nVersion: {{version}}\n")
-    z.writestr(f"{{info}}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
-    z.writestr(f"{{info}}/RECORD", f"{{name}}/__init__.py,,\n{{info}}/METADATA,,\n{{info}}/WHEEL,,\n{{info}}/RECORD,,\n")
-"#
-    );
+    z.writestr(f"{name}/__init__.py", f"def greet(who):\n    return '{name} {version} to ' + who\n")
+    z.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    z.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+    z.writestr(f"{info}/RECORD", f"{name}/__init__.py,,\n{info}/METADATA,,\n{info}/WHEEL,,\n{info}/RECORD,,\n")
+"#;
     let out = Command::new(venv.join("bin/python"))
-        .args(["-c", &script])
+        .args(["-c", script])
         .arg(path)
         .args([name, version])
         .output()

@@ -19,7 +19,7 @@ use crate::broker_conformance::{
 /// A store on a fresh file; keep the directory alive as long as the store.
 async fn store() -> (tempfile::TempDir, SqliteStore) {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path().join("sub/dir/sprout.db"))
+    let store = SqliteStore::open(dir.path().join("sprout.db"))
         .await
         .unwrap();
     (dir, store)

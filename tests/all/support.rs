@@ -207,7 +207,7 @@ impl Workdir {
             .stderr(stderr)
             .spawn()
             .expect("spawn worker");
-        WorkerProcess { child: Some(child) }
+        WorkerProcess::new(child)
     }
 }
 
@@ -215,9 +215,28 @@ impl Workdir {
 pub struct WorkerProcess {
     /// The process.
     pub child: Option<Child>,
+    /// Reads a piped stderr as it comes, so a worker that logs a lot never blocks on a
+    /// full pipe; [`WorkerProcess::wait`] returns what it read.
+    stderr: Option<std::thread::JoinHandle<String>>,
 }
 
 impl WorkerProcess {
+    /// Watches `child`, draining its stderr in the background when it is piped.
+    pub fn new(mut child: Child) -> WorkerProcess {
+        let stderr = child.stderr.take().map(|mut err| {
+            std::thread::spawn(move || {
+                use std::io::Read;
+                let mut bytes = Vec::new();
+                let _ = err.read_to_end(&mut bytes);
+                String::from_utf8_lossy(&bytes).into_owned()
+            })
+        });
+        WorkerProcess {
+            child: Some(child),
+            stderr,
+        }
+    }
+
     /// The worker's pid.
     pub fn pid(&self) -> i32 {
         self.child.as_ref().expect("running").id() as i32
@@ -242,11 +261,11 @@ impl WorkerProcess {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = child.try_wait().expect("try_wait") {
-                let mut stderr = String::new();
-                if let Some(mut err) = child.stderr.take() {
-                    use std::io::Read;
-                    let _ = err.read_to_string(&mut stderr);
-                }
+                let stderr = self
+                    .stderr
+                    .take()
+                    .and_then(|reader| reader.join().ok())
+                    .unwrap_or_default();
                 return (status.code(), stderr);
             }
             if Instant::now() > deadline {

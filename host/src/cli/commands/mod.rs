@@ -11,9 +11,9 @@ use sprout::connect::ConnectError;
 use sprout::model::Limits;
 use sprout::sandbox::{ArtifactCache, CompileLimits, EngineSettings, Sandbox};
 
+pub mod build;
 pub mod completions;
 pub mod control;
-pub mod build;
 pub mod purge;
 pub mod result;
 pub mod run;
