@@ -2,6 +2,7 @@
 """Drain rate of trivial Celery tasks on Redis: Sprout's worker beside Python Celery's.
 
     host/benches/celery_compare.sh [--jobs N] [--celery-jobs M] [--workers sprout,solo,prefork,gevent]
+                                   [--python]
 
 (`celery_compare.sh` makes the virtualenv, with gevent, and runs this file in it.)
 
@@ -13,6 +14,10 @@ For each worker kind, in one run on this machine:
 3. the drain time runs from the first message taken (the queue shrinks) to the last
    result stored (Celery: N result keys exist in the result database; Sprout:
    `--max-jobs N` exits once N results are stored).
+
+With `--python`, the Sprout worker runs the Python task file `py.add` (tasks/python/add.py,
+built by `sprout build` into target/tasks/python) instead of the Rust `add`: the same
+Python function Celery's workers run, `a + b`.
 
 Needs Redis at 127.0.0.1:6379; uses databases 13 (broker) and 14 (Celery results) and
 flushes both before each worker kind. Sprout stores results in its broker database.
@@ -34,15 +39,15 @@ BROKER = f"redis://127.0.0.1:6379/{BROKER_DB}"
 RESULTS = f"redis://127.0.0.1:6379/{RESULT_DB}"
 
 
-def fill(queue: str, jobs: int) -> float:
-    """Sends `jobs` add(2, 3) tasks with the Python client; returns sends per second."""
+def fill(queue: str, jobs: int, task: str = "add") -> float:
+    """Sends `jobs` `task`(2, 3) messages with the Python client; returns sends per second."""
     # No result backend: a fire-and-forget producer. (With one, the client subscribes to
     # every task's result channel, which costs the producer, not the worker.)
     app = Celery("bench_producer", broker=BROKER)
     started = time.perf_counter()
     with app.producer_or_acquire() as producer:
         for _ in range(jobs):
-            app.send_task("add", (2, 3), queue=queue, producer=producer)
+            app.send_task(task, (2, 3), queue=queue, producer=producer)
     return jobs / (time.perf_counter() - started)
 
 
@@ -94,12 +99,14 @@ def drain_celery(pool: str, jobs: int) -> tuple[float, float]:
     return send_rate, jobs / (done - first)
 
 
-def drain_sprout(jobs: int, concurrency: int) -> tuple[float, float]:
+def drain_sprout(jobs: int, concurrency: int, python: bool) -> tuple[float, float]:
     r = redis.Redis(db=BROKER_DB)
     queue = f"bench-sprout-{uuid.uuid4().hex[:8]}"
-    send_rate = fill(queue, jobs)
+    send_rate = fill(queue, jobs, "py.add" if python else "add")
     binary = os.environ.get("SPROUT_BIN", os.path.join(REPO, "target", "release", "sprout"))
     tasks = os.environ.get("TASKS_DIR", os.path.join(REPO, "target", "tasks"))
+    if python:
+        tasks = os.environ.get("PY_TASKS_DIR", os.path.join(tasks, "python"))
     env = dict(os.environ, SPROUT_LOG="warn",
                SPROUT_CACHE_DIR=os.path.join(REPO, "target", "bench-cache"))
     cmd = [binary, "worker", "--broker", BROKER, "--tasks", tasks, "-Q", queue,
@@ -121,6 +128,8 @@ def main() -> None:
     parser.add_argument("--celery-jobs", type=int, default=5000, help="jobs per Celery pool")
     parser.add_argument("--concurrency", type=int, default=200, help="Sprout's -c")
     parser.add_argument("--workers", default="sprout,solo,prefork,gevent")
+    parser.add_argument("--python", action="store_true",
+                        help="Sprout runs the Python task file py.add instead of the Rust add")
     opts = parser.parse_args()
 
     rows = []
@@ -128,13 +137,14 @@ def main() -> None:
         for db in (BROKER_DB, RESULT_DB):
             redis.Redis(db=db).flushdb()
         if kind == "sprout":
-            send, drain = drain_sprout(opts.jobs, opts.concurrency)
-            label, jobs = f"sprout worker -c {opts.concurrency}", opts.jobs
+            send, drain = drain_sprout(opts.jobs, opts.concurrency, opts.python)
+            what = "py.add (Python task file)" if opts.python else "add (Rust)"
+            label, jobs = f"sprout worker -c {opts.concurrency}, {what}", opts.jobs
         else:
             send, drain = drain_celery(kind, opts.celery_jobs)
             label, jobs = f"celery worker -P {kind}", opts.celery_jobs
         rows.append((label, jobs, send, drain))
-        print(f"{label:<28} {jobs:>7} jobs  python send {send:>7.0f}/s  drain {drain:>8.0f} jobs/s",
+        print(f"{label:<44} {jobs:>7} jobs  python send {send:>7.0f}/s  drain {drain:>8.0f} jobs/s",
               flush=True)
     for db in (BROKER_DB, RESULT_DB):
         redis.Redis(db=db).flushdb()
