@@ -73,6 +73,11 @@ bench: build tasks
 	$(CARGO) bench -p sprout --bench worker
 	$(CARGO) bench -p sprout --bench sqlite_broker
 	$(CARGO) bench -p sprout --bench prefork
+	@if [ -f $(TASKS_DIR)/python/add.wasm ]; then \
+		$(CARGO) bench -p sprout --bench python; \
+	else \
+		echo "make bench: no Python tasks in $(TASKS_DIR)/python (python3 missing?); skipped the Python bench"; \
+	fi
 	$(CARGO) build --release -p feed-hub
 	target/release/feed-hub run -n 1000 --spawn-worker $(SPROUT) -c 1000 --tasks $(TASKS_DIR)
 	target/release/feed-hub run -n 10000 --spawn-worker $(SPROUT) -c 1000 --tasks $(TASKS_DIR)
@@ -81,7 +86,10 @@ bench: build tasks
 		$(CARGO) bench -p sprout --bench redis_broker && \
 		$(CARGO) bench -p sprout --bench control && \
 		./host/benches/redis_drain.sh && \
-		./host/benches/celery_compare.sh; \
+		./host/benches/celery_compare.sh && \
+		if [ -f $(TASKS_DIR)/python/add.wasm ]; then \
+			./host/benches/celery_compare.sh --python --jobs 5000 --celery-jobs 3000 --concurrency 100 --workers sprout,solo,prefork; \
+		fi; \
 	else \
 		echo "make bench: no Redis at 127.0.0.1:6379; skipped the Redis and Celery benchmarks"; \
 	fi

@@ -107,8 +107,11 @@ def drain_sprout(jobs: int, concurrency: int, python: bool) -> tuple[float, floa
     tasks = os.environ.get("TASKS_DIR", os.path.join(REPO, "target", "tasks"))
     if python:
         tasks = os.environ.get("PY_TASKS_DIR", os.path.join(tasks, "python"))
-    env = dict(os.environ, SPROUT_LOG="warn",
-               SPROUT_CACHE_DIR=os.path.join(REPO, "target", "bench-cache"))
+    env = dict(os.environ, SPROUT_LOG="warn")
+    if not python:
+        env["SPROUT_CACHE_DIR"] = os.path.join(REPO, "target", "bench-cache")
+    # else: the cache `sprout build` filled (SPROUT_CACHE_DIR or ~/.cache/sprout), so the
+    # worker loads the 18 MB Python files without compiling them.
     cmd = [binary, "worker", "--broker", BROKER, "--tasks", tasks, "-Q", queue,
            "-c", str(concurrency), "--max-jobs", str(jobs)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
