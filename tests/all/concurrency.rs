@@ -178,7 +178,11 @@ async fn cancelled_jobs_stop_and_free_their_slot() {
 async fn prewarm_runs_each_slot_once_and_frees_them() {
     let sandbox = support::sandbox(8);
     let registry = support::registry(&sandbox).await;
-    let echo = registry.lookup("echo").expect("echo is loaded").module.clone();
+    let echo = registry
+        .lookup("echo")
+        .expect("echo is loaded")
+        .module
+        .clone();
     let done = sandbox.prewarm(&echo, 8).await.expect("8 slots warm");
     assert_eq!(done.slots, 8);
     // Asking for more than the engine has warms what there is (all were freed above).
