@@ -170,3 +170,36 @@ async fn cancelled_jobs_stop_and_free_their_slot() {
     .expect("the slot was released");
     assert!(e.outcome.is_success());
 }
+
+/// `Sandbox::prewarm` (`sprout worker --prewarm`) runs a task file once in every slot it
+/// asks for, up to the engine's slots, and frees them all: afterwards the pool still runs
+/// as many jobs at once as it has slots. A command module cannot be pre-warmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prewarm_runs_each_slot_once_and_frees_them() {
+    let sandbox = support::sandbox(8);
+    let registry = support::registry(&sandbox).await;
+    let echo = registry
+        .lookup("echo")
+        .expect("echo is loaded")
+        .module
+        .clone();
+    let done = sandbox.prewarm(&echo, 8).await.expect("8 slots warm");
+    assert_eq!(done.slots, 8);
+    // Asking for more than the engine has warms what there is (all were freed above).
+    let capped = sandbox.prewarm(&echo, 100).await.expect("capped");
+    assert_eq!(capped.slots, 8);
+    let pool: Arc<dyn Pool> = Arc::new(AsyncPool::new(sandbox.clone(), 8));
+    let executions = run_many(pool, &registry, "sleep", json!([0.1]), 8).await;
+    assert_eq!(executions.len(), 8);
+    for e in executions {
+        assert!(e.outcome.is_success(), "{:?}", e.outcome);
+    }
+    let command = sandbox
+        .load_file(&support::task("wasi_upper"))
+        .await
+        .expect("wasi_upper loads");
+    assert!(matches!(
+        sandbox.prewarm(&command, 1).await,
+        Err(sprout::sandbox::PrewarmError::NotATask)
+    ));
+}

@@ -103,6 +103,10 @@ struct RunArgs {
     /// ~60 µs per slot here). 0 = measure from cold.
     #[arg(long)]
     warmup: Option<u64>,
+    /// An extra argument for the worker started by `--spawn-worker` (repeatable), e.g.
+    /// `--worker-arg=--prewarm=fetch_feed`.
+    #[arg(long, allow_hyphen_values = true)]
+    worker_arg: Vec<String>,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 300.0)]
     timeout: f64,
@@ -186,6 +190,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .arg("--tasks")
             .arg(&args.tasks)
             .args(["--broker", &broker])
+            .args(&args.worker_arg)
             .env_remove("SPROUT_LOG")
             .env("SPROUT_LOG", "warn")
             .spawn()

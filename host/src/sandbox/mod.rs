@@ -40,6 +40,7 @@ pub(crate) mod http_pool;
 pub(crate) mod limiter;
 pub(crate) mod module;
 pub(crate) mod output;
+pub(crate) mod prewarm;
 pub mod shape;
 pub(crate) mod sockets;
 
@@ -47,6 +48,7 @@ pub use cache::ArtifactCache;
 pub use compile::CompileLimits;
 pub use engine::EngineSettings;
 pub use module::{LoadError, ModuleKind, TaskModule};
+pub use prewarm::{PrewarmError, Prewarmed};
 pub use shape::{ShapeCaps, ShapeError};
 
 use classify::{Observed, classify};

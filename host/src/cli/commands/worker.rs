@@ -86,6 +86,7 @@ pub async fn run(args: WorkerArgs, log_filter: &str) -> anyhow::Result<ExitCode>
         };
         pools.push((spec, pool));
     }
+    prewarm(&args.prewarm, &registry, &sandbox, &pools).await;
     let options = args.broker.connect_options(args.result_expires);
     let connection = match connect::connect_with(&args.broker.broker, &options).await {
         Ok(connection) => connection,
@@ -494,6 +495,39 @@ async fn start_pool(
         }
         _ => Arc::new(AsyncPool::new(sandbox.clone(), concurrency)),
     })
+}
+
+/// Pre-warms the async pools' instance slots with each `--prewarm` task in turn (up to
+/// the pools' total concurrency); a task that is not loaded or cannot be warmed is
+/// logged and skipped.
+async fn prewarm(
+    tasks: &[String],
+    registry: &Registry,
+    sandbox: &Sandbox,
+    pools: &[(PoolSpec, Arc<dyn Pool>)],
+) {
+    let slots: usize = pools
+        .iter()
+        .filter(|(_, pool)| pool.kind() == PoolKind::Async)
+        .map(|(_, pool)| pool.concurrency())
+        .sum();
+    if slots == 0 {
+        return;
+    }
+    for task in tasks {
+        let Some(entry) = registry.lookup(task) else {
+            tracing::warn!("--prewarm {task}: no loaded task file provides it");
+            continue;
+        };
+        match sandbox.prewarm(&entry.module, slots).await {
+            Ok(done) => tracing::info!(
+                "pre-warmed {} instance slots with {task} in {:.0?}",
+                done.slots,
+                done.elapsed
+            ),
+            Err(e) => tracing::warn!("--prewarm {task}: {e}"),
+        }
+    }
 }
 
 fn add_report(total: &mut WorkerReport, report: &WorkerReport) {
