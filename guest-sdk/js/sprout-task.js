@@ -8,8 +8,9 @@
 // - `task(name, fn)` registers `fn`: positional args are spread, and kwargs (when the
 //   job has any) come as one last object argument. The return value is JSON-encoded.
 // - A thrown error fails the job with its constructor's name as the kind (`TypeError`,
-//   `RangeError`, a class of your own); `throw new TaskError(kind, message)` sets it;
-//   `throw new Retry(message, countdownSeconds)` asks for another attempt.
+//   `RangeError`, a class of your own; the engine's "out of memory" is `MemoryError`);
+//   `throw new TaskError(kind, message)` sets it; `throw new Retry(message,
+//   countdownSeconds)` asks for another attempt.
 // - `log(level, message)`, `progress(done, total)` and `job()` talk to the worker.
 //
 // componentize-js compiles one module: `sprout build` puts this file first and turns
@@ -112,6 +113,12 @@ const __sprout = (() => {
         throw __sproutFail("Retry", e.message, { countdownMs: ms });
       }
       if (e instanceof TaskError) throw __sproutFail(e.kind, e.message);
+      // The engine's own "out of memory" (a refused memory growth): kind MemoryError,
+      // as Python's, which the worker reports as MemoryLimitExceeded when the job's
+      // memory limit refused the growth.
+      if (e === "out of memory" || (e instanceof Error && e.message === "out of memory")) {
+        throw __sproutFail("MemoryError", "out of memory");
+      }
       if (e instanceof Error) throw __sproutFail(e.constructor?.name || "Error", e.message);
       throw __sproutFail("Error", String(e));
     }

@@ -26,6 +26,10 @@ task("js.fail", (kind = "TypeError") => {
   throw new TypeError("bad type");
 });
 
+// js.alloc(mib): allocates `mib` MiB at once; past the memory limit the job ends
+// MemoryLimitExceeded.
+task("js.alloc", (mib = 1024) => new Uint8Array(mib * 1024 * 1024).length);
+
 // js.loop(): never ends on its own; fuel or the time limit ends it.
 task("js.loop", () => {
   for (;;) {}

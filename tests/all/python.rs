@@ -3,9 +3,11 @@
 //!
 //! The example tasks in `tasks/python/` are built once per test run by
 //! `tasks/python/build.sh` (a no-op when nothing changed: a Python component is 18 MB
-//! and takes ~15 s to build). Without `python3` every test here says so and passes
-//! without running (the build script explains what to install).
+//! and takes ~15 s to build). Without `python3` every test here says so on stderr (past
+//! the harness's capture) and passes without running (the build script explains what
+//! to install).
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, OnceLock};
@@ -26,7 +28,12 @@ fn python3(test: &str) -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
-        eprintln!("SKIPPED {test}: python3 is not installed (the Python task tests need it)");
+        // Past the test harness's capture (which hides a passing test's eprintln!), so
+        // the skip shows in `cargo test`'s output.
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {test}: python3 is not installed (the Python task tests need it)"
+        );
     }
     ok
 }
@@ -110,8 +117,10 @@ fn python_sdk_pytest_passes_natively() {
 }
 
 /// The issue's acceptance: a module built by `sprout build shop.py -o out/` runs with
-/// `sprout run out/shop.wasm shop.total '[[2, 3.5]]' --kwargs '{"discount": 1}'`; the
-/// build reports its compile time and pre-compiles into the cache.
+/// `sprout run out/shop.wasm shop.total '[[2, 3.5]]' --kwargs '{"discount": 1}'`; a
+/// raised `ValueError` is kind `ValueError`; under the default limits an endless loop
+/// ends `OutOfFuel` and a 1 GiB allocation `MemoryLimitExceeded` (the kinds a Celery
+/// client sees). The build reports its compile time and pre-compiles into the cache.
 #[test]
 fn sprout_build_then_sprout_run_a_python_module() {
     if python_tasks("sprout_build_then_sprout_run_a_python_module").is_none() {
@@ -130,14 +139,24 @@ fn sprout_build_then_sprout_run_a_python_module() {
          def check(n):\n    \
              if n < 0:\n        \
                  raise ValueError(f\"n must not be negative: {n}\")\n    \
-             return n\n",
+             return n\n\n\
+         @task\n\
+         def spin():\n    \
+             while True:\n        \
+                 pass\n\n\
+         @task\n\
+         def hoard():\n    \
+             return len(bytearray(1 << 30))\n",
     )
     .unwrap();
     let out = dir.run(&["build", "shop.py", "-o", "out/"]);
     let report = text(&out);
     assert!(out.status.success(), "{report}");
     assert!(report.contains("compiled for this machine in"), "{report}");
-    assert!(report.contains("tasks: shop.check, shop.total"), "{report}");
+    assert!(
+        report.contains("tasks: shop.check, shop.hoard, shop.spin, shop.total"),
+        "{report}"
+    );
     assert!(report.contains("generated template"), "{report}");
     assert!(dir.path("out/shop.wasm").is_file() && dir.path("out/shop.toml").is_file());
 
@@ -157,6 +176,28 @@ fn sprout_build_then_sprout_run_a_python_module() {
     assert_eq!(e["outcome"], "guest_error", "{e}");
     assert_eq!(e["kind"], "ValueError", "{e}");
     assert_eq!(e["message"], "n must not be negative: -1", "{e}");
+
+    // The same failures as a person sees them (the kind is Celery's exc_type), under
+    // the default limits: no flag lowers the fuel or the memory cap.
+    for (task, kind) in [
+        ("shop.check", "ValueError: n must not be negative: -2"),
+        ("shop.spin", "OutOfFuel"),
+        ("shop.hoard", "MemoryLimitExceeded"),
+    ] {
+        let args = if task == "shop.check" { "[-2]" } else { "[]" };
+        let out = dir.run(&["run", "out/shop.wasm", task, args]);
+        assert_eq!(out.status.code(), Some(1), "{task}: {}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(kind),
+            "{task}: {}",
+            text(&out)
+        );
+    }
+    let e = run_json(&dir, &dir.path("out/shop.wasm"), "shop.spin", "[]", &[]);
+    assert_eq!(e["outcome"], "out_of_fuel", "{e}");
+    assert_eq!(e["budget"], Limits::default().fuel, "{e}");
+    let e = run_json(&dir, &dir.path("out/shop.wasm"), "shop.hoard", "[]", &[]);
+    assert_eq!(e["outcome"], "memory_limit", "{e}");
 }
 
 /// Every way a Python job ends, through `sprout run`.
@@ -372,7 +413,10 @@ async fn python_fetch_feed_is_allowed_by_the_manifest_and_denied_without_it() {
     );
 }
 
-/// A worker runs Python jobs sent with `sprout send`, on the async and prefork pools.
+/// A worker runs Python jobs sent with `sprout send`, on the async and prefork pools:
+/// a result, a raised exception's class as the kind, and the worker's limits ending a
+/// runaway loop (`OutOfFuel`), a 1 GiB allocation (`MemoryLimitExceeded`) and a sleep
+/// past the time limit (`TimeLimitExceeded`) without taking the worker down.
 #[test]
 fn python_jobs_through_a_worker_on_both_pools() {
     let Some(tasks) = python_tasks("python_jobs_through_a_worker_on_both_pools") else {
@@ -380,28 +424,34 @@ fn python_jobs_through_a_worker_on_both_pools() {
     };
     for pool in ["async", "prefork"] {
         let dir = Workdir::new();
-        let _worker = dir.worker_with_tasks(tasks, &["-P", pool, "-c", "2"]);
+        let mut worker = dir.worker_with_tasks(tasks, &["-P", pool, "-c", "2"]);
         let out = dir.run(&["send", "py.add", "[20, 22]", "--wait", "--timeout", "60"]);
         assert!(out.status.success(), "{pool}: {}", text(&out));
-        assert!(
-            String::from_utf8_lossy(&out.stdout).contains("42"),
-            "{pool}: {}",
-            text(&out)
-        );
-        let out = dir.run(&[
-            "send",
-            "py.raise",
-            r#"["KeyError", "k"]"#,
-            "--wait",
-            "--timeout",
-            "60",
-        ]);
-        assert!(
-            String::from_utf8_lossy(&out.stdout).contains("KeyError")
-                || String::from_utf8_lossy(&out.stderr).contains("KeyError"),
-            "{pool}: {}",
-            text(&out)
-        );
+        assert_eq!(support::stdout(&out), "42", "{pool}: {}", text(&out));
+        for (task, args, extra, kind) in [
+            ("py.raise", r#"["KeyError", "k"]"#, &[][..], "KeyError"),
+            ("py.loop", "[]", &["--fuel", "300000000"][..], "OutOfFuel"),
+            ("py.alloc", "[1024]", &[][..], "MemoryLimitExceeded"),
+            (
+                "py.sleep",
+                "[30]",
+                &["--time-limit", "0.5"][..],
+                "TimeLimitExceeded",
+            ),
+        ] {
+            let mut all = vec!["send", task, args, "--wait", "--timeout", "60"];
+            all.extend_from_slice(extra);
+            let out = dir.run(&all);
+            assert_eq!(out.status.code(), Some(1), "{pool} {task}: {}", text(&out));
+            assert!(
+                support::stderr(&out).contains(&format!("FAILURE: {kind}")),
+                "{pool} {task}: {}",
+                text(&out)
+            );
+        }
+        assert!(worker.is_running(), "{pool}: the worker exited");
+        let out = dir.run(&["send", "py.add", r#"["a", "b"]"#, "--wait"]);
+        assert_eq!(support::stdout(&out), r#""ab""#, "{pool}: {}", text(&out));
     }
 }
 
@@ -497,14 +547,42 @@ fn sprout_build_refuses_bad_sources_naming_the_problem() {
         text(&out)
     );
 
-    // A dependency with a native extension is refused, naming it (a local wheel built
-    // for this machine: no network needed).
+    // A dependency with a native extension is refused, naming it: a local source
+    // distribution with a C extension, which pip compiles for this machine (gcc; no
+    // network needed) — the build names it and writes nothing.
     let venv = python_venv();
-    let wheel = dir.path("wheels/fastjson-1.0-cp311-cp311-linux_x86_64.whl");
-    make_wheel(&venv, &wheel, "fastjson", "1.0");
+    make_native_sdist(&dir.path("fastjson"));
+    std::fs::write(dir.path("requirements.txt"), "./fastjson\n").unwrap();
+    let out = dir
+        .sprout(&["build", "m.py", "-o", "out"])
+        .env("SPROUT_PYTHON_VENV", &venv)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("fastjson 1.0 (cp3")
+            && stderr.contains("native extensions")
+            && stderr.contains("requirements.txt"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !dir.path("out/m.wasm").exists(),
+        "nothing is written for a refused build"
+    );
+    std::fs::remove_file(dir.path("requirements.txt")).unwrap();
+
+    // The same through pyproject.toml, with a wheel tagged pure Python that still holds
+    // a compiled library: refused, naming the package and the file.
+    let wheel = dir.path("wheels/sneaky-0.1-py3-none-any.whl");
+    make_wheel_with(&venv, &wheel, "sneaky", "0.1", Some("sneaky/_speedups.so"));
     std::fs::write(
-        dir.path("requirements.txt"),
-        "./wheels/fastjson-1.0-cp311-cp311-linux_x86_64.whl\n",
+        dir.path("pyproject.toml"),
+        format!(
+            "[project]\nname = \"m\"\nversion = \"1\"\ndependencies = [\"sneaky @ file://{}\"]\n",
+            wheel.display()
+        ),
     )
     .unwrap();
     let out = dir
@@ -515,17 +593,15 @@ fn sprout_build_refuses_bad_sources_naming_the_problem() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("fastjson") && stderr.contains("native extensions"),
+        stderr.contains("sneaky 0.1 (tagged pure Python, but it holds sneaky/_speedups.so)")
+            && stderr.contains("pyproject.toml"),
         "{}",
         text(&out)
     );
-    assert!(
-        !dir.path("out/m.wasm").exists(),
-        "nothing is written for a refused build"
-    );
+    assert!(!dir.path("out/m.wasm").exists());
+    std::fs::remove_file(dir.path("pyproject.toml")).unwrap();
 
     // A task module that defines no task.
-    std::fs::remove_file(dir.path("requirements.txt")).unwrap();
     std::fs::write(dir.path("empty.py"), "X = 1\n").unwrap();
     let out = dir.run(&["build", "empty.py", "-o", "out", "--no-precompile"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
@@ -536,8 +612,9 @@ fn sprout_build_refuses_bad_sources_naming_the_problem() {
     );
 }
 
-/// A pure-Python dependency from `requirements.txt` is bundled and importable in the
-/// task file.
+/// Pure-Python dependencies are bundled and importable in the task file: from
+/// `requirements.txt` (a wheel, and a setuptools source distribution built offline) and
+/// from `pyproject.toml`'s `[project] dependencies`.
 #[test]
 fn sprout_build_bundles_pure_python_dependencies() {
     if python_tasks("sprout_build_bundles_pure_python_dependencies").is_none() {
@@ -547,20 +624,20 @@ fn sprout_build_bundles_pure_python_dependencies() {
     let venv = python_venv();
     let wheel = dir.path("wheels/greeting-2.0-py3-none-any.whl");
     make_wheel(&venv, &wheel, "greeting", "2.0");
+    make_pure_sdist(&dir.path("sources/shout"));
+    std::fs::create_dir_all(dir.path("req")).unwrap();
     std::fs::write(
-        dir.path("requirements.txt"),
-        "./wheels/greeting-2.0-py3-none-any.whl\n",
+        dir.path("req/requirements.txt"),
+        "../wheels/greeting-2.0-py3-none-any.whl\n../sources/shout\n",
     )
     .unwrap();
-    std::fs::write(
-        dir.path("hello.py"),
-        "import greeting\nfrom sprout_task import task\n\n@task(name=\"hello\")\ndef hello(who):\n    return greeting.greet(who)\n",
-    )
-    .unwrap();
-    let out = dir.run(&["build", "hello.py", "-o", "out"]);
+    let module = "import greeting, shout\nfrom sprout_task import task\n\n\
+                  @task(name=\"hello\")\ndef hello(who):\n    return shout.shout(greeting.greet(who))\n";
+    std::fs::write(dir.path("req/hello.py"), module).unwrap();
+    let out = dir.run(&["build", "req/hello.py", "-o", "out"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("bundled: greeting==2.0"),
+        support::stdout(&out).contains("bundled: greeting==2.0, shout==0.3"),
         "{}",
         text(&out)
     );
@@ -571,12 +648,50 @@ fn sprout_build_bundles_pure_python_dependencies() {
         r#"["Ada"]"#,
         &[],
     );
-    assert_eq!(e["value"], "greeting 2.0 to Ada", "{e}");
+    assert_eq!(e["value"], "GREETING 2.0 TO ADA!", "{e}");
+
+    // pyproject.toml (no requirements.txt): PEP 508 direct references.
+    std::fs::create_dir_all(dir.path("proj")).unwrap();
+    std::fs::write(
+        dir.path("proj/pyproject.toml"),
+        format!(
+            "[project]\nname = \"welcome\"\nversion = \"1.0\"\n\
+             dependencies = [\"greeting @ file://{}\"]\n",
+            wheel.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path("proj/welcome.py"),
+        "import greeting\nfrom sprout_task import task\n\n\
+         @task\ndef hi(who):\n    return greeting.greet(who)\n",
+    )
+    .unwrap();
+    let out = dir.run(&["build", "proj/welcome.py", "-o", "out"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        support::stdout(&out).contains("bundled: greeting==2.0"),
+        "{}",
+        text(&out)
+    );
+    let e = run_json(
+        &dir,
+        &dir.path("out/welcome.wasm"),
+        "welcome.hi",
+        r#"["Bo"]"#,
+        &[],
+    );
+    assert_eq!(e["value"], "greeting 2.0 to Bo", "{e}");
 }
 
 /// Writes a minimal wheel for package `name` (module `name` with `greet(who)`) at
 /// `path`, with Python's zipfile.
 fn make_wheel(venv: &Path, path: &Path, name: &str, version: &str) {
+    make_wheel_with(venv, path, name, version, None);
+}
+
+/// [`make_wheel`], with one more member named `extra` (a few bytes) when given.
+fn make_wheel_with(venv: &Path, path: &Path, name: &str, version: &str, extra: Option<&str>) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     let script = r#"
 import sys, zipfile
@@ -587,12 +702,51 @@ with zipfile.ZipFile(path, "w") as z:
     z.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
     z.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
     z.writestr(f"{info}/RECORD", f"{name}/__init__.py,,\n{info}/METADATA,,\n{info}/WHEEL,,\n{info}/RECORD,,\n")
+    for extra in sys.argv[4:]:
+        z.writestr(extra, b"\x7fELF")
 "#;
     let out = Command::new(venv.join("bin/python"))
         .args(["-c", script])
         .arg(path)
         .args([name, version])
+        .args(extra)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
+}
+
+/// A setuptools project at `dir` for the distribution `fastjson` 1.0: one C extension
+/// module, which pip compiles into a wheel for this machine.
+fn make_native_sdist(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("setup.py"),
+        "from setuptools import setup, Extension\n\
+         setup(name=\"fastjson\", version=\"1.0\", \
+         ext_modules=[Extension(\"fastjson\", [\"fastjson.c\"])])\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("fastjson.c"),
+        "#include <Python.h>\n\
+         static struct PyModuleDef m = {PyModuleDef_HEAD_INIT, \"fastjson\", NULL, -1, NULL};\n\
+         PyMODINIT_FUNC PyInit_fastjson(void) { return PyModule_Create(&m); }\n",
+    )
+    .unwrap();
+}
+
+/// A setuptools project at `dir` for the pure-Python distribution `shout` 0.3 (module
+/// `shout` with `shout(text)`).
+fn make_pure_sdist(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("setup.py"),
+        "from setuptools import setup\nsetup(name=\"shout\", version=\"0.3\", py_modules=[\"shout\"])\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("shout.py"),
+        "def shout(text):\n    return text.upper() + \"!\"\n",
+    )
+    .unwrap();
 }

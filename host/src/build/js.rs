@@ -129,6 +129,7 @@ pub fn build(src: &Path, out: &Path) -> Result<(), BuildError> {
     let write = |path: &Path, text: &str| {
         std::fs::write(path, text).map_err(io_err(format!("writing {}", path.display())))
     };
+    // `helper_lines` counts the lines before `body`.
     write(
         &combined,
         &format!("{HELPER}\n// ---- {} ----\n{body}", src.display()),
@@ -143,8 +144,24 @@ pub fn build(src: &Path, out: &Path) -> Result<(), BuildError> {
         .arg(scratch.join("wit"))
         .arg("task")
         .arg(out);
-    run_tool(&mut cmd, &format!("componentize-js ({})", src.display()))?;
+    run_tool(&mut cmd, &format!("componentize-js ({})", src.display())).map_err(|e| match e {
+        // componentize-js runs the module's top level at build time (a registration
+        // error ends the build there) and reports lines of the combined file.
+        BuildError::Compile(message) => BuildError::Compile(format!(
+            "{message}\nnote: componentize-js numbers lines of the helper and {} together: \
+             its source.js line N is line N - {} of {}",
+            src.display(),
+            helper_lines(),
+            src.display()
+        )),
+        other => other,
+    })?;
     Ok(())
+}
+
+/// How many lines precede the author's file in the combined module `build` writes.
+fn helper_lines() -> usize {
+    HELPER.matches('\n').count() + 2
 }
 
 #[cfg(test)]
@@ -161,5 +178,12 @@ mod tests {
         );
         assert!(out.contains("import x from 'other';"), "{out}");
         assert!(rewrite_imports("import * as s from \"sprout-task\";").is_err());
+    }
+
+    #[test]
+    fn helper_lines_counts_what_precedes_the_task_file() {
+        let combined = format!("{HELPER}\n// ---- x.js ----\nFIRST\n");
+        let first = combined.lines().position(|l| l == "FIRST").unwrap() + 1;
+        assert_eq!(first - helper_lines(), 1);
     }
 }

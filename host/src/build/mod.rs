@@ -42,8 +42,8 @@ impl Source {
     /// Detects what `path` is.
     ///
     /// # Errors
-    /// [`BuildError::Source`]: missing, or neither a `.py` file, a Python package nor a
-    /// Cargo crate.
+    /// [`BuildError::Source`]: missing, or neither a `.py` or `.js` file, a Python
+    /// package nor a Cargo crate.
     pub fn detect(path: &Path) -> Result<Source, BuildError> {
         let meta = std::fs::metadata(path)
             .map_err(|e| BuildError::Source(format!("{}: {e}", path.display())))?;
@@ -73,7 +73,8 @@ impl Source {
             return Ok(Source::PythonPackage(path.to_path_buf()));
         }
         Err(BuildError::Source(format!(
-            "{}: a folder without __init__.py (Python package) or Cargo.toml (Rust crate)",
+            "{}: expected a Python package (a folder with __init__.py) or a Rust crate (a \
+             folder with Cargo.toml), and this folder has neither",
             path.display()
         )))
     }
@@ -240,8 +241,8 @@ fn template_manifest(name: &str, source: &Source) -> String {
          # time_limit = 60.0       # seconds\n\
          #\n\
          # [capabilities]\n\
-         # allowed_hosts = [\"https://api.example.com\"]   # sprout_task.http destinations\n\
-         # config = {{ api_url = \"https://api.example.com\" }}  # sprout_task.config(key)\n"
+         # allowed_hosts = [\"https://api.example.com\"]   # outgoing HTTP destinations\n\
+         # config = {{ api_url = \"https://api.example.com\" }}  # config(key) in the task\n"
     )
 }
 

@@ -383,17 +383,30 @@ fn bundle(
     found.sort();
     let mut native = Vec::new();
     let mut bundled = Vec::new();
+    let mut pure = Vec::new();
     for wheel in &found {
         let tag = WheelName::parse(wheel).ok_or_else(|| {
             BuildError::Dependency(format!("{}: not a wheel file name", wheel.display()))
         })?;
         if tag.is_pure() {
-            bundled.push(format!("{}=={}", tag.dist, tag.version));
+            pure.push((wheel.clone(), tag));
         } else {
             native.push(format!(
                 "{} {} ({}-{}-{})",
                 tag.dist, tag.version, tag.python, tag.abi, tag.platform
             ));
+        }
+    }
+    // A wheel tagged pure Python may still carry a compiled library (a mis-tagged or
+    // hand-made wheel): look inside.
+    let inside = native_members(&python, pure.iter().map(|(w, _)| w.as_path()))?;
+    for (wheel, tag) in &pure {
+        match inside.iter().find(|(w, _)| w == wheel) {
+            Some((_, member)) => native.push(format!(
+                "{} {} (tagged pure Python, but it holds {member})",
+                tag.dist, tag.version
+            )),
+            None => bundled.push(format!("{}=={}", tag.dist, tag.version)),
         }
     }
     if !native.is_empty() {
@@ -426,6 +439,43 @@ fn bundle(
     run_tool(&mut cmd, "installing the dependencies")
         .map_err(|e| BuildError::Dependency(e.to_string()))?;
     Ok(bundled)
+}
+
+/// File names a compiled extension or shared library has (`_speedups.cpython-311-x86_64-linux-gnu.so`,
+/// `libfoo.so.1`, `x.pyd`, `x.dylib`).
+const NATIVE_MEMBERS: &str = r#"
+import sys, zipfile
+native = (".so", ".pyd", ".dylib", ".dll")
+for path in sys.argv[1:]:
+    with zipfile.ZipFile(path) as z:
+        for name in z.namelist():
+            base = name.rsplit("/", 1)[-1].lower()
+            if base.endswith(native) or ".so." in base:
+                print(path + "\t" + name)
+                break
+"#;
+
+/// The wheels among `wheels` that hold a compiled library, each with the first such
+/// member's name (read with the Python's zipfile).
+fn native_members<'a>(
+    python: &Path,
+    wheels: impl Iterator<Item = &'a Path>,
+) -> Result<Vec<(PathBuf, String)>, BuildError> {
+    let wheels: Vec<&Path> = wheels.collect();
+    if wheels.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut cmd = Command::new(python);
+    cmd.env_remove("PYTHONPATH")
+        .args(["-c", NATIVE_MEMBERS])
+        .args(&wheels);
+    let stdout = run_tool(&mut cmd, "looking inside the dependencies' wheels")
+        .map_err(|e| BuildError::Dependency(e.to_string()))?;
+    Ok(String::from_utf8_lossy(&stdout)
+        .lines()
+        .filter_map(|line| line.split_once('\t'))
+        .map(|(wheel, member)| (PathBuf::from(wheel), member.to_string()))
+        .collect())
 }
 
 /// The parts of a wheel's file name (PEP 427): `dist-version(-build)?-python-abi-platform.whl`.

@@ -148,8 +148,8 @@ Exit codes:
   sprout completions zsh > \"${fpath[1]}/_sprout\"
   sprout completions fish > ~/.config/fish/completions/sprout.fish")]
     Completions(CompletionsArgs),
-    /// Build a task file from source: a Python module (`shop.py`) or package, or a Rust
-    /// crate folder.
+    /// Build a task file from source: a Python module (`shop.py`) or package, a Rust
+    /// crate folder, or a JavaScript module (`tasks.js`, with componentize-js).
     ///
     /// Writes `DIR/<name>.wasm` and `DIR/<name>.toml` (the manifest beside the source,
     /// checked, or a commented template), then compiles the file once for this machine
@@ -248,7 +248,8 @@ pub struct LimitArgs {
 #[derive(Debug, Args)]
 pub struct BuildArgs {
     /// The source: a Python module (`.py`), a Python package folder (with
-    /// `__init__.py`), or a Rust crate folder (with `Cargo.toml`).
+    /// `__init__.py`), a Rust crate folder (with `Cargo.toml`), or a JavaScript module
+    /// (`.js`).
     pub src: PathBuf,
     /// Where the task file and its manifest go.
     #[arg(short = 'o', long = "out", default_value = ".")]
