@@ -90,9 +90,10 @@ impl Drop for EpochTicker {
 fn run(engine: &Engine, tick: Duration, shared: &Shared) {
     // Timer slack (50 µs by default) would stretch every sleep of a sub-millisecond tick;
     // ask for the least the kernel gives. Best effort: without it ticks are only longer.
+    let slack_nanos: libc::c_ulong = 1;
     // SAFETY: PR_SET_TIMERSLACK takes one integer argument and touches only this thread.
     unsafe {
-        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0);
+        libc::prctl(libc::PR_SET_TIMERSLACK, slack_nanos, 0, 0, 0);
     }
     while !shared.stop.load(Ordering::Acquire) {
         if shared.active.load(Ordering::Acquire) == 0 {
