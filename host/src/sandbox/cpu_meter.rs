@@ -1,23 +1,21 @@
 //! The per-job CPU budget under [`Preemption::Epoch`](super::engine::Preemption), where
-//! no fuel is counted: the time the job's future spends being polled (its guest code,
-//! and the host work it does inline) is summed, and the epoch callback stops the guest at
-//! the first tick past the budget.
+//! no fuel is counted: the CPU time of the thread while it polls the job's future (its
+//! guest code, and the host work it does inline) is summed, and the epoch callback stops
+//! the guest at the first tick past the budget.
 //!
 //! The budget and the usage are still reported in fuel units, at a fixed rate of
 //! [`FUEL_PER_NANOSECOND`] (1 billion fuel = 50 ms), the middle of what fuel metering
 //! counts per second of guest code on the dev machine: limits, outcomes (`OutOfFuel`),
-//! events and metrics keep their meaning in either mode. Time is measured with the
-//! monotonic clock around each poll (two vDSO reads per slice, ≈40 ns each; the thread
-//! CPU clock is a system call, ≈0.4 µs here), so on an overloaded host time the OS
-//! takes the thread away during a slice counts too.
+//! events and metrics keep their meaning in either mode. Time is the thread's CPU clock
+//! (`CLOCK_THREAD_CPUTIME_ID`, read at the start and end of each poll and at each tick:
+//! a system call, ≈0.4 µs here), so time the OS gives other processes during a slice is
+//! not charged to the job.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 /// Fuel units one nanosecond of guest time stands for under epoch preemption.
 pub const FUEL_PER_NANOSECOND: u64 = 20;
@@ -30,11 +28,20 @@ pub struct CpuBudgetExceeded {
     pub budget_fuel: u64,
 }
 
-/// Nanoseconds since a fixed point of this process (monotonic).
+/// The calling thread's CPU time, in nanoseconds (`CLOCK_THREAD_CPUTIME_ID`).
 fn now_nanos() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    let start = *START.get_or_init(Instant::now);
-    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
+    secs.saturating_mul(1_000_000_000).saturating_add(nanos)
 }
 
 /// One job's time: what its finished polls took, and when the current poll began.
@@ -55,7 +62,8 @@ impl CpuMeter {
         }
     }
 
-    /// How long the poll under way has been running (zero between polls).
+    /// How much CPU the poll under way has used (zero between polls). Only meaningful
+    /// on the thread that polls (the epoch callback runs there).
     pub fn current_poll(&self) -> std::time::Duration {
         match self.poll_started.load(Ordering::Relaxed) {
             0 => std::time::Duration::ZERO,
@@ -131,10 +139,10 @@ mod tests {
             .unwrap();
         let meter = Arc::new(CpuMeter::default());
         rt.block_on(meter.meter(async {
-            // Busy 20 ms, parked 100 ms, busy 20 ms.
-            let spin = |ms| {
-                let t = Instant::now();
-                while t.elapsed().as_millis() < ms {}
+            // Busy 20 ms of CPU, parked 100 ms, busy 20 ms of CPU.
+            let spin = |ms: u64| {
+                let t = now_nanos();
+                while now_nanos() - t < ms * 1_000_000 {}
             };
             spin(20);
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;

@@ -46,11 +46,11 @@ pub enum Preemption {
     /// Epoch interruption: a ticker thread advances the engine's epoch every
     /// [`EngineSettings::epoch_tick`] while jobs exist (it parks when none does), and a
     /// guest that has held its thread for a whole tick yields at the next one. No fuel is
-    /// counted: the CPU budget (`Limits::fuel`) is the time the job's future spends being
-    /// polled, at [`FUEL_PER_NANOSECOND`](super::cpu_meter::FUEL_PER_NANOSECOND) (1
-    /// billion fuel = 50 ms), and `fuel_used` reports that time in the same units; past
+    /// counted: the CPU budget (`Limits::fuel`) is the thread CPU time spent polling the
+    /// job's future, at [`FUEL_PER_NANOSECOND`](super::cpu_meter::FUEL_PER_NANOSECOND)
+    /// (1 billion fuel = 50 ms), and `fuel_used` reports that time in the same units; past
     /// the budget the job ends as `OutOfFuel` at the next tick. Not deterministic (the
-    /// same job uses a different amount each run, more on a loaded machine), and the
+    /// same job uses a somewhat different amount each run), and the
     /// ticker costs CPU of its own (a 50 µs tick: ~13–20% of a core here while jobs run).
     Epoch,
 }

@@ -482,7 +482,7 @@ impl Sandbox {
 
     /// A store for one job with `fuel` as its CPU budget, preempted as the engine says:
     /// by fuel (yield every `fuel_slice`, trap at the budget), or by epoch (yield at each
-    /// tick; the returned meter times the job, and the epoch callback stops it past the
+    /// tick; the returned meter counts the job's CPU time, and the epoch callback stops it past the
     /// budget).
     fn new_store<T: 'static>(
         &self,
