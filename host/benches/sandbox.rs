@@ -7,7 +7,8 @@
 //! Sections: `overhead` (echo jobs/s sequential and at -c 1000), `latency` (p50/p99 of
 //! short jobs beside 2, 10 and 100 hogs), `parked` (memory per sleeping job at 10k: PSS and
 //! RSS; how busy the runtime's threads are while they wait, and fib(30) beside them vs alone),
-//! `fib` (fib(30) under fuel vs native). `SPROUT_BENCH_TASKS` overrides the task dir.
+//! `fib` (fib(30) and a 1M-element sort in the sandbox vs the same source natively).
+//! The preemption compared comes from `SPROUT_BENCH_PREEMPTION` etc. (benches/common/pool.rs). `SPROUT_BENCH_TASKS` overrides the task dir.
 
 mod common;
 
@@ -266,41 +267,111 @@ fn native_fib(n: u32) -> u64 {
     }
 }
 
-async fn fib() {
-    let (pool, registry) = setup(16, 1, Limits::default()).await;
-    job(pool.as_ref(), &registry, "fib", json!([20])).await;
+/// The same source as the guest's `pseudo_random_sort` (tasks/fib/src/lib.rs).
+#[inline(never)]
+fn native_sort(n: u32, seed: u32) -> u64 {
+    let mut x = seed.max(1);
+    let mut v: Vec<u32> = (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        })
+        .collect();
+    v.sort_unstable();
+    v.iter().enumerate().fold(0u64, |acc, (i, &x)| {
+        acc.wrapping_add(i as u64 * u64::from(x))
+    })
+}
+
+/// The preemption in force, for the report line.
+fn preemption_label(sandbox: &sprout::sandbox::Sandbox) -> String {
+    let s = sandbox.settings();
+    match s.preemption {
+        sprout::sandbox::Preemption::Fuel => format!("fuel, slice {}", s.fuel_slice),
+        sprout::sandbox::Preemption::Epoch => format!("epoch, tick {:?}", s.epoch_tick),
+    }
+}
+
+/// Median of 7 runs of one CPU task in the sandbox against the same source natively.
+async fn versus_native(
+    pool: &dyn Pool,
+    registry: &Registry,
+    what: &str,
+    task: &str,
+    args: serde_json::Value,
+    native: impl Fn() -> u64,
+) {
+    let want = native();
+    job(pool, registry, task, args.clone()).await;
     let runs = 7;
-    let mut wasm = Vec::new();
+    let (mut wasm, mut wasm_cpu) = (Vec::new(), Vec::new());
     let mut fuel = 0;
     for _ in 0..runs {
-        let e = job(pool.as_ref(), &registry, "fib", json!([30])).await;
+        // The job runs inline on this thread (a pool of 1 runs it in the caller's task,
+        // and `block_on` polls that here), so this thread's CPU time is the job's.
+        let cpu = thread_cpu();
+        let e = job(pool, registry, task, args.clone()).await;
+        wasm_cpu.push(thread_cpu() - cpu);
         assert_eq!(
             e.outcome,
-            sprout::model::Outcome::Success {
-                value: json!(832040)
-            }
+            sprout::model::Outcome::Success { value: json!(want) }
         );
         wasm.push(e.duration);
         fuel = e.fuel_used;
     }
-    let mut native = Vec::new();
+    let (mut native_runs, mut native_cpu) = (Vec::new(), Vec::new());
     for _ in 0..runs {
-        let t = Instant::now();
-        assert_eq!(
-            std::hint::black_box(native_fib(std::hint::black_box(30))),
-            832040
-        );
-        native.push(t.elapsed());
+        let (t, cpu) = (Instant::now(), thread_cpu());
+        assert_eq!(std::hint::black_box(native()), want);
+        native_cpu.push(thread_cpu() - cpu);
+        native_runs.push(t.elapsed());
     }
-    wasm.sort();
-    native.sort();
-    let (w, n) = (wasm[runs / 2], native[runs / 2]);
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2].as_secs_f64() * 1e3
+    };
+    let (w, n) = (median(&mut wasm), median(&mut native_runs));
+    let (wc, nc) = (median(&mut wasm_cpu), median(&mut native_cpu));
     println!(
-        "fib(30): wasm+fuel {:.2} ms (fuel {fuel}), native {:.2} ms → {:.2}× native (median of {runs})",
-        w.as_secs_f64() * 1e3,
-        n.as_secs_f64() * 1e3,
-        w.as_secs_f64() / n.as_secs_f64()
+        "{what}: wall: wasm {w:.2} ms, native {n:.2} ms → {:.2}×; thread CPU: wasm {wc:.2} ms, \
+         native {nc:.2} ms → {:.2}× (medians of {runs}; fuel_used {fuel})",
+        w / n,
+        wc / nc
     );
+}
+
+/// CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`).
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+async fn fib() {
+    let sandbox = common::pool::sandbox(16);
+    println!("preemption: {}", preemption_label(&sandbox));
+    let registry = common::pool::registry(&sandbox, &Limits::default()).await;
+    let pool = AsyncPool::new(sandbox, 1);
+    versus_native(&pool, &registry, "fib(30)", "fib", json!([30]), || {
+        native_fib(std::hint::black_box(30))
+    })
+    .await;
+    versus_native(
+        &pool,
+        &registry,
+        "sort(1M)",
+        "sort",
+        json!([1_000_000, 12345]),
+        || native_sort(std::hint::black_box(1_000_000), std::hint::black_box(12345)),
+    )
+    .await;
 }
 
 fn main() {

@@ -28,6 +28,7 @@ mod newcomer;
 mod outcomes;
 mod plugins;
 mod poison;
+mod preemption;
 mod prefork;
 mod python;
 mod readme;

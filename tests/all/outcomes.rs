@@ -68,12 +68,13 @@ pub async fn run_many(
     executions
 }
 
-fn no_limits() -> LimitOverrides {
+/// No limits asked for by the job.
+pub fn no_limits() -> LimitOverrides {
     LimitOverrides::default()
 }
 
 /// The limits a job asks for: none but what `ask` sets.
-fn asking(ask: impl FnOnce(&mut LimitOverrides)) -> LimitOverrides {
+pub fn asking(ask: impl FnOnce(&mut LimitOverrides)) -> LimitOverrides {
     let mut limits = no_limits();
     ask(&mut limits);
     limits

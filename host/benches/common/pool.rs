@@ -7,7 +7,7 @@ use sprout::model::Execution;
 use sprout::model::Limits;
 use sprout::pool::Pool;
 use sprout::registry::Registry;
-use sprout::sandbox::{EngineSettings, RunRequest, Sandbox};
+use sprout::sandbox::{EngineSettings, Preemption, RunRequest, Sandbox};
 
 /// The built example tasks: `SPROUT_BENCH_TASKS`, else `target/tasks`.
 pub fn tasks_dir() -> PathBuf {
@@ -21,11 +21,29 @@ pub fn cache_dir() -> PathBuf {
     std::env::temp_dir().join("sprout-bench-cache")
 }
 
-/// A sandbox for up to `max_instances` instances, caching in [`cache_dir`].
+/// A sandbox for up to `max_instances` instances, caching in [`cache_dir`]. The
+/// preemption settings come from the environment, to compare them: `SPROUT_BENCH_PREEMPTION`
+/// (`fuel` or `epoch`), `SPROUT_BENCH_EPOCH_TICK_US`, `SPROUT_BENCH_FUEL_SLICE`; unset,
+/// the engine's defaults.
 pub fn sandbox(max_instances: u32) -> Sandbox {
+    let defaults = EngineSettings::default();
+    let preemption = match std::env::var("SPROUT_BENCH_PREEMPTION").as_deref() {
+        Ok("fuel") => Preemption::Fuel,
+        Ok("epoch") => Preemption::Epoch,
+        Ok(other) => panic!("SPROUT_BENCH_PREEMPTION={other}: expected fuel or epoch"),
+        Err(_) => defaults.preemption,
+    };
+    let tick_us = super::env_usize("SPROUT_BENCH_EPOCH_TICK_US", 0);
     let settings = EngineSettings {
         max_instances,
-        ..EngineSettings::default()
+        preemption,
+        epoch_tick: match tick_us {
+            0 => defaults.epoch_tick,
+            us => std::time::Duration::from_micros(us as u64),
+        },
+        fuel_slice: super::env_usize("SPROUT_BENCH_FUEL_SLICE", defaults.fuel_slice as usize)
+            as u64,
+        ..defaults
     };
     Sandbox::new(settings, Some(&cache_dir())).expect("sandbox")
 }

@@ -24,7 +24,12 @@ pub struct Observed {
 
 /// Classifies an error raised while instantiating or running a guest.
 pub fn classify(error: &wasmtime::Error, observed: &Observed) -> Outcome {
-    if error.downcast_ref::<Trap>() == Some(&Trap::OutOfFuel) {
+    // Out of fuel, or (epoch preemption) past the same budget in guest time.
+    if error.downcast_ref::<Trap>() == Some(&Trap::OutOfFuel)
+        || error
+            .downcast_ref::<super::cpu_meter::CpuBudgetExceeded>()
+            .is_some()
+    {
         return Outcome::OutOfFuel {
             budget: observed.fuel_budget,
         };

@@ -1,9 +1,14 @@
 //! The one wasmtime [`Engine`] per process, configured for many small concurrent guests.
 //!
 //! Choices (measured on the 2-core dev machine, see `WASMTIME-48.md` in the design
-//! notes): fuel metering for both the CPU budget and preemption (fuel slices of ~1M keep
-//! tokio's timers and I/O on time even with 100 spinning guests; epoch ticks did not),
-//! and the pooling allocator (half the per-job cost of on-demand allocation).
+//! notes and BENCHMARKS.md): fuel metering for both the CPU budget and preemption by
+//! default (fuel slices of ~1M keep tokio's timers and I/O on time even with 100
+//! spinning guests; epoch ticks did not), and the pooling allocator (half the per-job
+//! cost of on-demand allocation). Epoch preemption ([`Preemption::Epoch`]) is an opt-in
+//! setting: its checks cost far less guest compute than fuel counting (fib(30) 1.6× native
+//! against 2.5×, with a long tick), but its slices depend on a ticker thread getting a
+//! CPU, and beside busy guests on a loaded machine short jobs waited 6–60 ms (p99)
+//! instead of fuel's 0.4–4.7 ms.
 
 use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ProfilingStrategy,
@@ -28,6 +33,28 @@ const TABLE_KEEP_RESIDENT: usize = 64 << 10;
 /// (componentize-py 0.25) has 14, with headroom for other toolchains.
 const CORE_INSTANCES_PER_SLOT: u32 = 20;
 
+/// How running guests are preempted (made to yield to the async runtime), and how their
+/// CPU budget is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Preemption {
+    /// Fuel metering: every wasm instruction is counted; the guest yields every
+    /// [`EngineSettings::fuel_slice`] units and stops at its fuel budget. Deterministic,
+    /// but the counting costs compute (1.75x on call-heavy code, BENCHMARKS.md).
+    #[default]
+    Fuel,
+    /// Epoch interruption: a ticker thread advances the engine's epoch every
+    /// [`EngineSettings::epoch_tick`] while jobs exist (it parks when none does), and a
+    /// guest that has held its thread for a whole tick yields at the next one. No fuel is
+    /// counted: the CPU budget (`Limits::fuel`) is the thread CPU time spent polling the
+    /// job's future, at [`FUEL_PER_NANOSECOND`](super::cpu_meter::FUEL_PER_NANOSECOND)
+    /// (1 billion fuel = 50 ms), and `fuel_used` reports that time in the same units; past
+    /// the budget the job ends as `OutOfFuel` at the next tick. Not deterministic (the
+    /// same job uses a somewhat different amount each run), and the
+    /// ticker costs CPU of its own (a 50 µs tick: ~13–20% of a core here while jobs run).
+    Epoch,
+}
+
 /// Engine-wide settings. They bound what any task may ask for.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EngineSettings {
@@ -41,6 +68,17 @@ pub struct EngineSettings {
     pub fuel_slice: u64,
     /// Native stack for wasm frames. Default: 512 KiB.
     pub max_wasm_stack: usize,
+    /// How guests are preempted. Default: [`Preemption::Fuel`].
+    #[serde(default)]
+    pub preemption: Preemption,
+    /// With [`Preemption::Epoch`], the time slice: how often the ticker advances the
+    /// epoch. Default: 50 µs.
+    #[serde(default = "default_epoch_tick")]
+    pub epoch_tick: std::time::Duration,
+}
+
+fn default_epoch_tick() -> std::time::Duration {
+    std::time::Duration::from_micros(50)
 }
 
 impl Default for EngineSettings {
@@ -50,6 +88,8 @@ impl Default for EngineSettings {
             max_memory_bytes: 4 << 30,
             fuel_slice: 1_000_000,
             max_wasm_stack: 512 << 10,
+            preemption: Preemption::default(),
+            epoch_tick: default_epoch_tick(),
         }
     }
 }
@@ -57,16 +97,25 @@ impl Default for EngineSettings {
 /// Builds the engine.
 ///
 /// # Errors
-/// The settings are inconsistent (wasmtime validates them here, once), or `fuel_slice` is
-/// zero (wasmtime would refuse it only later, in every job's store).
+/// The settings are inconsistent (wasmtime validates them here, once), `fuel_slice` is
+/// zero (wasmtime would refuse it only later, in every job's store), or `epoch_tick` is
+/// zero under epoch preemption.
 pub fn build_engine(settings: &EngineSettings) -> wasmtime::Result<Engine> {
     if settings.fuel_slice == 0 {
         return Err(wasmtime::Error::msg(
             "fuel_slice must be at least 1 (fuel consumed between two yields)",
         ));
     }
+    if settings.preemption == Preemption::Epoch && settings.epoch_tick.is_zero() {
+        return Err(wasmtime::Error::msg(
+            "epoch_tick must be longer than zero (the time slice of epoch preemption)",
+        ));
+    }
     let mut config = Config::new();
-    config.consume_fuel(true);
+    match settings.preemption {
+        Preemption::Fuel => config.consume_fuel(true),
+        Preemption::Epoch => config.epoch_interruption(true),
+    };
     config.wasm_backtrace_max_frames(std::num::NonZeroUsize::new(32));
     config.max_wasm_stack(settings.max_wasm_stack);
     // The fiber stack must hold the wasm stack plus host frames.

@@ -6,10 +6,11 @@
 //! bytes into a [`TaskModule`]; [`Sandbox::run`] runs one job of it and always returns
 //! an [`Execution`] — every failure becomes an [`Outcome`], never a panic or an `Err`.
 //!
-//! Preemption: fuel is both the job's CPU budget and its time slice. Every
+//! Preemption: by default fuel is both the job's CPU budget and its time slice. Every
 //! `fuel_slice` units the guest yields to tokio, so one CPU-heavy guest cannot starve
-//! the others or the worker's I/O. Wall-clock limits wrap the call in a timeout; dropping
-//! the future stops the guest at its next yield point.
+//! the others or the worker's I/O. With [`Preemption::Epoch`] a ticker thread gives the
+//! slices and the budget is guest time ([`cpu_meter`]). Wall-clock limits wrap the call
+//! in a timeout; dropping the future stops the guest at its next yield point.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -33,6 +34,7 @@ pub(crate) mod classify;
 pub(crate) mod command;
 pub mod compile;
 pub(crate) mod component;
+pub mod cpu_meter;
 pub(crate) mod deny;
 pub(crate) mod engine;
 pub(crate) mod http;
@@ -43,10 +45,11 @@ pub(crate) mod output;
 pub(crate) mod prewarm;
 pub mod shape;
 pub(crate) mod sockets;
+pub(crate) mod ticker;
 
 pub use cache::ArtifactCache;
 pub use compile::CompileLimits;
-pub use engine::EngineSettings;
+pub use engine::{EngineSettings, Preemption};
 pub use module::{LoadError, ModuleKind, TaskModule};
 pub use prewarm::{PrewarmError, Prewarmed};
 pub use shape::{ShapeCaps, ShapeError};
@@ -125,6 +128,8 @@ struct Inner {
     compile_limits: Mutex<Option<CompileLimits>>,
     /// What loading task files cost so far (for metrics).
     load_counters: LoadCounters,
+    /// Advances the epoch while jobs run ([`Preemption::Epoch`] only).
+    ticker: Option<ticker::EpochTicker>,
 }
 
 /// Counters of [`Sandbox::load`], read by [`Sandbox::load_stats`].
@@ -187,6 +192,14 @@ impl Sandbox {
             &mut s.wasi
         })?;
         let disk_cache = cache_dir.map(|dir| ArtifactCache::new(dir, &engine));
+        let ticker = match settings.preemption {
+            Preemption::Fuel => None,
+            Preemption::Epoch => Some(
+                ticker::EpochTicker::start(engine.clone(), settings.epoch_tick).map_err(|e| {
+                    wasmtime::Error::msg(format!("cannot start the epoch ticker: {e}"))
+                })?,
+            ),
+        };
         Ok(Sandbox {
             inner: Arc::new(Inner {
                 engine,
@@ -199,6 +212,7 @@ impl Sandbox {
                 shape_caps: Mutex::new(ShapeCaps::default()),
                 compile_limits: Mutex::new(None),
                 load_counters: LoadCounters::default(),
+                ticker,
             }),
         })
     }
@@ -454,12 +468,12 @@ impl Sandbox {
             queue: String::new(),
         };
         let state = ComponentState::new(wasi, MemoryLimiter::new(limits.memory_bytes), job, log);
-        let mut store = self.new_store(state, INSPECT_FUEL, |s| &mut s.limiter);
+        let (mut store, usage) = self.new_store(state, INSPECT_FUEL, |s| &mut s.limiter);
         let call = async {
             let task = pre.instantiate_async(&mut store).await?;
             task.call_tasks(&mut store).await
         };
-        match tokio::time::timeout(Duration::from_secs(10), call).await {
+        match tokio::time::timeout(Duration::from_secs(10), usage.meter(call)).await {
             Ok(Ok(names)) => Ok(names),
             Ok(Err(e)) => Err(LoadError::Inspect(format!("{e:#}"))),
             Err(_) => Err(LoadError::Inspect(
@@ -468,22 +482,53 @@ impl Sandbox {
         }
     }
 
+    /// A store for one job with `fuel` as its CPU budget, preempted as the engine says:
+    /// by fuel (yield every `fuel_slice`, trap at the budget), or by epoch (yield at each
+    /// tick; the returned meter counts the job's CPU time, and the epoch callback stops it past the
+    /// budget).
     fn new_store<T: 'static>(
         &self,
         state: T,
         fuel: u64,
         limiter: impl (FnMut(&mut T) -> &mut MemoryLimiter) + Send + Sync + 'static,
-    ) -> Store<T> {
+    ) -> (Store<T>, Usage) {
         let mut store = Store::new(&self.inner.engine, state);
         let mut limiter = limiter;
         store.limiter(move |s| limiter(s) as &mut dyn wasmtime::ResourceLimiter);
-        store
-            .set_fuel(fuel)
-            .expect("fuel is enabled in the engine config");
-        store
-            .fuel_async_yield_interval(Some(self.inner.settings.fuel_slice))
-            .expect("fuel is enabled in the engine config");
-        store
+        let usage = match &self.inner.ticker {
+            None => {
+                store
+                    .set_fuel(fuel)
+                    .expect("fuel is enabled in the engine config");
+                store
+                    .fuel_async_yield_interval(Some(self.inner.settings.fuel_slice))
+                    .expect("fuel is enabled in the engine config");
+                Usage::Fuel
+            }
+            Some(ticker) => {
+                let meter = Arc::new(cpu_meter::CpuMeter::default());
+                // The ticker ticks while this store (and its callback) lives.
+                let guard = ticker.guard();
+                let job = meter.clone();
+                let slice = self.inner.settings.epoch_tick;
+                store.set_epoch_deadline(1);
+                store.epoch_deadline_callback(move |_| {
+                    let _ticking = &guard;
+                    job.check(fuel)?;
+                    // Yield only once the guest has held the thread for a whole tick since
+                    // it was last resumed: a short job (or one just back from a host wait)
+                    // that a tick happens to land in runs on instead of going to the back
+                    // of the run queue behind every hog.
+                    Ok(if job.current_poll() >= slice {
+                        wasmtime::UpdateDeadline::Yield(1)
+                    } else {
+                        wasmtime::UpdateDeadline::Continue(1)
+                    })
+                });
+                Usage::Time(meter)
+            }
+        };
+        (store, usage)
     }
 
     /// Runs one job in a fresh instance and reports how it ended.
@@ -532,7 +577,7 @@ impl Sandbox {
         state.http_policy = http::HttpPolicy::new(&req.capabilities, &req.job_id, &req.task);
         state.sockets = sockets;
         state.progress_sink = req.progress.clone();
-        let mut store = self.new_store(state, limits.fuel, |s| &mut s.limiter);
+        let (mut store, usage) = self.new_store(state, limits.fuel, |s| &mut s.limiter);
         let args = Value::Array(req.args).to_string();
         let kwargs = Value::Object(req.kwargs).to_string();
         let started = Instant::now();
@@ -540,9 +585,9 @@ impl Sandbox {
             let task = pre.instantiate_async(&mut store).await?;
             task.call_run(&mut store, &req.task, &args, &kwargs).await
         };
-        let result = with_time_limits(call, &limits).await;
+        let result = with_time_limits(usage.meter(call), &limits).await;
         let duration = started.elapsed();
-        let fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+        let fuel_used = usage.fuel_used(&store, limits.fuel);
         let observed = Observed {
             fuel_budget: limits.fuel,
             memory_limit: limits.memory_bytes,
@@ -599,7 +644,7 @@ impl Sandbox {
             ComponentState::new(wasi, MemoryLimiter::new(limits.memory_bytes), job, log);
         state.http_policy = http::HttpPolicy::new(&req.capabilities, &req.job_id, &req.task);
         state.sockets = sockets;
-        let mut store = self.new_store(state, limits.fuel, |s| &mut s.limiter);
+        let (mut store, usage) = self.new_store(state, limits.fuel, |s| &mut s.limiter);
         let started = Instant::now();
         let call = async {
             let command = pre.instantiate_async(&mut store).await?;
@@ -608,9 +653,9 @@ impl Sandbox {
                 Err(()) => Ok(1),
             }
         };
-        let result = with_time_limits(call, &limits).await;
+        let result = with_time_limits(usage.meter(call), &limits).await;
         let duration = started.elapsed();
-        let fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+        let fuel_used = usage.fuel_used(&store, limits.fuel);
         let memory_limit_hit = store.data().limiter.hit;
         let mut execution = command_execution(
             result,
@@ -638,16 +683,16 @@ impl Sandbox {
             wasi,
             limiter: MemoryLimiter::new(limits.memory_bytes),
         };
-        let mut store = self.new_store(state, limits.fuel, |s| &mut s.limiter);
+        let (mut store, usage) = self.new_store(state, limits.fuel, |s| &mut s.limiter);
         let started = Instant::now();
         let call = async {
             let instance = pre.instantiate_async(&mut store).await?;
             let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
             start.call_async(&mut store, ()).await.map(|()| 0)
         };
-        let result = with_time_limits(call, &limits).await;
+        let result = with_time_limits(usage.meter(call), &limits).await;
         let duration = started.elapsed();
-        let fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+        let fuel_used = usage.fuel_used(&store, limits.fuel);
         let memory_limit_hit = store.data().limiter.hit;
         let mut execution = command_execution(
             result,
@@ -660,6 +705,32 @@ impl Sandbox {
         );
         execution.peak_memory_bytes = store.data().limiter.peak;
         execution
+    }
+}
+
+/// How one job's CPU use is counted (see [`Preemption`]).
+enum Usage {
+    /// By the store's fuel.
+    Fuel,
+    /// By timing the job's polls.
+    Time(Arc<cpu_meter::CpuMeter>),
+}
+
+impl Usage {
+    /// `call`, timed when the budget is time.
+    fn meter<F: Future>(&self, call: F) -> cpu_meter::Metered<F> {
+        match self {
+            Usage::Fuel => cpu_meter::Metered::unmetered(call),
+            Usage::Time(meter) => meter.meter(call),
+        }
+    }
+
+    /// What the job used of its `budget`, in fuel units (at most the budget).
+    fn fuel_used<T>(&self, store: &Store<T>, budget: u64) -> u64 {
+        match self {
+            Usage::Fuel => budget.saturating_sub(store.get_fuel().unwrap_or(0)),
+            Usage::Time(meter) => meter.used_fuel().min(budget),
+        }
     }
 }
 
@@ -685,7 +756,8 @@ fn grant(builder: &mut WasiCtxBuilder, req: &RunRequest) {
 }
 
 /// Runs `call` under the soft and hard wall-clock limits; `Err` is the time-limit
-/// outcome. Dropping the future stops the guest at its next fuel yield or host await.
+/// outcome. Dropping the future stops the guest at its next yield (fuel slice or epoch
+/// tick) or host await.
 async fn with_time_limits<T>(call: impl Future<Output = T>, limits: &Limits) -> Result<T, Outcome> {
     let (kind, limit) = match limits.soft_time_limit {
         Some(soft) if soft < limits.time_limit => (TimeLimitKind::Soft, soft),
