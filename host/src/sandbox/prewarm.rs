@@ -82,12 +82,12 @@ impl Sandbox {
             };
             let limiter = MemoryLimiter::new(limits.memory_bytes);
             let state = ComponentState::new(wasi, limiter, job, log);
-            let mut store = self.new_store(state, INSPECT_FUEL, |s| &mut s.limiter);
+            let (mut store, usage) = self.new_store(state, INSPECT_FUEL, |s| &mut s.limiter);
             let warmed = async {
                 let task = pre.instantiate_async(&mut store).await?;
                 task.call_tasks(&mut store).await
             };
-            if let Err(e) = warmed.await {
+            if let Err(e) = usage.meter(warmed).await {
                 return Err(PrewarmError::Failed {
                     slot,
                     reason: format!("{e:#}"),
