@@ -32,12 +32,6 @@
 //! closed and the idle ones stay (no eviction: they are as good, and younger ones are
 //! taken first anyway, most recently used first).
 //!
-//! A connection is not a task of its own: the request future drives it until the
-//! response head arrives, then the response body while the guest reads it ([`Link`]).
-//! That saves a task wake-up (often on the other runtime thread) per response. An idle
-//! connection is not polled while it waits in the pool; when the server closes it, that
-//! is noticed (and the socket closed) when it is next taken or the pool is pruned.
-//!
 //! `https://` is not pooled: those requests still go to wasmtime's default sender (a new
 //! TCP + TLS connection each).
 
@@ -97,64 +91,17 @@ pub struct Timeouts {
     pub between_bytes: Duration,
 }
 
-/// The connection future hyper hands out with a [`SendRequest`]: it reads and writes the
-/// socket. It is not spawned as a task of its own: whoever uses the connection polls it
-/// (see [`Link`]).
-type Connection = http1::Connection<TokioIo<Box<dyn Stream>>, WasiBody>;
-
-/// A byte stream a connection runs on (TCP; an in-memory pipe in unit tests).
-trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
-
-impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Stream for S {}
-
-/// One HTTP/1.1 connection: the request sender and the connection future that drives
-/// the socket, kept together. The request future polls the connection while it waits
-/// for the response head, and the response body polls it while the guest reads, so the
-/// socket's bytes reach the guest in the task that waits for them — no task per
-/// connection and no wake-up of one task by another for each response.
-struct Link {
-    sender: SendRequest<WasiBody>,
-    connection: Connection,
-    /// The connection future has completed (the server closed it, or it failed); the
-    /// sender then reports closed, and errors reach the request or its body.
-    finished: bool,
-}
-
-impl Link {
-    /// Polls the connection future, unless it has completed.
-    fn drive(&mut self, cx: &mut Context<'_>) {
-        if !self.finished && Pin::new(&mut self.connection).poll(cx).is_ready() {
-            self.finished = true;
-        }
-    }
-
-    /// Lets the connection take in what happened on the socket since it was last
-    /// polled (a response's end, the server's close), without registering for more.
-    fn refresh(&mut self) {
-        self.drive(&mut Context::from_waker(std::task::Waker::noop()));
-    }
-
-    /// Open and ready for a request (after [`Link::refresh`]).
-    fn ready(&self) -> bool {
-        !self.finished && !self.sender.is_closed() && self.sender.is_ready()
-    }
-}
-
 /// One idle connection.
 struct Idle {
-    link: Link,
+    sender: SendRequest<WasiBody>,
     since: Instant,
 }
 
 impl Idle {
-    /// Young enough and still open: polls the connection once first, so a connection
-    /// the server closed while it sat idle is seen as closed.
-    fn usable(&mut self, now: Instant, limits: &PoolLimits) -> bool {
-        if now.saturating_duration_since(self.since) >= limits.idle_timeout {
-            return false;
-        }
-        self.link.refresh();
-        self.link.ready()
+    fn usable(&self, now: Instant, limits: &PoolLimits) -> bool {
+        now.saturating_duration_since(self.since) < limits.idle_timeout
+            && !self.sender.is_closed()
+            && self.sender.is_ready()
     }
 }
 
@@ -184,20 +131,20 @@ impl Hosts {
     fn prune(&mut self, now: Instant) {
         let limits = self.limits;
         self.idle.retain(|_, conns| {
-            conns.retain_mut(|c| c.usable(now, &limits));
+            conns.retain(|c| c.usable(now, &limits));
             !conns.is_empty()
         });
     }
 
     /// Takes the most recently used usable connection to `key`. Also returns the
     /// unusable ones it met (taken out), for the caller to drop outside its lock.
-    fn take(&mut self, key: &str, now: Instant) -> (Option<Link>, Vec<Idle>) {
+    fn take(&mut self, key: &str, now: Instant) -> (Option<SendRequest<WasiBody>>, Vec<Idle>) {
         let mut stale = Vec::new();
         let mut found = None;
         if let Some(conns) = self.idle.get_mut(key) {
-            while let Some(mut idle) = conns.pop() {
+            while let Some(idle) = conns.pop() {
                 if idle.usable(now, &self.limits) {
-                    found = Some(idle.link);
+                    found = Some(idle.sender);
                     break;
                 }
                 stale.push(idle);
@@ -209,11 +156,11 @@ impl Hosts {
         (found, stale)
     }
 
-    /// Keeps `link` as idle since `now` if it is usable and there is room (see the
+    /// Keeps `sender` as idle since `now` if it is usable and there is room (see the
     /// module docs); returns whether it was kept.
-    fn put(&mut self, key: String, link: Link, now: Instant) -> bool {
+    fn put(&mut self, key: String, sender: SendRequest<WasiBody>, now: Instant) -> bool {
         let limits = self.limits;
-        let mut idle = Idle { link, since: now };
+        let idle = Idle { sender, since: now };
         if limits.max_idle_per_host == 0 || !idle.usable(now, &limits) {
             return false;
         }
@@ -225,8 +172,8 @@ impl Hosts {
         }
         let conns = self.idle.entry(key).or_default();
         // The oldest sit at the front: drop them when they have expired.
-        if conns.first_mut().is_some_and(|c| !c.usable(now, &limits)) {
-            conns.retain_mut(|c| c.usable(now, &limits));
+        if conns.first().is_some_and(|c| !c.usable(now, &limits)) {
+            conns.retain(|c| c.usable(now, &limits));
         }
         let kept = conns.len() < limits.max_idle_per_host;
         if kept {
@@ -245,41 +192,32 @@ fn pool() -> std::sync::MutexGuard<'static, Hosts> {
 }
 
 /// Takes a usable idle connection to `key`, if there is one.
-fn checkout(key: &str) -> Option<Link> {
+fn checkout(key: &str) -> Option<SendRequest<WasiBody>> {
     let (found, stale) = pool().take(key, Instant::now());
     drop(stale); // closes them, outside the lock
     found
 }
 
 /// Puts a connection whose last response ended back, if it is ready and there is room.
-fn put(key: String, link: Link) {
-    pool().put(key, link, Instant::now());
+fn put(key: String, sender: SendRequest<WasiBody>) {
+    pool().put(key, sender, Instant::now());
 }
 
 /// Hands a connection that served a complete response back to the pool. If hyper has
-/// not yet seen the end of that response (it normally has by the time the body ended
-/// and the connection was polled once more), drives the connection until it is ready,
-/// briefly, on the current runtime.
-fn checkin(key: String, mut link: Link) {
-    link.refresh();
-    if link.finished || link.sender.is_closed() {
+/// not yet seen the end of that response (it normally has by the time the body ended),
+/// waits for the connection to become ready, briefly, on the current runtime.
+fn checkin(key: String, mut sender: SendRequest<WasiBody>) {
+    if sender.is_closed() {
         return;
     }
-    if link.sender.is_ready() {
-        put(key, link);
+    if sender.is_ready() {
+        put(key, sender);
         return;
     }
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
         runtime.spawn(async move {
-            let ready = std::future::poll_fn(|cx| {
-                link.drive(cx);
-                if link.finished {
-                    return Poll::Ready(false);
-                }
-                link.sender.poll_ready(cx).map(|r| r.is_ok())
-            });
-            if let Ok(true) = tokio::time::timeout(READY_GRACE, ready).await {
-                put(key, link);
+            if let Ok(Ok(())) = tokio::time::timeout(READY_GRACE, sender.ready()).await {
+                put(key, sender);
             }
         });
     }
@@ -307,20 +245,12 @@ pub async fn send(
         .map_err(|_| HttpError::HttpRequestUriInvalid)?;
     *request.uri_mut() = target;
     loop {
-        let (mut link, reused) = match checkout(&key) {
-            Some(link) => (link, true),
+        let (mut sender, reused) = match checkout(&key) {
+            Some(sender) => (sender, true),
             None => (connect(&key, timeouts.connect).await?, false),
         };
-        let sent = {
-            let mut response = std::pin::pin!(link.sender.try_send_request(request));
-            // Waits for the response head, driving the connection (which writes the
-            // request and reads the answer) in this same task.
-            let head = std::future::poll_fn(|cx| {
-                link.drive(cx);
-                response.as_mut().poll(cx)
-            });
-            tokio::time::timeout(timeouts.first_byte, head).await
-        };
+        let sent =
+            tokio::time::timeout(timeouts.first_byte, sender.try_send_request(request)).await;
         match sent {
             Err(_elapsed) => return Err(HttpError::ConnectionReadTimeout),
             Ok(Ok(response)) => {
@@ -330,7 +260,7 @@ pub async fn send(
                         incoming,
                         between_bytes,
                         idle_deadline: Box::pin(tokio::time::sleep(between_bytes)),
-                        connection: Some((key, link)),
+                        connection: Some((key, sender)),
                         ended: false,
                     })
                 }));
@@ -354,13 +284,12 @@ fn authority_key(uri: &http::Uri) -> Result<String, HttpError> {
     })
 }
 
-/// Opens a new connection to `host:port` (driven by its users, see [`Link`]).
-async fn connect(key: &str, timeout: Duration) -> Result<Link, HttpError> {
+/// Opens a new connection to `host:port` and drives it on the current runtime.
+async fn connect(key: &str, timeout: Duration) -> Result<SendRequest<WasiBody>, HttpError> {
     let connecting = async {
         let stream = TcpStream::connect(key).await.map_err(HttpError::Connect)?;
         // A request is written in one piece; do not let Nagle hold it behind an ACK.
         let _ = stream.set_nodelay(true);
-        let stream: Box<dyn Stream> = Box::new(stream);
         let (sender, connection) = http1::Builder::new()
             .handshake::<_, WasiBody>(TokioIo::new(stream))
             .await?;
@@ -369,11 +298,12 @@ async fn connect(key: &str, timeout: Duration) -> Result<Link, HttpError> {
     let (sender, connection) = tokio::time::timeout(timeout, connecting)
         .await
         .map_err(|_| HttpError::ConnectionTimeout)??;
-    Ok(Link {
-        sender,
-        connection,
-        finished: false,
-    })
+    // Ends when the server closes the connection, or when the sender is dropped and no
+    // response is in flight; errors reach the request or its body.
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
 }
 
 /// A response body that hands its connection back to the pool when it has been read to
@@ -382,9 +312,8 @@ struct PooledBody {
     incoming: hyper::body::Incoming,
     between_bytes: Duration,
     idle_deadline: Pin<Box<tokio::time::Sleep>>,
-    /// `host:port` and the connection, which this body drives while it is read; taken
-    /// on drop.
-    connection: Option<(String, Link)>,
+    /// `host:port` and the connection; taken on drop.
+    connection: Option<(String, SendRequest<WasiBody>)>,
     ended: bool,
 }
 
@@ -397,9 +326,6 @@ impl Body for PooledBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
         let this = self.get_mut();
-        if let Some((_, link)) = &mut this.connection {
-            link.drive(cx);
-        }
         match Pin::new(&mut this.incoming).poll_frame(cx) {
             Poll::Ready(None) => {
                 this.ended = true;
@@ -433,10 +359,10 @@ impl Body for PooledBody {
 
 impl Drop for PooledBody {
     fn drop(&mut self) {
-        if let Some((key, link)) = self.connection.take()
+        if let Some((key, sender)) = self.connection.take()
             && (self.ended || self.incoming.is_end_stream())
         {
-            checkin(key, link);
+            checkin(key, sender);
         }
     }
 }
@@ -447,25 +373,17 @@ mod tests {
 
     /// A ready client connection over an in-memory stream; the server end is returned
     /// to be kept alive (the connection closes when it is dropped).
-    async fn connection() -> (Link, tokio::io::DuplexStream) {
+    async fn connection() -> (SendRequest<WasiBody>, tokio::io::DuplexStream) {
         let (client, server) = tokio::io::duplex(1024);
-        let client: Box<dyn Stream> = Box::new(client);
-        let (sender, connection) = http1::Builder::new()
+        let (mut sender, connection) = http1::Builder::new()
             .handshake::<_, WasiBody>(TokioIo::new(client))
             .await
             .unwrap();
-        let mut link = Link {
-            sender,
-            connection,
-            finished: false,
-        };
-        std::future::poll_fn(|cx| {
-            link.drive(cx);
-            link.sender.poll_ready(cx)
-        })
-        .await
-        .unwrap();
-        (link, server)
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        sender.ready().await.unwrap();
+        (sender, server)
     }
 
     fn limits(idle_timeout_secs: u64, max_idle_per_host: usize, max_idle: usize) -> PoolLimits {
@@ -574,24 +492,19 @@ mod tests {
         assert!(hosts.put("h:80".into(), a, t0));
         // The server goes away while the connection is idle.
         drop(server_a);
-        let closed = &mut hosts.idle.get_mut("h:80").unwrap()[0].link;
+        let closed = &hosts.idle["h:80"][0].sender;
         wait_closed(closed).await;
         assert!(hosts.take("h:80", t0).0.is_none());
         drop(server_b);
-        let mut b = b;
-        wait_closed(&mut b).await;
+        wait_closed(&b).await;
         assert!(!hosts.put("h:80".into(), b, t0));
         assert_eq!(hosts.total(), 0);
     }
 
     /// Waits (polling) until hyper has seen the connection close.
-    async fn wait_closed(link: &mut Link) {
+    async fn wait_closed(sender: &SendRequest<WasiBody>) {
         tokio::time::timeout(Duration::from_secs(5), async {
-            loop {
-                link.refresh();
-                if !link.ready() {
-                    break;
-                }
+            while !sender.is_closed() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
