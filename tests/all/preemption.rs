@@ -86,3 +86,82 @@ async fn timing_epoch_preemption_lets_short_jobs_past_spinning_guests() {
         "a short job waited {slowest:?} beside spinning guests"
     );
 }
+
+/// `--preemption epoch` reaches the engine of `sprout run` and of a worker's prefork
+/// children: the budget is then counted in CPU time (`fuel_used` of the same fib(25)
+/// varies and differs from fuel's exact count), a small budget still stops a guest as
+/// OutOfFuel, and the banner says which mode runs. Bad values and `--epoch-tick`
+/// without epoch are usage errors (exit 2) naming the flag.
+#[test]
+fn the_cli_chooses_epoch_preemption_and_checks_its_flags() {
+    let dir = support::Workdir::new();
+    let fib = support::task("fib").display().to_string();
+    let fuel_used = |extra: &[&str]| -> u64 {
+        let mut args = vec!["run", fib.as_str(), "fib", "[25]", "--json"];
+        args.extend_from_slice(extra);
+        let out = dir.run(&args);
+        assert!(out.status.success(), "{}", support::stderr(&out));
+        let execution: serde_json::Value =
+            serde_json::from_str(&support::stdout(&out)).expect("--json prints the execution");
+        assert_eq!(execution["outcome"]["value"], json!(75025), "{execution}");
+        execution["fuel_used"].as_u64().expect("fuel_used")
+    };
+    let counted = fuel_used(&[]);
+    assert_eq!(counted, fuel_used(&["--preemption", "fuel"]), "fuel is exact");
+    let timed: Vec<u64> = (0..3)
+        .map(|_| fuel_used(&["--preemption", "epoch", "--epoch-tick", "200us"]))
+        .collect();
+    assert!(
+        timed.iter().all(|&t| t > 0 && t != counted),
+        "epoch counts CPU time, not instructions: {timed:?} vs fuel's {counted}"
+    );
+
+    let out = dir.run(&[
+        "run",
+        &fib,
+        "fib",
+        "[32]",
+        "--fuel",
+        "1000000",
+        "--preemption",
+        "epoch",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", support::stderr(&out));
+    assert!(
+        support::stderr(&out).contains("OutOfFuel"),
+        "{}",
+        support::stderr(&out)
+    );
+
+    for (args, names) in [
+        (vec!["--preemption", "time"], "fuel or epoch"),
+        (vec!["--preemption", "epoch", "--epoch-tick", "5us"], "5us"),
+        (vec!["--preemption", "epoch", "--epoch-tick", "2s"], "2s"),
+        (vec!["--epoch-tick", "1ms"], "--preemption epoch"),
+    ] {
+        let mut all = vec!["run", fib.as_str(), "fib", "[5]"];
+        all.extend(args.iter().copied());
+        let out = dir.run(&all);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", support::stderr(&out));
+        assert!(
+            support::stderr(&out).contains(names),
+            "{args:?}: {}",
+            support::stderr(&out)
+        );
+    }
+
+    // A worker's prefork children run under the parent's mode (the same compiled
+    // artifacts: a child with another engine config could not load them).
+    let _worker = dir.worker_logged(
+        &support::tasks_dir(),
+        &["-P", "prefork", "-c", "1", "--preemption", "epoch"],
+    );
+    let out = dir.run(&["send", "fib", "[25]", "--wait", "--timeout", "60"]);
+    assert!(out.status.success(), "{}\n{}", support::stderr(&out), dir.worker_log());
+    assert_eq!(support::stdout(&out), "75025");
+    assert!(
+        dir.worker_log().contains("preemption:  epoch (tick 50µs)"),
+        "{}",
+        dir.worker_log()
+    );
+}

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use sprout::connect::ConnectOptions;
 use sprout::model::time;
+use sprout::sandbox::Preemption;
 
 /// `sprout --version`: Sprout's version and the wasmtime it embeds (pinned in the
 /// workspace's Cargo.toml; a unit test checks it against Cargo.lock).
@@ -242,6 +243,15 @@ pub struct LimitArgs {
     /// The longest a task file may take to compile (in the child process). Default: 300.
     #[arg(long, env = "SPROUT_COMPILE_TIMEOUT", default_value = "300", value_parser = parse_duration)]
     pub compile_timeout: Duration,
+    /// How running guests are preempted: `fuel` (default: every instruction counted,
+    /// deterministic budgets) or `epoch` (a ticker thread gives time slices and the
+    /// budget is counted in CPU time; faster guest code, docs/operations.md).
+    #[arg(long, env = "SPROUT_PREEMPTION", default_value = "fuel", value_parser = parse_preemption)]
+    pub preemption: Preemption,
+    /// With `--preemption epoch`: the time slice, from 10us to 100ms (`50us`, `1ms`,
+    /// `0.0002`). Default: 50us.
+    #[arg(long, env = "SPROUT_EPOCH_TICK", value_parser = parse_epoch_tick)]
+    pub epoch_tick: Option<Duration>,
 }
 
 /// `sprout build`.
@@ -572,6 +582,52 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     time::seconds(value * scale).map_err(|e| format!("{text:?}: {e}"))
 }
 
+/// Parses `--preemption`: `fuel` or `epoch`.
+///
+/// # Errors
+/// Any other word.
+pub fn parse_preemption(text: &str) -> Result<Preemption, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "fuel" => Ok(Preemption::Fuel),
+        "epoch" => Ok(Preemption::Epoch),
+        _ => Err(format!("{text:?} is not a preemption mode: give fuel or epoch")),
+    }
+}
+
+/// The shortest and longest `--epoch-tick`: below 10 µs the ticker thread would eat a
+/// core; above 100 ms a hog would hold a thread for longer than any job should wait.
+const EPOCH_TICK_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_micros(10)..=Duration::from_millis(100);
+
+/// Parses `--epoch-tick`: microseconds with `us` (or `µs`), or anything
+/// [`parse_duration`] takes, between 10 µs and 100 ms, rounded to whole microseconds.
+///
+/// # Errors
+/// Not a duration, or outside the range.
+pub fn parse_epoch_tick(text: &str) -> Result<Duration, String> {
+    let trimmed = text.trim();
+    let micros = trimmed
+        .strip_suffix("us")
+        .or_else(|| trimmed.strip_suffix("µs"))
+        .map(str::trim);
+    let tick = match micros {
+        Some(number) => {
+            let value = number.parse::<f64>().map_err(|_| {
+                format!("{text:?} is not a duration: give 50us, 1ms or seconds (0.0005)")
+            })?;
+            time::seconds(value / 1e6).map_err(|e| format!("{text:?}: {e}"))?
+        }
+        None => parse_duration(trimmed)?,
+    };
+    let tick = Duration::from_micros(u64::try_from(tick.as_nanos().div_ceil(1000)).unwrap_or(u64::MAX));
+    if !EPOCH_TICK_RANGE.contains(&tick) {
+        return Err(format!(
+            "--epoch-tick {text:?} is outside 10us..100ms (the epoch time slice)"
+        ));
+    }
+    Ok(tick)
+}
+
 /// Parses `--eta`: an RFC 3339 time (`2030-01-02T03:04:05Z`), at most
 /// [`time::MAX_SECONDS`] from now ([`time::instant`]).
 ///
@@ -586,6 +642,24 @@ pub fn parse_eta(text: &str) -> Result<DateTime<Utc>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--preemption` takes the two modes; `--epoch-tick` units, rounding and range.
+    #[test]
+    fn preemption_flags_parse_and_refuse() {
+        assert_eq!(parse_preemption("fuel"), Ok(Preemption::Fuel));
+        assert_eq!(parse_preemption(" Epoch "), Ok(Preemption::Epoch));
+        assert!(parse_preemption("time").unwrap_err().contains("fuel or epoch"));
+        assert_eq!(parse_epoch_tick("50us"), Ok(Duration::from_micros(50)));
+        assert_eq!(parse_epoch_tick("50µs"), Ok(Duration::from_micros(50)));
+        assert_eq!(parse_epoch_tick("1ms"), Ok(Duration::from_millis(1)));
+        assert_eq!(parse_epoch_tick("0.0002"), Ok(Duration::from_micros(200)));
+        assert_eq!(parse_epoch_tick("20.4us"), Ok(Duration::from_micros(21)));
+        assert_eq!(parse_epoch_tick("100ms"), Ok(Duration::from_millis(100)));
+        for bad in ["9us", "0", "101ms", "1s", "-5us", "NaNus", "fast", "", "1e30us"] {
+            let err = parse_epoch_tick(bad).expect_err(bad);
+            assert!(err.contains(bad), "{bad}: {err}");
+        }
+    }
 
     /// `--version` names the wasmtime Cargo.lock resolved.
     #[test]

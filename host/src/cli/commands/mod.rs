@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use crate::cli::args::LimitArgs;
 use sprout::connect::ConnectError;
 use sprout::model::Limits;
-use sprout::sandbox::{ArtifactCache, CompileLimits, EngineSettings, Sandbox};
+use sprout::sandbox::{ArtifactCache, CompileLimits, EngineSettings, Preemption, Sandbox};
 
 pub mod build;
 pub mod completions;
@@ -159,9 +159,18 @@ fn most_slots(settings: &EngineSettings) -> Option<usize> {
 /// The engine cannot be built; [`EXIT_USAGE`] when that is because the concurrency
 /// needs more address space than the machine has, naming the most that fits.
 pub fn build_sandbox(args: &LimitArgs, max_instances: usize) -> anyhow::Result<Sandbox> {
+    if args.epoch_tick.is_some() && args.preemption != Preemption::Epoch {
+        bail!(ExitError::new(
+            EXIT_USAGE,
+            "--epoch-tick is the time slice of epoch preemption: give it with --preemption epoch",
+        ));
+    }
+    let defaults = EngineSettings::default();
     let settings = EngineSettings {
         max_instances: u32::try_from(max_instances.saturating_add(SPARE_SLOTS)).unwrap_or(u32::MAX),
-        ..EngineSettings::default()
+        preemption: args.preemption,
+        epoch_tick: args.epoch_tick.unwrap_or(defaults.epoch_tick),
+        ..defaults
     };
     let cache_dir = (!args.no_cache)
         .then(|| args.cache_dir.clone().or_else(ArtifactCache::default_dir))

@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::watch;
 
-use crate::cli::args::{ChildArgs, WorkerArgs};
+use crate::cli::args::{ChildArgs, LimitArgs, WorkerArgs};
 use sprout::connect;
 use sprout::pool::prefork::child::{self, ChildOptions};
 use sprout::pool::{
@@ -24,7 +24,7 @@ use sprout::pool::{
     parse_pool_spec,
 };
 use sprout::registry::Registry;
-use sprout::sandbox::{ArtifactCache, Sandbox};
+use sprout::sandbox::{ArtifactCache, EngineSettings, Preemption, Sandbox};
 use sprout::worker::events::Events;
 use sprout::worker::metrics::Metrics;
 use sprout::worker::revoked::Revoked;
@@ -637,6 +637,19 @@ fn display_paths(paths: &[PathBuf]) -> String {
         .join(", ")
 }
 
+/// `fuel` or `epoch (tick 50µs)` for the banner.
+fn describe_preemption(limits: &LimitArgs) -> String {
+    match limits.preemption {
+        Preemption::Fuel => "fuel".into(),
+        Preemption::Epoch => {
+            let tick = limits
+                .epoch_tick
+                .unwrap_or(EngineSettings::default().epoch_tick);
+            format!("epoch (tick {}µs)", tick.as_micros())
+        }
+    }
+}
+
 fn print_banner(
     hostname: &str,
     args: &WorkerArgs,
@@ -648,9 +661,10 @@ fn print_banner(
     let tasks = registry.snapshot();
     let mut banner = format!(
         "\n -------------- {hostname} v{}\n--- ***** -----\n-- ******* ---- [config]\n\
-         - *** --- * --- .> broker:      {}\n",
+         - *** --- * --- .> broker:      {}\n- *** --- * --- .> preemption:  {}\n",
         env!("CARGO_PKG_VERSION"),
         args.broker.broker,
+        describe_preemption(&args.limits),
     );
     for (spec, pool) in pools {
         let extra = if pool.kind() == PoolKind::Prefork {
