@@ -107,7 +107,11 @@ fn the_cli_chooses_epoch_preemption_and_checks_its_flags() {
         execution["fuel_used"].as_u64().expect("fuel_used")
     };
     let counted = fuel_used(&[]);
-    assert_eq!(counted, fuel_used(&["--preemption", "fuel"]), "fuel is exact");
+    assert_eq!(
+        counted,
+        fuel_used(&["--preemption", "fuel"]),
+        "fuel is exact"
+    );
     let timed: Vec<u64> = (0..3)
         .map(|_| fuel_used(&["--preemption", "epoch", "--epoch-tick", "200us"]))
         .collect();
@@ -142,7 +146,12 @@ fn the_cli_chooses_epoch_preemption_and_checks_its_flags() {
         let mut all = vec!["run", fib.as_str(), "fib", "[5]"];
         all.extend(args.iter().copied());
         let out = dir.run(&all);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", support::stderr(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            support::stderr(&out)
+        );
         assert!(
             support::stderr(&out).contains(names),
             "{args:?}: {}",
@@ -157,7 +166,12 @@ fn the_cli_chooses_epoch_preemption_and_checks_its_flags() {
         &["-P", "prefork", "-c", "1", "--preemption", "epoch"],
     );
     let out = dir.run(&["send", "fib", "[25]", "--wait", "--timeout", "60"]);
-    assert!(out.status.success(), "{}\n{}", support::stderr(&out), dir.worker_log());
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        support::stderr(&out),
+        dir.worker_log()
+    );
     assert_eq!(support::stdout(&out), "75025");
     assert!(
         dir.worker_log().contains("preemption:  epoch (tick 50µs)"),

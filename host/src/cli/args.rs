@@ -590,7 +590,9 @@ pub fn parse_preemption(text: &str) -> Result<Preemption, String> {
     match text.trim().to_ascii_lowercase().as_str() {
         "fuel" => Ok(Preemption::Fuel),
         "epoch" => Ok(Preemption::Epoch),
-        _ => Err(format!("{text:?} is not a preemption mode: give fuel or epoch")),
+        _ => Err(format!(
+            "{text:?} is not a preemption mode: give fuel or epoch"
+        )),
     }
 }
 
@@ -619,7 +621,8 @@ pub fn parse_epoch_tick(text: &str) -> Result<Duration, String> {
         }
         None => parse_duration(trimmed)?,
     };
-    let tick = Duration::from_micros(u64::try_from(tick.as_nanos().div_ceil(1000)).unwrap_or(u64::MAX));
+    let tick =
+        Duration::from_micros(u64::try_from(tick.as_nanos().div_ceil(1000)).unwrap_or(u64::MAX));
     if !EPOCH_TICK_RANGE.contains(&tick) {
         return Err(format!(
             "--epoch-tick {text:?} is outside 10us..100ms (the epoch time slice)"
@@ -648,14 +651,20 @@ mod tests {
     fn preemption_flags_parse_and_refuse() {
         assert_eq!(parse_preemption("fuel"), Ok(Preemption::Fuel));
         assert_eq!(parse_preemption(" Epoch "), Ok(Preemption::Epoch));
-        assert!(parse_preemption("time").unwrap_err().contains("fuel or epoch"));
+        assert!(
+            parse_preemption("time")
+                .unwrap_err()
+                .contains("fuel or epoch")
+        );
         assert_eq!(parse_epoch_tick("50us"), Ok(Duration::from_micros(50)));
         assert_eq!(parse_epoch_tick("50µs"), Ok(Duration::from_micros(50)));
         assert_eq!(parse_epoch_tick("1ms"), Ok(Duration::from_millis(1)));
         assert_eq!(parse_epoch_tick("0.0002"), Ok(Duration::from_micros(200)));
         assert_eq!(parse_epoch_tick("20.4us"), Ok(Duration::from_micros(21)));
         assert_eq!(parse_epoch_tick("100ms"), Ok(Duration::from_millis(100)));
-        for bad in ["9us", "0", "101ms", "1s", "-5us", "NaNus", "fast", "", "1e30us"] {
+        for bad in [
+            "9us", "0", "101ms", "1s", "-5us", "NaNus", "fast", "", "1e30us",
+        ] {
             let err = parse_epoch_tick(bad).expect_err(bad);
             assert!(err.contains(bad), "{bad}: {err}");
         }
