@@ -586,11 +586,14 @@ impl Proxy {
                         return;
                     };
                     *counts.lock().unwrap().entry(peer.ip()).or_default() += 1;
-                    let (mut dr, mut dw) = down.split();
-                    let (mut ur, mut uw) = up.split();
+                    let (mut dr, dw) = down.split();
+                    let (ur, mut uw) = up.split();
+                    // Upstream's bytes are read as they come, whether or not the client
+                    // takes them: a cut-off client does not, and a copy blocked on
+                    // writing to it would never see RabbitMQ close the connection.
                     tokio::select! {
                         _ = tokio::io::copy(&mut dr, &mut uw) => {}
-                        _ = tokio::io::copy(&mut ur, &mut dw) => {}
+                        () = forward_unblocked(ur, dw) => {}
                     }
                     *counts.lock().unwrap().entry(peer.ip()).or_default() -= 1;
                 });
@@ -607,6 +610,36 @@ impl Proxy {
             .values()
             .filter(|n| **n > 0)
             .count()
+    }
+}
+
+/// Copies `from` to `to` until either fails or `from` ends, reading `from` at its own pace:
+/// what `to` has not taken yet waits in memory, so the end of `from` is seen at once
+/// even while writes to `to` are stuck.
+async fn forward_unblocked(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    mut to: impl tokio::io::AsyncWrite + Unpin,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let write = async move {
+        while let Some(chunk) = rx.recv().await {
+            if to.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    };
+    let read = async move {
+        let mut buf = vec![0u8; 64 << 10];
+        while let Ok(n) = from.read(&mut buf).await {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        () = read => {}
+        () = write => {}
     }
 }
 

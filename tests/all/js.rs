@@ -19,22 +19,11 @@ use crate::support::{self, Workdir, cache_dir, repo_root, sprout_bin};
 
 /// Whether node and npm are installed; says loudly what is skipped when they are not.
 fn node_and_npm(test: &str) -> bool {
-    let runs = |program: &str| {
-        Command::new(program)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    let ok = runs("node") && runs("npm");
-    if !ok {
-        // Past the test harness's capture, so the skip shows in `cargo test`'s output.
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED {test}: node and npm are not both installed (the JavaScript task tests \
-             need them to install componentize-js)"
-        );
-    }
-    ok
+    support::tools_present(
+        test,
+        &["node", "npm"],
+        "the JavaScript task tests need them to install componentize-js",
+    )
 }
 
 /// The folder componentize-js is installed in (guest-sdk/js/setup_tools.sh).
@@ -57,15 +46,7 @@ fn js_tasks(test: &str) -> Option<&'static Path> {
         return None;
     }
     Some(DIR.get_or_init(|| {
-        let out = repo_root().join("target/test-tasks/js");
-        let status = Command::new(repo_root().join("tasks/js/build.sh"))
-            .arg(sprout_bin())
-            .arg(&out)
-            .env("SPROUT_CACHE_DIR", cache_dir())
-            .env("SPROUT_LOG", "warn")
-            .status()
-            .expect("run tasks/js/build.sh");
-        assert!(status.success(), "tasks/js/build.sh failed");
+        let out = support::build_example_tasks("tasks/js/build.sh", "js");
         assert!(
             out.join("math_js.wasm").is_file(),
             "no math_js.wasm in {out:?}"

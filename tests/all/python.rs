@@ -23,19 +23,7 @@ use crate::support::{self, Workdir, cache_dir, repo_root, sprout_bin};
 
 /// Whether python3 is installed; says loudly what is skipped when it is not.
 fn python3(test: &str) -> bool {
-    let ok = Command::new("python3")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        // Past the test harness's capture (which hides a passing test's eprintln!), so
-        // the skip shows in `cargo test`'s output.
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED {test}: python3 is not installed (the Python task tests need it)"
-        );
-    }
-    ok
+    support::tools_present(test, &["python3"], "the Python task tests need it")
 }
 
 /// The example Python tasks, built once per test run into `target/test-tasks/python`.
@@ -44,18 +32,7 @@ fn python_tasks(test: &str) -> Option<&'static Path> {
     if !python3(test) {
         return None;
     }
-    Some(DIR.get_or_init(|| {
-        let out = repo_root().join("target/test-tasks/python");
-        let status = Command::new(repo_root().join("tasks/python/build.sh"))
-            .arg(sprout_bin())
-            .arg(&out)
-            .env("SPROUT_CACHE_DIR", cache_dir())
-            .env("SPROUT_LOG", "warn")
-            .status()
-            .expect("run tasks/python/build.sh");
-        assert!(status.success(), "tasks/python/build.sh failed");
-        out
-    }))
+    Some(DIR.get_or_init(|| support::build_example_tasks("tasks/python/build.sh", "python")))
 }
 
 /// The venv with componentize-py and pytest (guest-sdk/python/setup_venv.sh).

@@ -302,6 +302,51 @@ pub fn installed(test: &str, program: &str, arg: &str) -> bool {
     runs
 }
 
+/// Whether every one of `programs` runs with `--version` and exits 0. When one does not,
+/// says loudly that `test` is skipped and what for (`needed_for`), past the test
+/// harness's capture (which hides a passing test's `eprintln!`), so the skip shows in
+/// `cargo test`'s output.
+pub fn tools_present(test: &str, programs: &[&str], needed_for: &str) -> bool {
+    let missing: Vec<&str> = programs
+        .iter()
+        .copied()
+        .filter(|program| {
+            !Command::new(program)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .collect();
+    if !missing.is_empty() {
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            format!(
+                "SKIPPED {test}: {} not installed ({needed_for})\n",
+                missing.join(" and ")
+            )
+            .as_bytes(),
+        );
+    }
+    missing.is_empty()
+}
+
+/// Runs an example-building script of the repo (`tasks/python/build.sh`,
+/// `tasks/js/build.sh`: `SCRIPT SPROUT OUT`) into `target/test-tasks/OUT`, with the
+/// binary under test and the shared artifact cache, and returns that folder. The
+/// scripts are no-ops when nothing changed; callers keep the result in a `OnceLock`.
+pub fn build_example_tasks(script: &str, out: &str) -> PathBuf {
+    let out = repo_root().join("target/test-tasks").join(out);
+    let status = Command::new(repo_root().join(script))
+        .arg(sprout_bin())
+        .arg(&out)
+        .env("SPROUT_CACHE_DIR", cache_dir())
+        .env("SPROUT_LOG", "warn")
+        .status()
+        .unwrap_or_else(|e| panic!("run {script}: {e}"));
+    assert!(status.success(), "{script} failed");
+    out
+}
+
 /// Polls `check` every 20 ms until it returns true or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;

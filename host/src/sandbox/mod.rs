@@ -450,11 +450,10 @@ impl Sandbox {
         unsafe { Module::deserialize(&self.inner.engine, &artifact) }
     }
 
-    /// Instantiates a task component once and calls its `tasks` export.
-    async fn inspect_tasks(
-        &self,
-        pre: &component::TaskPre<ComponentState>,
-    ) -> Result<Vec<String>, LoadError> {
+    /// A store for a call the host makes of its own accord (listing a task file's tasks,
+    /// warming a slot), not for a job: default limits, the guest's output kept nowhere,
+    /// [`INSPECT_FUEL`] as its budget, `purpose` as the job id its host calls see.
+    fn host_call_store(&self, purpose: &str) -> (Store<ComponentState>, Usage) {
         let limits = Limits::default();
         let log = CapturedOutput::new(limits.log_bytes as usize);
         let wasi = WasiCtxBuilder::new()
@@ -462,13 +461,21 @@ impl Sandbox {
             .stderr(log.clone())
             .build();
         let job = JobInfo {
-            id: "inspect".into(),
+            id: purpose.into(),
             task: String::new(),
             retries: 0,
             queue: String::new(),
         };
         let state = ComponentState::new(wasi, MemoryLimiter::new(limits.memory_bytes), job, log);
-        let (mut store, usage) = self.new_store(state, INSPECT_FUEL, |s| &mut s.limiter);
+        self.new_store(state, INSPECT_FUEL, |s| &mut s.limiter)
+    }
+
+    /// Instantiates a task component once and calls its `tasks` export.
+    async fn inspect_tasks(
+        &self,
+        pre: &component::TaskPre<ComponentState>,
+    ) -> Result<Vec<String>, LoadError> {
+        let (mut store, usage) = self.host_call_store("inspect");
         let call = async {
             let task = pre.instantiate_async(&mut store).await?;
             task.call_tasks(&mut store).await

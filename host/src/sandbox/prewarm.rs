@@ -12,14 +12,8 @@
 
 use std::time::{Duration, Instant};
 
-use wasmtime_wasi::WasiCtxBuilder;
-
-use super::component::{ComponentState, JobInfo};
-use super::limiter::MemoryLimiter;
+use super::Sandbox;
 use super::module::{ModuleKind, TaskModule};
-use super::output::CapturedOutput;
-use super::{INSPECT_FUEL, Sandbox};
-use crate::model::Limits;
 
 /// What [`Sandbox::prewarm`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -66,23 +60,9 @@ impl Sandbox {
         };
         let started = Instant::now();
         let slots = slots.min(self.inner.settings.max_instances as usize);
-        let limits = Limits::default();
         let mut held = Vec::with_capacity(slots);
         for slot in 0..slots {
-            let log = CapturedOutput::new(limits.log_bytes as usize);
-            let wasi = WasiCtxBuilder::new()
-                .stdout(log.clone())
-                .stderr(log.clone())
-                .build();
-            let job = JobInfo {
-                id: "prewarm".into(),
-                task: String::new(),
-                retries: 0,
-                queue: String::new(),
-            };
-            let limiter = MemoryLimiter::new(limits.memory_bytes);
-            let state = ComponentState::new(wasi, limiter, job, log);
-            let (mut store, usage) = self.new_store(state, INSPECT_FUEL, |s| &mut s.limiter);
+            let (mut store, usage) = self.host_call_store("prewarm");
             let warmed = async {
                 let task = pre.instantiate_async(&mut store).await?;
                 task.call_tasks(&mut store).await
