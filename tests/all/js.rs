@@ -7,7 +7,6 @@
 //! nothing changed: a JavaScript component is ~11 MB and takes 15–45 s to build).
 //! Without `node` and `npm` every test here says so loudly and passes without running.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -15,7 +14,7 @@ use std::sync::OnceLock;
 use serde_json::Value;
 use sprout::model::Limits;
 
-use crate::support::{self, Workdir, cache_dir, repo_root, sprout_bin};
+use crate::support::{self, Workdir, repo_root, sprout_bin};
 
 /// Whether node and npm are installed; says loudly what is skipped when they are not.
 fn node_and_npm(test: &str) -> bool {

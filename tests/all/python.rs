@@ -7,7 +7,6 @@
 //! the harness's capture) and passes without running (the build script explains what
 //! to install).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, OnceLock};
