@@ -163,6 +163,16 @@ impl Inner {
     }
 
     /// The current connection, opening a new one if it is broken.
+    /// The current connection if it is up; never connects.
+    async fn link_if_up(&self) -> Option<Arc<Link>> {
+        self.link
+            .lock()
+            .await
+            .as_ref()
+            .filter(|link| link.usable())
+            .cloned()
+    }
+
     async fn link(&self) -> Result<Arc<Link>, BrokerError> {
         let mut slot = self.link.lock().await;
         if let Some(link) = slot.as_ref()
@@ -764,6 +774,29 @@ impl Broker for AmqpBroker {
             .iter()
             .map(|l| l.raw.acker.reject(BasicRejectOptions { requeue: true }));
         futures_util::future::join_all(rejects).await;
+        // RabbitMQ requeues a rejected message and may push it straight back to our
+        // consumer, but that push can reach us after the reply to a later request on
+        // the channel (the channel process answers a passive declare before it forwards
+        // a delivery that came in meanwhile). Two round trips on the consuming channel
+        // after the rejects put any such push in the buffer, so a fetch right after a
+        // release sees the released jobs (message_count would not: they are ours again).
+        if let Some(link) = self.inner.link_if_up().await {
+            let mut queues: Vec<&str> = settled
+                .iter()
+                .filter(|l| l.raw.generation == link.generation)
+                .map(|l| l.queue.as_str())
+                .collect();
+            queues.sort_unstable();
+            queues.dedup();
+            // A failed look changes nothing of the release (the rejects are sent).
+            'queues: for queue in queues {
+                for _ in 0..2 {
+                    if self.inner.sync(&link, queue).await.is_err() {
+                        break 'queues;
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
