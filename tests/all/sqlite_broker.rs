@@ -226,9 +226,10 @@ async fn stale_tag_cannot_settle_redelivery() {
 }
 
 /// An idle worker gets an eta job within ~20 ms of its eta, even when another
-/// process (store) published it.
+/// process (store) published it. A `timing_` test: it runs in the quiet phase of
+/// `make test`, one at a time, as its bound is in milliseconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn eta_is_delivered_promptly_across_stores() {
+async fn timing_eta_is_delivered_promptly_across_stores() {
     let (_dir, a, b) = two_stores().await;
     let queue = fresh_queue("eta-prompt");
     let mut lateness = Vec::new();
