@@ -6,13 +6,15 @@
 //! - `control_requests` — one row per broadcast (`seq` only grows: `AUTOINCREMENT`),
 //!   the kombu envelope Redis would carry, and when it expires. A worker reads the rows
 //!   after the last `seq` it saw whenever the file is written, and at least every
-//!   [`IDLE_LISTEN_POLL`]; rows before it started listening are not for it.
+//!   [`IDLE_LISTEN_POLL`] ([`IDLE_LISTEN_POLL_UNWATCHED`] without inotify); rows before
+//!   it started listening are not for it.
 //! - `control_replies` — one row per reply, by the client's oid; the client polls and
 //!   deletes them.
 //!
 //! Expired rows of both are deleted by every client call.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -94,13 +96,18 @@ fn requests_after(
     })
 }
 
-/// Longest nap of an idle listener. Writes to the file wake it at once (the broker's
-/// inotify watch of the WAL file sees a `sprout inspect` from another process, and
-/// publishes in this one notify it too), so this only bounds how late a request is seen
-/// when the file cannot be watched. Each empty look doubles the nap from
-/// [`POLL_INTERVAL`]; an idle worker then reads the table 10 times a second instead of
-/// 200 (which alone cost ~1% of a core).
-pub const IDLE_LISTEN_POLL: Duration = Duration::from_millis(100);
+/// Longest nap of an idle listener while the file is watched (the broker's inotify
+/// watch of the WAL file wakes it at once on any other process's write, such as a
+/// `sprout inspect`; publishes in this process notify it too): then the nap only
+/// bounds a missed wake-up. Each empty look doubles the nap from [`POLL_INTERVAL`]; an
+/// idle worker reads the table about once a second instead of 200 times (which alone
+/// cost ~1% of a core).
+pub const IDLE_LISTEN_POLL: Duration = Duration::from_secs(1);
+
+/// Longest nap of an idle listener when the file cannot be watched: the most a control
+/// request waits before an idle worker sees it (well inside the 1 s a `celery inspect`
+/// or `sprout inspect` waits for replies by default).
+pub const IDLE_LISTEN_POLL_UNWATCHED: Duration = Duration::from_millis(100);
 
 /// Forwards new requests to `tx` until it closes.
 async fn listen_loop(db: Database, mut after: i64, tx: mpsc::Sender<ControlRequest>) {
@@ -131,7 +138,14 @@ async fn listen_loop(db: Database, mut after: i64, tx: mpsc::Sender<ControlReque
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(nap) => nap = (nap * 2).min(IDLE_LISTEN_POLL),
+            _ = tokio::time::sleep(nap) => {
+                let longest = if db.inner().watched.load(Ordering::Relaxed) {
+                    IDLE_LISTEN_POLL
+                } else {
+                    IDLE_LISTEN_POLL_UNWATCHED
+                };
+                nap = (nap * 2).min(longest);
+            }
             _ = &mut woken => {
                 // A busy worker writes the file thousands of times a second: look at
                 // most every POLL_INTERVAL, as before.

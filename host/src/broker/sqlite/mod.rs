@@ -109,7 +109,10 @@ impl ExternalWake {
             Ok(watcher)
         });
         match watched {
-            Ok(watcher) => ExternalWake(Some(watcher)),
+            Ok(watcher) => {
+                db.inner().watched.store(true, Ordering::Relaxed);
+                ExternalWake(Some(watcher))
+            }
             Err(e) => {
                 tracing::debug!(
                     "cannot watch {} ({e}); polling every {IDLE_POLL_UNWATCHED:?} when idle",

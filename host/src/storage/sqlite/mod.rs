@@ -60,6 +60,9 @@ pub(crate) struct Inner {
     /// Wakes local fetchers when a job is published or released in this process (other
     /// processes are noticed by polling).
     pub(crate) wake: Notify,
+    /// Set once an inotify watch of the WAL file (the broker's) also wakes [`Inner::wake`]
+    /// on other processes' writes; until then they are noticed by polling only.
+    pub(crate) watched: std::sync::atomic::AtomicBool,
     /// Dropping it stops the background checkpoint thread.
     _checkpointer: Sender<()>,
 }
@@ -112,6 +115,7 @@ impl Database {
                     writer: Mutex::new(writer),
                     readers: Mutex::new(Vec::new()),
                     wake: Notify::new(),
+                    watched: std::sync::atomic::AtomicBool::new(false),
                     _checkpointer: checkpointer,
                 }),
             })
