@@ -38,10 +38,11 @@ use queue::{LeasedRow, NewRow, parse_tag};
 pub const POLL_INTERVAL: Duration = Duration::from_millis(5);
 
 /// Longest nap of an idle `fetch` while inotify watches the database's WAL file: any
-/// other process's write (a `sprout send`) wakes it at once, so this only bounds how
-/// late a due eta or an expired lease is noticed. An idle worker then costs a few
-/// queries a second (BENCHMARKS.md). Default: 100 ms.
-pub const IDLE_POLL: Duration = Duration::from_millis(100);
+/// other process's write (a `sprout send`) wakes it at once, and a nap never runs past
+/// the time the next eta comes due or lease runs out (the empty look reads it), so this
+/// only bounds a missed wake-up. An idle worker then looks about once a second
+/// (BENCHMARKS.md). Default: 1 s.
+pub const IDLE_POLL: Duration = Duration::from_secs(1);
 
 /// Longest nap of an idle `fetch` when the file cannot be watched (no inotify): the
 /// most a job sent by another process waits before an idle worker sees it. Default:
@@ -243,26 +244,28 @@ impl SqliteBroker {
             .map_err(BrokerError::from)
     }
 
-    /// One fetch attempt on the blocking pool. Bodies are decoded after the writer lock
-    /// is released.
+    /// One fetch attempt on the blocking pool, and when it found nothing ready, when the
+    /// next eta or lease comes due ([`queue::Attempt::next_due`]). Bodies are decoded
+    /// after the writer lock is released.
     async fn try_fetch(
         &self,
         queues: &[String],
         max: usize,
         lease_ms: i64,
-    ) -> Result<Vec<Delivery>, BrokerError> {
+    ) -> Result<(Vec<Delivery>, Option<i64>), BrokerError> {
         let queues = queues.to_vec();
         let owner = self.live().users.current().map(|_| self.identity.0.clone());
         self.db
             .run(move |inner| {
-                let rows = queue::lease_rows(
+                let attempt = queue::lease_rows(
                     &mut inner.writer(),
                     &queues,
                     max,
                     lease_ms,
                     owner.as_deref(),
                 )?;
-                Ok(rows.into_iter().map(LeasedRow::into_delivery).collect())
+                let deliveries = attempt.rows.into_iter().map(LeasedRow::into_delivery);
+                Ok((deliveries.collect(), attempt.next_due))
             })
             .await
             .map_err(BrokerError::from)
@@ -325,8 +328,8 @@ impl Broker for SqliteBroker {
             tokio::pin!(woken);
             woken.as_mut().enable();
             self.maintain().await?;
-            let got = if max == 0 || queues.is_empty() {
-                Vec::new()
+            let (got, next_due) = if max == 0 || queues.is_empty() {
+                (Vec::new(), None)
             } else {
                 self.try_fetch(queues, max, lease_ms).await?
             };
@@ -339,8 +342,19 @@ impl Broker for SqliteBroker {
                 return Ok(got);
             }
             let nap = load();
+            // Not past the next eta or lease expiry (1 ms at least: the clock may have
+            // just passed it, and the next look finds the row ready).
+            let until_due = next_due.map_or(Duration::MAX, |due| {
+                Duration::from_millis(
+                    u64::try_from(due.saturating_sub(now_ms()))
+                        .unwrap_or(0)
+                        .max(1),
+                )
+            });
             tokio::select! {
-                () = tokio::time::sleep(nap.min(deadline - now)) => store((nap * 2).min(longest)),
+                () = tokio::time::sleep(nap.min(until_due).min(deadline - now)) => {
+                    store((nap * 2).min(longest));
+                }
                 // Something was written: look again soon after, in case it was not a job.
                 () = &mut woken => store(POLL_INTERVAL),
             }

@@ -144,6 +144,13 @@ fn insert_rows(conn: &Connection, rows: &[NewRow], now: i64) -> rusqlite::Result
     Ok(())
 }
 
+/// The earliest `visible_at` of a scheduled or leased row (of any queue): when an eta
+/// comes due or a lease runs out next. Served by the `jobs_waiting` index.
+fn next_due(conn: &Connection) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached("SELECT min(visible_at) FROM jobs WHERE state <> 0")?
+        .query_row([], |row| row.get(0))
+}
+
 /// Whether a fetch on `queues` could find anything: a read-only probe, so idle pollers
 /// (of any process) never take the write lock.
 fn has_work(conn: &Connection, queues: &[String], now: i64) -> rusqlite::Result<bool> {
@@ -163,6 +170,16 @@ fn has_work(conn: &Connection, queues: &[String], now: i64) -> rusqlite::Result<
     Ok(false)
 }
 
+/// What one fetch attempt found.
+pub(super) struct Attempt {
+    /// The rows it leased.
+    pub rows: Vec<LeasedRow>,
+    /// When nothing could be leased because nothing was ready: the earliest time (ms
+    /// since the epoch) a scheduled or leased row of any queue becomes ready again, if
+    /// there is one.
+    pub next_due: Option<i64>,
+}
+
 /// One fetch attempt: leases up to `max` ready jobs, best priority first, then oldest,
 /// across `queues`.
 pub(super) fn lease_rows(
@@ -171,9 +188,12 @@ pub(super) fn lease_rows(
     max: usize,
     lease_ms: i64,
     owner: Option<&str>,
-) -> rusqlite::Result<Vec<LeasedRow>> {
+) -> rusqlite::Result<Attempt> {
     if !has_work(conn, queues, now_ms())? {
-        return Ok(Vec::new());
+        return Ok(Attempt {
+            rows: Vec::new(),
+            next_due: next_due(conn)?,
+        });
     }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     // Read the clock after the lock: waiting for it may have taken a while.
@@ -227,7 +247,10 @@ pub(super) fn lease_rows(
         }
     }
     tx.commit()?;
-    Ok(leased)
+    Ok(Attempt {
+        rows: leased,
+        next_due: None,
+    })
 }
 
 /// Writes (or refreshes) the liveness row of worker `id`, valid until `expires_at`.
