@@ -162,7 +162,7 @@ fn the_cli_chooses_epoch_preemption_and_checks_its_flags() {
     // A worker's prefork children run under the parent's mode (the same compiled
     // artifacts: a child with another engine config could not load them).
     let _worker = dir.worker_logged(
-        &support::tasks_dir(),
+        support::tasks_dir(),
         &["-P", "prefork", "-c", "1", "--preemption", "epoch"],
     );
     let out = dir.run(&["send", "fib", "[25]", "--wait", "--timeout", "60"]);
