@@ -421,3 +421,49 @@ fn python_reuse_through_the_worker() {
     assert_eq!(seen, ["1", "2", "3", "1", "2"]);
     assert!(worker.is_running());
 }
+
+/// `[limits] jobs_per_instance` out of range is refused where the manifest is read,
+/// naming the key and the range; `sprout tasks` shows a valid one.
+#[test]
+fn manifest_values_are_checked_and_shown() {
+    let work = Workdir::new();
+    let tasks = work.path("tasks");
+    std::fs::create_dir_all(&tasks).unwrap();
+    std::fs::copy(support::task("echo"), tasks.join("echo.wasm")).unwrap();
+    for (value, want) in [
+        (
+            "0",
+            "[limits] jobs_per_instance: 0 is out of range: expected 1",
+        ),
+        (
+            "100001",
+            "[limits] jobs_per_instance: 100001 is out of range",
+        ),
+        ("-5", "jobs_per_instance"),
+    ] {
+        std::fs::write(
+            tasks.join("echo.toml"),
+            format!("[limits]\njobs_per_instance = {value}\n"),
+        )
+        .unwrap();
+        let out = work.run(&["tasks", "tasks"]);
+        assert_eq!(out.status.code(), Some(1), "{value}");
+        let err = support::stderr(&out);
+        assert!(
+            err.contains("echo.toml") && err.contains(want),
+            "{value}: {err}"
+        );
+    }
+    std::fs::write(
+        tasks.join("echo.toml"),
+        "[limits]\njobs_per_instance = 50\n",
+    )
+    .unwrap();
+    let out = work.run(&["tasks", "tasks"]);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    assert!(
+        support::stdout(&out).contains("jobs per instance: 50"),
+        "{}",
+        support::stdout(&out)
+    );
+}
