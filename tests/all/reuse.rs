@@ -272,7 +272,8 @@ async fn idle_instances_give_way_to_jobs() {
         };
         [job(), job()]
     };
-    for h in two(sleep.clone(), "sleep", json!([0.2])) {
+    // Long enough that the two overlap even on a loaded machine.
+    for h in two(sleep.clone(), "sleep", json!([1.0])) {
         let e = h.await.unwrap();
         assert!(e.outcome.is_success(), "{:?}", e.outcome);
     }
