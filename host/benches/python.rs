@@ -8,7 +8,10 @@
 //! ```
 //! Sections: `overhead` (`py.add` jobs/s and CPU per job, sequential and at -c 100),
 //! `latency` (p50/p99 of `py.add` alone and beside 10 CPU hogs, and what the hogs add),
-//! `parked` (memory per `py.sleep` job at 1,000 in flight: PSS and RSS).
+//! `parked` (memory per `py.sleep` job at 1,000 in flight: PSS and RSS), `reuse` (the
+//! `overhead` numbers with instance reuse: every job asks for `jobs_per_instance` =
+//! `SPROUT_BENCH_JOBS_PER_INSTANCE`, default 100, as `[limits] jobs_per_instance` in a
+//! manifest would).
 //! `SPROUT_BENCH_PY_TASKS` overrides the Python task dir (default `target/tasks/python`),
 //! `SPROUT_BENCH_TASKS` the Rust one (the hogs come from there). The end-to-end rate on
 //! the embedded broker is the `worker` bench with `SPROUT_BENCH_TASK=py.add`.
@@ -91,10 +94,19 @@ fn print_rate(label: &str, n: usize, started: Instant, cpu_before: Duration) {
     );
 }
 
-/// Runs `py.add(i, 1)`, checks the sum, and returns how long the sandbox took from
-/// instantiating to the call's return (store setup and the slot's reset are outside it).
-async fn add(pool: &dyn Pool, registry: &Registry, i: usize) -> Duration {
-    let e = job(pool, registry, "py.add", json!([i, 1])).await;
+/// Runs `py.add(i, 1)` allowing `jobs_per_instance` jobs per instance (1: fresh each
+/// time), checks the sum, and returns how long the sandbox took from instantiating (if
+/// it did) to the call's return (store setup and the slot's reset are outside it).
+async fn add(pool: &dyn Pool, registry: &Registry, i: usize, jobs_per_instance: u32) -> Duration {
+    let e = if jobs_per_instance == 1 {
+        job(pool, registry, "py.add", json!([i, 1])).await
+    } else {
+        let entry = registry.lookup("py.add").expect("py.add");
+        let mut request = RunRequest::new(entry.export.clone(), vec![json!(i), json!(1)]);
+        request.limits = entry.limits.clone();
+        request.limits.jobs_per_instance = jobs_per_instance;
+        pool.execute(entry, request).await
+    };
     assert_eq!(
         e.outcome,
         sprout::model::Outcome::Success {
@@ -104,18 +116,23 @@ async fn add(pool: &dyn Pool, registry: &Registry, i: usize) -> Duration {
     e.duration
 }
 
-async fn overhead() {
+async fn overhead(jobs_per_instance: u32) {
+    let reuse = if jobs_per_instance == 1 {
+        String::new()
+    } else {
+        format!(", reuse {jobs_per_instance}")
+    };
     let (pool, registry) = setup(200, 100).await;
     for i in 0..50 {
-        add(pool.as_ref(), &registry, i).await;
+        add(pool.as_ref(), &registry, i, jobs_per_instance).await;
     }
     let n = env_usize("SPROUT_BENCH_JOBS", 3_000);
     let (started, cpu) = (Instant::now(), cpu_time());
     let mut in_sandbox = Duration::ZERO;
     for i in 0..n {
-        in_sandbox += add(pool.as_ref(), &registry, i).await;
+        in_sandbox += add(pool.as_ref(), &registry, i, jobs_per_instance).await;
     }
-    print_rate("py.add sequential:", n, started, cpu);
+    print_rate(&format!("py.add sequential{reuse}:"), n, started, cpu);
     println!(
         "  of which instantiate + call: {:.0} µs/job (the rest: store setup, the slot's reset, the pool)",
         in_sandbox.as_secs_f64() * 1e6 / n as f64
@@ -128,14 +145,14 @@ async fn overhead() {
         let permit = sem.clone().acquire_owned().await.unwrap();
         let (pool, registry) = (pool.clone(), registry.clone());
         handles.push(tokio::spawn(async move {
-            add(pool.as_ref(), &registry, i).await;
+            add(pool.as_ref(), &registry, i, jobs_per_instance).await;
             drop(permit);
         }));
     }
     for h in handles {
         h.await.unwrap();
     }
-    print_rate("py.add at -c 100:", n, started, cpu);
+    print_rate(&format!("py.add at -c 100{reuse}:"), n, started, cpu);
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -153,7 +170,7 @@ async fn add_latencies(pool: &Arc<dyn Pool>, registry: &Arc<Registry>) -> Vec<Du
             let (pool, registry) = (pool.clone(), registry.clone());
             let submitted = Instant::now();
             waits.push(handle.spawn(async move {
-                add(pool.as_ref(), &registry, i).await;
+                add(pool.as_ref(), &registry, i, 1).await;
                 submitted.elapsed()
             }));
             std::thread::sleep(Duration::from_millis(5));
@@ -184,7 +201,7 @@ async fn latency() {
     let hogs = env_usize("SPROUT_BENCH_HOGS", 10);
     let (pool, registry) = setup(200, 100).await;
     for i in 0..50 {
-        add(pool.as_ref(), &registry, i).await;
+        add(pool.as_ref(), &registry, i, 1).await;
     }
     let alone = add_latencies(&pool, &registry).await;
     print_latencies("py.add alone:", &alone);
@@ -293,7 +310,11 @@ fn main() {
     let sections = Sections::from_args();
     runtime().block_on(async {
         if sections.wanted("overhead") {
-            overhead().await;
+            overhead(1).await;
+        }
+        if sections.wanted("reuse") {
+            let jobs = env_usize("SPROUT_BENCH_JOBS_PER_INSTANCE", 100);
+            overhead(u32::try_from(jobs).unwrap_or(u32::MAX)).await;
         }
         if sections.wanted("latency") {
             latency().await;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::model::time;
-use crate::model::{Capabilities, Limits};
+use crate::model::{Capabilities, Limits, MAX_JOBS_PER_INSTANCE};
 use crate::rate_limit::RateLimit;
 
 /// The whole manifest file.
@@ -59,6 +59,9 @@ pub struct LimitsSection {
     pub output_kib: Option<u64>,
     /// Captured stdout/stderr/log cap in KiB.
     pub log_kib: Option<u64>,
+    /// Jobs one instance may run before it is dropped (1 to
+    /// [`MAX_JOBS_PER_INSTANCE`]; see [`Limits::jobs_per_instance`]). Default: 1.
+    pub jobs_per_instance: Option<u32>,
 }
 
 impl LimitsSection {
@@ -84,16 +87,28 @@ impl LimitsSection {
         if let Some(kib) = self.log_kib {
             limits.log_bytes = kib << 10;
         }
+        // Checked when the manifest was parsed ([`LimitsSection::validate`]).
+        if let Some(jobs) = self.jobs_per_instance {
+            limits.jobs_per_instance = jobs.clamp(1, MAX_JOBS_PER_INSTANCE);
+        }
         limits
     }
 
-    /// Checks the seconds values through [`time::seconds`].
+    /// Checks the seconds values through [`time::seconds`], and `jobs_per_instance`
+    /// (1 to [`MAX_JOBS_PER_INSTANCE`]).
     ///
     /// # Errors
     /// A message naming the key and what is wrong.
     pub fn validate(&self) -> Result<(), String> {
         check_seconds("limits", "time_limit", self.time_limit)?;
-        check_seconds("limits", "soft_time_limit", self.soft_time_limit)
+        check_seconds("limits", "soft_time_limit", self.soft_time_limit)?;
+        match self.jobs_per_instance {
+            Some(jobs) if !(1..=MAX_JOBS_PER_INSTANCE).contains(&jobs) => Err(format!(
+                "[limits] jobs_per_instance: {jobs} is out of range: expected 1 (a fresh \
+                 instance per job, the default) to {MAX_JOBS_PER_INSTANCE}"
+            )),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -324,9 +339,11 @@ mod tests {
             soft_time_limit,
             output_kib,
             log_kib,
+            jobs_per_instance,
         } = limits;
         assert!(fuel.is_some() && memory_mib.is_some() && time_limit.is_some());
         assert!(soft_time_limit.is_some() && output_kib.is_some() && log_kib.is_some());
+        assert!(jobs_per_instance.is_some());
         let RetryPolicy {
             max_retries,
             backoff,
@@ -381,6 +398,34 @@ mod tests {
             keys, rows,
             "docs/manifest.md tables vs the keys of Manifest"
         );
+    }
+
+    /// `jobs_per_instance` is 1 to the ceiling; 0, above the ceiling, negative or a
+    /// fraction is refused naming the key.
+    #[test]
+    fn jobs_per_instance_is_validated() {
+        let m = Manifest::parse("[limits]\njobs_per_instance = 100\n").unwrap();
+        assert_eq!(m.limits.apply(&Limits::default()).jobs_per_instance, 100);
+        assert_eq!(Limits::default().jobs_per_instance, 1);
+        let m = Manifest::parse("[limits]\njobs_per_instance = 1\n").unwrap();
+        assert_eq!(m.limits.apply(&Limits::default()).jobs_per_instance, 1);
+        for (text, want) in [
+            (
+                "0",
+                "[limits] jobs_per_instance: 0 is out of range: expected 1",
+            ),
+            (
+                "100001",
+                "[limits] jobs_per_instance: 100001 is out of range",
+            ),
+            ("-1", "jobs_per_instance"),
+            ("2.5", "jobs_per_instance"),
+            ("\"10\"", "jobs_per_instance"),
+        ] {
+            let err =
+                Manifest::parse(&format!("[limits]\njobs_per_instance = {text}\n")).unwrap_err();
+            assert!(err.contains(want), "{text}: {err}");
+        }
     }
 
     #[test]

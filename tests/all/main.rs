@@ -35,6 +35,7 @@ mod readme;
 mod redis_backend;
 mod redis_broker;
 mod results_sqlite;
+mod reuse;
 mod settle;
 mod sockets;
 mod sqlite_broker;

@@ -26,7 +26,7 @@ fn python3(test: &str) -> bool {
 }
 
 /// The example Python tasks, built once per test run into `target/test-tasks/python`.
-fn python_tasks(test: &str) -> Option<&'static Path> {
+pub(crate) fn python_tasks(test: &str) -> Option<&'static Path> {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     if !python3(test) {
         return None;

@@ -32,6 +32,25 @@ pub struct Limits {
     /// Captured stdout, stderr and log lines kept per job, in bytes each; the rest is
     /// dropped and marked truncated. Default: 64 KiB.
     pub log_bytes: u64,
+    /// Most jobs one instance (store + component instance) of the task file may run, one
+    /// at a time, before it is dropped: Celery's `max_tasks_per_child` for one guest.
+    /// Above 1, a task component keeps its module state (Python globals, caches)
+    /// between jobs and skips instantiation (most of a Python job's cost); every
+    /// per-job limit, the job's info, its logs and its fuel count are reset per job,
+    /// and an instance that did not finish its job cleanly is never reused. Only task
+    /// components under fuel preemption and without `tcp://` grants reuse instances;
+    /// others run each job fresh. A manifest sets it (`[limits] jobs_per_instance`);
+    /// a job cannot change it. Default: 1 (a fresh instance per job).
+    #[serde(default = "one")]
+    pub jobs_per_instance: u32,
+}
+
+/// Highest `jobs_per_instance` a manifest may set: long-lived instances accumulate
+/// whatever their guest leaks (memory, resources) until they are dropped.
+pub const MAX_JOBS_PER_INSTANCE: u32 = 100_000;
+
+fn one() -> u32 {
+    1
 }
 
 impl Default for Limits {
@@ -43,6 +62,7 @@ impl Default for Limits {
             soft_time_limit: None,
             output_bytes: 1 << 20,
             log_bytes: 64 << 10,
+            jobs_per_instance: 1,
         }
     }
 }

@@ -73,6 +73,16 @@ impl ComponentState {
 }
 
 impl ComponentState {
+    /// Makes a reused instance's state the next job's: its info, no progress, its
+    /// progress sink, a fresh count of lines logged to the host. (The caller resets
+    /// the rest: fuel, limiter, logs, policies.)
+    pub fn start_job(&mut self, job: JobInfo, progress_sink: Option<super::ProgressSink>) {
+        self.job = job;
+        self.progress = None;
+        self.progress_sink = progress_sink;
+        self.logged_lines = 0;
+    }
+
     /// The job's resource table (sockets, streams, pollables, ...).
     pub(crate) fn table_mut(&mut self) -> &mut ResourceTable {
         &mut self.table

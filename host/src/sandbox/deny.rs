@@ -23,6 +23,7 @@
 //! exactly what [`super::sockets`] describes.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 use wasmtime::StoreContextMut;
 use wasmtime::component::{Linker, Resource};
@@ -40,16 +41,43 @@ const SOCKETS_VERSION: &str = super::sockets::WASI_VERSION;
 /// Disables raw sockets and DNS in a WASI context and installs an address check that
 /// logs and refuses every use (with the job and task, so an operator can see who tried).
 pub fn deny_sockets(builder: &mut WasiCtxBuilder, job_id: &str, task: &str) {
-    let job_id = job_id.to_string();
-    let task = task.to_string();
+    deny_sockets_labelled(builder, JobLabel::new(job_id, task));
+}
+
+/// [`deny_sockets`] for a context that serves several jobs in turn (instance reuse):
+/// the log line names whichever job `label` names at the time.
+pub fn deny_sockets_labelled(builder: &mut WasiCtxBuilder, label: JobLabel) {
     builder
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false)
         .socket_addr_check(move |addr: SocketAddr, usage: SocketAddrUse| {
+            let (job_id, task) = label.get();
             tracing::warn!(job = %job_id, task = %task, "denied: socket {usage:?} {addr} (no network capability)");
             Box::pin(async { false })
         });
+}
+
+/// The job (id, task) a WASI context's socket backstop names; shared, so a reused
+/// instance's context names the job it runs now.
+#[derive(Clone, Default)]
+pub struct JobLabel(Arc<Mutex<(String, String)>>);
+
+impl JobLabel {
+    /// A label naming `job_id` of `task`.
+    pub fn new(job_id: &str, task: &str) -> Self {
+        JobLabel(Arc::new(Mutex::new((job_id.to_string(), task.to_string()))))
+    }
+
+    /// Names `job_id` of `task` from now on.
+    pub fn set(&self, job_id: &str, task: &str) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = (job_id.to_string(), task.to_string());
+    }
+
+    /// The job id and task named now.
+    pub fn get(&self) -> (String, String) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 /// Replaces `create-udp-socket` in a component linker (after WASI p2 was added to it)

@@ -43,6 +43,7 @@ pub(crate) mod limiter;
 pub(crate) mod module;
 pub(crate) mod output;
 pub(crate) mod prewarm;
+pub(crate) mod reuse;
 pub mod shape;
 pub(crate) mod sockets;
 pub(crate) mod ticker;
@@ -130,6 +131,9 @@ struct Inner {
     load_counters: LoadCounters,
     /// Advances the epoch while jobs run ([`Preemption::Epoch`] only).
     ticker: Option<ticker::EpochTicker>,
+    /// Idle task instances kept for reuse (`Limits::jobs_per_instance`), and the jobs
+    /// in flight that bound them.
+    instances: reuse::InstanceCache,
 }
 
 /// Counters of [`Sandbox::load`], read by [`Sandbox::load_stats`].
@@ -202,6 +206,7 @@ impl Sandbox {
         };
         Ok(Sandbox {
             inner: Arc::new(Inner {
+                instances: reuse::InstanceCache::new(settings.max_instances),
                 engine,
                 component_linker,
                 module_linker,
@@ -220,6 +225,12 @@ impl Sandbox {
     /// The engine settings in force.
     pub fn settings(&self) -> &EngineSettings {
         &self.inner.settings
+    }
+
+    /// Task instances kept idle for reuse now (`Limits::jobs_per_instance`; see
+    /// [`reuse`] for the bounds).
+    pub fn idle_instances(&self) -> usize {
+        self.inner.instances.idle()
     }
 
     /// Caps the size of task files [`Sandbox::load_file`] accepts (default
@@ -475,6 +486,8 @@ impl Sandbox {
         &self,
         pre: &component::TaskPre<ComponentState>,
     ) -> Result<Vec<String>, LoadError> {
+        let _in_flight = self.inner.instances.enter();
+        self.inner.instances.make_room();
         let (mut store, usage) = self.host_call_store("inspect");
         let call = async {
             let task = pre.instantiate_async(&mut store).await?;
@@ -538,7 +551,9 @@ impl Sandbox {
         (store, usage)
     }
 
-    /// Runs one job in a fresh instance and reports how it ended.
+    /// Runs one job in a fresh instance (or, for a task component whose limits allow
+    /// `jobs_per_instance` above 1, in an idle instance of an earlier job: see
+    /// [`reuse`]) and reports how it ended.
     ///
     /// Never fails: every error is an [`Outcome`]. Limits in `request.limits` above the
     /// engine's ceiling are capped at the ceiling.
@@ -548,59 +563,120 @@ impl Sandbox {
             .limits
             .memory_bytes
             .min(self.inner.settings.max_memory_bytes);
+        let _in_flight = self.inner.instances.enter();
         match &module.kind {
-            ModuleKind::Task(pre) => self.run_task(pre, request).await,
+            ModuleKind::Task(pre) => self.run_task(&module.hash, pre, request).await,
             ModuleKind::CommandComponent(pre) => self.run_command_component(pre, request).await,
             ModuleKind::CommandModule(pre) => self.run_command_module(pre, request).await,
         }
     }
 
-    async fn run_task(
-        &self,
-        pre: &component::TaskPre<ComponentState>,
-        req: RunRequest,
-    ) -> Execution {
-        let limits = req.limits.clone();
-        let log = CapturedOutput::new(limits.log_bytes as usize);
-        let stderr = CapturedOutput::new(limits.log_bytes as usize);
-        let mut builder = WasiCtxBuilder::new();
-        builder.stdout(log.clone()).stderr(stderr.clone());
-        grant(&mut builder, &req);
-        let sockets = SocketPolicy::new(&req.capabilities, &req.job_id, &req.task);
-        sockets.configure(&mut builder, &req.job_id, &req.task);
-        let wasi = builder.build();
+    /// Whether a job may run in a reused instance: it asks for more than one job per
+    /// instance, the budget is fuel (an epoch store's callback holds the job's CPU
+    /// meter), and no `tcp://` grant (the WASI context's socket check is built with
+    /// the job's grant and counters).
+    fn reusable(&self, req: &RunRequest) -> bool {
+        req.limits.jobs_per_instance > 1
+            && self.inner.ticker.is_none()
+            && !req.capabilities.grants_tcp()
+    }
+
+    /// A task instance for `req`'s job: an idle one of an earlier job when the job may
+    /// reuse one, else a fresh store (instantiated by the job itself, inside its limits).
+    /// Either way, everything per job is this job's: fuel, limiter, info, logs,
+    /// policies, progress.
+    fn task_instance(&self, module_hash: &str, req: &RunRequest) -> (reuse::Instance, Usage) {
+        let limits = &req.limits;
         let job = JobInfo {
             id: req.job_id.clone(),
             task: req.task.clone(),
             retries: req.retries,
             queue: req.queue.clone(),
         };
-        let mut state = ComponentState::new(
-            wasi,
-            MemoryLimiter::new(limits.memory_bytes),
-            job,
-            log.clone(),
-        );
+        let reusable = self.reusable(req);
+        let key = reuse::Key {
+            module: module_hash.to_string(),
+            memory_bytes: limits.memory_bytes,
+            capabilities: req.capabilities.clone(),
+        };
+        if reusable && let Some(mut instance) = self.inner.instances.take(&key) {
+            let log_cap = limits.log_bytes as usize;
+            instance.label.set(&req.job_id, &req.task);
+            instance.stderr.reset(log_cap);
+            let store = &mut instance.store;
+            store
+                .set_fuel(limits.fuel)
+                .expect("fuel is enabled in the engine config");
+            let state = store.data_mut();
+            state.start_job(job, req.progress.clone());
+            state.log.reset(log_cap);
+            // Same limit (the key), so the memory it already has is allowed; `peak`
+            // stays the instance's.
+            state.limiter.hit = false;
+            state.http_policy = http::HttpPolicy::new(&req.capabilities, &req.job_id, &req.task);
+            state.sockets = SocketPolicy::default();
+            return (instance, Usage::Fuel);
+        }
+        let log = CapturedOutput::new(limits.log_bytes as usize);
+        let stderr = CapturedOutput::new(limits.log_bytes as usize);
+        let label = deny::JobLabel::new(&req.job_id, &req.task);
+        let mut builder = WasiCtxBuilder::new();
+        builder.stdout(log.clone()).stderr(stderr.clone());
+        grant(&mut builder, req);
+        let sockets = SocketPolicy::new(&req.capabilities, &req.job_id, &req.task);
+        if reusable {
+            deny::deny_sockets_labelled(&mut builder, label.clone());
+        } else {
+            sockets.configure(&mut builder, &req.job_id, &req.task);
+        }
+        let wasi = builder.build();
+        let mut state =
+            ComponentState::new(wasi, MemoryLimiter::new(limits.memory_bytes), job, log);
         state.http_policy = http::HttpPolicy::new(&req.capabilities, &req.job_id, &req.task);
         state.sockets = sockets;
         state.progress_sink = req.progress.clone();
-        let (mut store, usage) = self.new_store(state, limits.fuel, |s| &mut s.limiter);
+        self.inner.instances.make_room();
+        let (store, usage) = self.new_store(state, limits.fuel, |s| &mut s.limiter);
+        (reuse::Instance::new(store, stderr, label, key), usage)
+    }
+
+    async fn run_task(
+        &self,
+        module_hash: &str,
+        pre: &component::TaskPre<ComponentState>,
+        req: RunRequest,
+    ) -> Execution {
+        let limits = req.limits.clone();
+        let reusable = self.reusable(&req);
+        let (mut instance, usage) = self.task_instance(module_hash, &req);
         let args = Value::Array(req.args).to_string();
         let kwargs = Value::Object(req.kwargs).to_string();
         let started = Instant::now();
+        let reuse::Instance {
+            store, task, jobs, ..
+        } = &mut instance;
         let call = async {
-            let task = pre.instantiate_async(&mut store).await?;
-            task.call_run(&mut store, &req.task, &args, &kwargs).await
+            if task.is_none() {
+                *task = Some(pre.instantiate_async(&mut *store).await?);
+            }
+            let task = task.as_ref().expect("instantiated just above");
+            task.call_run(&mut *store, &req.task, &args, &kwargs).await
         };
         let result = with_time_limits(usage.meter(call), &limits).await;
         let duration = started.elapsed();
-        let fuel_used = usage.fuel_used(&store, limits.fuel);
+        *jobs += 1;
+        let store = &instance.store;
+        let fuel_used = usage.fuel_used(store, limits.fuel);
         let observed = Observed {
             fuel_budget: limits.fuel,
             memory_limit: limits.memory_bytes,
             memory_limit_hit: store.data().limiter.hit,
-            stderr: String::from_utf8_lossy(&stderr.contents()).into_owned(),
+            stderr: String::from_utf8_lossy(&instance.stderr.contents()).into_owned(),
         };
+        // Only a job that returned normally leaves its instance fit for the next one;
+        // a trap, running out of fuel, a time limit (the call was dropped mid-way), a
+        // refused memory growth or an output over the cap does not.
+        let mut clean = false;
         let outcome = match result {
             Err(time_limit) => time_limit,
             Ok(Err(error)) => classify(&error, &observed),
@@ -611,25 +687,40 @@ impl Sandbox {
                     limit_bytes: limits.memory_bytes,
                 }
             }
-            Ok(Ok(Err(guest))) => Outcome::GuestError {
-                kind: guest.kind,
-                message: guest.message,
-                // A guest's countdown (u64 ms) is clamped to time::MAX_SECONDS (100
-                // years), documented in the guest SDK: never an error, never an overflow.
-                retry: guest.retry.map(|r| RetryRequest {
-                    countdown: r.countdown_ms.map(time::clamp_millis),
-                }),
-            },
-            Ok(Ok(Ok(json))) => parse_output(json.as_bytes(), false, limits.output_bytes),
+            Ok(Ok(Err(guest))) => {
+                clean = true;
+                Outcome::GuestError {
+                    kind: guest.kind,
+                    message: guest.message,
+                    // A guest's countdown (u64 ms) is clamped to time::MAX_SECONDS (100
+                    // years), documented in the guest SDK: never an error, never an overflow.
+                    retry: guest.retry.map(|r| RetryRequest {
+                        countdown: r.countdown_ms.map(time::clamp_millis),
+                    }),
+                }
+            }
+            Ok(Ok(Ok(json))) => {
+                let outcome = parse_output(json.as_bytes(), false, limits.output_bytes);
+                clean = outcome.is_success();
+                outcome
+            }
         };
-        let logs = join_logs(&log, &stderr);
-        Execution {
+        let logs = join_logs(&store.data().log, &instance.stderr);
+        let execution = Execution {
             outcome,
             fuel_used,
             duration,
             logs,
             peak_memory_bytes: store.data().limiter.peak,
+        };
+        if reusable
+            && clean
+            && !observed.memory_limit_hit
+            && instance.jobs < limits.jobs_per_instance
+        {
+            self.inner.instances.put(instance);
         }
+        execution
     }
 
     async fn run_command_component(
@@ -651,6 +742,7 @@ impl Sandbox {
             ComponentState::new(wasi, MemoryLimiter::new(limits.memory_bytes), job, log);
         state.http_policy = http::HttpPolicy::new(&req.capabilities, &req.job_id, &req.task);
         state.sockets = sockets;
+        self.inner.instances.make_room();
         let (mut store, usage) = self.new_store(state, limits.fuel, |s| &mut s.limiter);
         let started = Instant::now();
         let call = async {
@@ -690,6 +782,7 @@ impl Sandbox {
             wasi,
             limiter: MemoryLimiter::new(limits.memory_bytes),
         };
+        self.inner.instances.make_room();
         let (mut store, usage) = self.new_store(state, limits.fuel, |s| &mut s.limiter);
         let started = Instant::now();
         let call = async {

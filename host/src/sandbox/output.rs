@@ -32,6 +32,16 @@ impl CapturedOutput {
         })))
     }
 
+    /// Empties the buffer for the next job of a reused instance, keeping at most `cap`
+    /// bytes from now on (the guest's stdio streams share this buffer, so they write
+    /// into the new job's capture).
+    pub fn reset(&self, cap: usize) {
+        let mut buf = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        buf.bytes.clear();
+        buf.cap = cap;
+        buf.overflowed = false;
+    }
+
     /// Appends `data`, keeping what fits.
     pub fn append(&self, data: &[u8]) {
         let mut buf = self.0.lock().unwrap_or_else(|e| e.into_inner());

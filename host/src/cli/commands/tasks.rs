@@ -136,6 +136,9 @@ fn settings_line(entry: &TaskEntry) -> String {
         parts.push(format!("soft time limit: {}s", soft.as_secs_f64()));
     }
     parts.push(format!("log: {}", human_bytes(limits.log_bytes)));
+    if limits.jobs_per_instance > 1 {
+        parts.push(format!("jobs per instance: {}", limits.jobs_per_instance));
+    }
     parts.push(format!("max retries: {}", manifest.retry.max_retries));
     if !manifest.retry.autoretry_for.is_empty() {
         parts.push(format!(

@@ -268,7 +268,7 @@ async fn serve(options: ChildOptions, input: pipe::Receiver, output: pipe::Sende
                 // drops the guest at its next yield point; the job's neighbours run on.
                 tokio::spawn(async move {
                     let execution = tokio::select! {
-                        execution = run(&sandbox, module, &hash, request) => execution,
+                        execution = run(&sandbox, module, &hash, *request) => execution,
                         Ok(()) = cancelled => Execution::not_started(Outcome::WorkerLost {
                             reason: "cancelled by the parent".into(),
                         }),

@@ -385,7 +385,7 @@ impl Pool for PreforkPool {
         let run = protocol::encode(&ToChild::Run {
             seq,
             hash: entry.module.hash.clone(),
-            request,
+            request: Box::new(request),
         });
         let (reply, mut done) = oneshot::channel();
         let mut job = Some((

@@ -53,8 +53,8 @@ pub enum ToChild {
         seq: u64,
         /// Which loaded module.
         hash: String,
-        /// The job.
-        request: RunRequest,
+        /// The job (boxed: it is most of the frame's size; same wire form).
+        request: Box<RunRequest>,
     },
     /// Stop one running job (remote control's terminate, or the parent no longer waits
     /// for it) at its next fuel slice; its `Done` (`WorkerLost`, "cancelled") follows.
@@ -198,7 +198,7 @@ mod tests {
         match roundtrip(&ToChild::Run {
             seq: 7,
             hash: "h".into(),
-            request: request.clone(),
+            request: Box::new(request.clone()),
         })
         .await
         {
