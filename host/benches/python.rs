@@ -11,7 +11,7 @@
 //! `parked` (memory per `py.sleep` job at 1,000 in flight: PSS and RSS), `reuse` (the
 //! `overhead` numbers with instance reuse: every job asks for `jobs_per_instance` =
 //! `SPROUT_BENCH_JOBS_PER_INSTANCE`, default 100, as `[limits] jobs_per_instance` in a
-//! manifest would).
+//! manifest would), `latency_reuse` (`latency` with that reuse).
 //! `SPROUT_BENCH_PY_TASKS` overrides the Python task dir (default `target/tasks/python`),
 //! `SPROUT_BENCH_TASKS` the Rust one (the hogs come from there). The end-to-end rate on
 //! the embedded broker is the `worker` bench with `SPROUT_BENCH_TASK=py.add`.
@@ -160,8 +160,12 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// Latencies of 200 `py.add` jobs submitted from another OS thread (the broker-side
-/// path), 5 ms apart, sorted.
-async fn add_latencies(pool: &Arc<dyn Pool>, registry: &Arc<Registry>) -> Vec<Duration> {
+/// path), 5 ms apart, each allowing `jobs_per_instance` jobs per instance, sorted.
+async fn add_latencies(
+    pool: &Arc<dyn Pool>,
+    registry: &Arc<Registry>,
+    jobs_per_instance: u32,
+) -> Vec<Duration> {
     let handle = tokio::runtime::Handle::current();
     let (pool, registry) = (pool.clone(), registry.clone());
     let waits = tokio::task::spawn_blocking(move || {
@@ -170,7 +174,7 @@ async fn add_latencies(pool: &Arc<dyn Pool>, registry: &Arc<Registry>) -> Vec<Du
             let (pool, registry) = (pool.clone(), registry.clone());
             let submitted = Instant::now();
             waits.push(handle.spawn(async move {
-                add(pool.as_ref(), &registry, i, 1).await;
+                add(pool.as_ref(), &registry, i, jobs_per_instance).await;
                 submitted.elapsed()
             }));
             std::thread::sleep(Duration::from_millis(5));
@@ -197,14 +201,21 @@ fn print_latencies(label: &str, l: &[Duration]) {
     );
 }
 
-async fn latency() {
+/// Short `py.add` jobs alone and beside CPU hogs, with `jobs_per_instance` jobs per
+/// instance (1: a fresh instance each).
+async fn latency(jobs_per_instance: u32) {
     let hogs = env_usize("SPROUT_BENCH_HOGS", 10);
     let (pool, registry) = setup(200, 100).await;
     for i in 0..50 {
-        add(pool.as_ref(), &registry, i, 1).await;
+        add(pool.as_ref(), &registry, i, jobs_per_instance).await;
     }
-    let alone = add_latencies(&pool, &registry).await;
-    print_latencies("py.add alone:", &alone);
+    let reuse = if jobs_per_instance == 1 {
+        String::new()
+    } else {
+        format!(" (reuse {jobs_per_instance})")
+    };
+    let alone = add_latencies(&pool, &registry, jobs_per_instance).await;
+    print_latencies(&format!("py.add alone{reuse}:"), &alone);
     let entry = registry.lookup("hog").expect("the Rust hog task");
     let hog_handles: Vec<_> = (0..hogs)
         .map(|_| {
@@ -221,8 +232,8 @@ async fn latency() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let beside = add_latencies(&pool, &registry).await;
-    print_latencies(&format!("py.add beside {hogs} hogs:"), &beside);
+    let beside = add_latencies(&pool, &registry, jobs_per_instance).await;
+    print_latencies(&format!("py.add beside {hogs} hogs{reuse}:"), &beside);
     for h in hog_handles {
         h.abort();
     }
@@ -317,7 +328,11 @@ fn main() {
             overhead(u32::try_from(jobs).unwrap_or(u32::MAX)).await;
         }
         if sections.wanted("latency") {
-            latency().await;
+            latency(1).await;
+        }
+        if sections.wanted("latency_reuse") {
+            let jobs = env_usize("SPROUT_BENCH_JOBS_PER_INSTANCE", 100);
+            latency(u32::try_from(jobs).unwrap_or(u32::MAX)).await;
         }
         if sections.wanted("parked") {
             parked().await;
