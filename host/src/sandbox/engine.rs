@@ -49,7 +49,8 @@ pub enum Preemption {
     /// counted: the CPU budget (`Limits::fuel`) is the thread CPU time spent polling the
     /// job's future, at [`FUEL_PER_NANOSECOND`](super::cpu_meter::FUEL_PER_NANOSECOND)
     /// (1 billion fuel = 50 ms), and `fuel_used` reports that time in the same units; past
-    /// the budget the job ends as `OutOfFuel` at the next tick. Not deterministic (the
+    /// the budget the job ends as `OutOfFuel` at the next tick (or, when it finishes
+    /// first, as it finishes). Not deterministic (the
     /// same job uses a somewhat different amount each run), and the
     /// ticker costs CPU of its own (a 50 µs tick: ~13–20% of a core here while jobs run).
     Epoch,

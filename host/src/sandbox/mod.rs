@@ -662,7 +662,10 @@ impl Sandbox {
             let task = task.as_ref().expect("instantiated just above");
             task.call_run(&mut *store, &req.task, &args, &kwargs).await
         };
-        let result = with_time_limits(usage.meter(call), &limits).await;
+        let result = usage.within_budget(
+            with_time_limits(usage.meter(call), &limits).await,
+            limits.fuel,
+        );
         let duration = started.elapsed();
         *jobs += 1;
         let store = &instance.store;
@@ -752,7 +755,10 @@ impl Sandbox {
                 Err(()) => Ok(1),
             }
         };
-        let result = with_time_limits(usage.meter(call), &limits).await;
+        let result = usage.within_budget(
+            with_time_limits(usage.meter(call), &limits).await,
+            limits.fuel,
+        );
         let duration = started.elapsed();
         let fuel_used = usage.fuel_used(&store, limits.fuel);
         let memory_limit_hit = store.data().limiter.hit;
@@ -790,7 +796,10 @@ impl Sandbox {
             let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
             start.call_async(&mut store, ()).await.map(|()| 0)
         };
-        let result = with_time_limits(usage.meter(call), &limits).await;
+        let result = usage.within_budget(
+            with_time_limits(usage.meter(call), &limits).await,
+            limits.fuel,
+        );
         let duration = started.elapsed();
         let fuel_used = usage.fuel_used(&store, limits.fuel);
         let memory_limit_hit = store.data().limiter.hit;
@@ -822,6 +831,20 @@ impl Usage {
         match self {
             Usage::Fuel => cpu_meter::Metered::unmetered(call),
             Usage::Time(meter) => meter.meter(call),
+        }
+    }
+
+    /// `result`, or `OutOfFuel` when the job went past its `budget` under epoch
+    /// preemption: the ticks that check the budget while the guest runs come late when
+    /// the ticker thread waits for a CPU, and a job that finished past its budget between
+    /// two checks ends as it would have under fuel. (Under fuel the store traps at the
+    /// budget itself.)
+    fn within_budget<T>(&self, result: Result<T, Outcome>, budget: u64) -> Result<T, Outcome> {
+        match self {
+            Usage::Time(meter) if result.is_ok() && meter.check(budget).is_err() => {
+                Err(Outcome::OutOfFuel { budget })
+            }
+            _ => result,
         }
     }
 
