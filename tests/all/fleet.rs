@@ -394,6 +394,19 @@ fn cut_off_and_back(
         logs()
     );
     let live_again = back_at.elapsed();
+    // The cut-off host reaches the broker again; before new jobs go out it must reach
+    // the feed server too (its neighbour entry for the gateway may still be the failed
+    // one from the cut, and a fetch's connect would then fail at once): the run checks
+    // exactly-once delivery, not how fast ARP recovers.
+    let feed_addr = feeds.url("");
+    let feed_addr = feed_addr
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    assert!(
+        wait_until(Duration::from_secs(30), || reaches(net, CUT, &feed_addr)),
+        "the cut-off host does not reach the feed server at {feed_addr} again"
+    );
 
     // The second half, for both.
     sender.sent(0..half);
@@ -611,6 +624,22 @@ impl Proxy {
             .filter(|n| **n > 0)
             .count()
     }
+}
+
+/// Whether host `n` opens a TCP connection to `addr` (`IP:PORT`) within 2 s, from inside
+/// its namespace (bash's `/dev/tcp`).
+fn reaches(net: &Network, n: usize, addr: &str) -> bool {
+    let Some((ip, port)) = addr.rsplit_once(':') else {
+        return false;
+    };
+    let mut probe = Command::new("timeout");
+    probe
+        .args(["2", "bash", "-c", &format!("exec 3<>/dev/tcp/{ip}/{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    net.spawn(n, &mut probe)
+        .and_then(|mut child| child.wait())
+        .is_ok_and(|status| status.success())
 }
 
 /// Copies `from` to `to` until either fails or `from` ends, reading `from` at its own pace:
