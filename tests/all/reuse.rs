@@ -403,24 +403,27 @@ fn no() -> LimitOverrides {
     LimitOverrides::default()
 }
 
-/// The real worker with `-c 1` runs Python `count` jobs from the manifest's reuse
-/// setting: the results count up to 3 and start again.
+/// The real worker with `-c 1`, on the async pool and in a prefork child (which gets
+/// the limits in each job's request), runs Python `count` jobs from the manifest's
+/// reuse setting: the results count up to 3 and start again.
 #[test]
 fn python_reuse_through_the_worker() {
     let Some(dir) = counter_dir("python_reuse_through_the_worker") else {
         return;
     };
-    let work = Workdir::new();
-    let mut worker = work.worker_with_tasks(dir, &["-c", "1"]);
-    let mut seen = Vec::new();
-    for i in 0..5 {
-        let tag = format!("[\"w{i}\"]");
-        let out = work.run(&["send", "ctr.count", &tag, "--wait", "--timeout", "60"]);
-        assert!(out.status.success(), "{}", support::stderr(&out));
-        seen.push(support::stdout(&out));
+    for pool in [&["-c", "1"][..], &["-P", "prefork", "-c", "1"]] {
+        let work = Workdir::new();
+        let mut worker = work.worker_with_tasks(dir, pool);
+        let mut seen = Vec::new();
+        for i in 0..5 {
+            let tag = format!("[\"w{i}\"]");
+            let out = work.run(&["send", "ctr.count", &tag, "--wait", "--timeout", "60"]);
+            assert!(out.status.success(), "{pool:?}: {}", support::stderr(&out));
+            seen.push(support::stdout(&out));
+        }
+        assert_eq!(seen, ["1", "2", "3", "1", "2"], "{pool:?}");
+        assert!(worker.is_running(), "{pool:?}");
     }
-    assert_eq!(seen, ["1", "2", "3", "1", "2"]);
-    assert!(worker.is_running());
 }
 
 /// `[limits] jobs_per_instance` out of range is refused where the manifest is read,
