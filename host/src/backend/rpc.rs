@@ -13,7 +13,7 @@
 //! `reply_to`; non-durable, auto-deleted, `x-expires` = the result expiry) and consumes
 //! it (one consumer per process and server, shared by every handle), keeping the
 //! latest record per task id in memory for [`ResultBackend::get`] and
-//! [`ResultBackend::wait`]; `get` first makes a round trip on the consuming channel,
+//! [`ResultBackend::wait`]; `get` first makes round trips on the consuming channel,
 //! so a result whose `store` returned is seen. Nothing is stored anywhere else: another process cannot
 //! read these results, `recent`/`counts` are empty, and chords — which count parts in
 //! the backend — need a backend that stores (`redis://`).
@@ -214,24 +214,51 @@ impl Shared {
         Ok(link)
     }
 
-    /// A round trip on the consuming channel: every result RabbitMQ delivered before
-    /// it has been received.
+    /// Round trips on the consuming channel until every result RabbitMQ held for this
+    /// process when it was called has been received: while the reply queue still holds
+    /// results it has not sent and that backlog shrinks (a large one reaches the channel
+    /// in batches), and then once more, because RabbitMQ's channel may answer a passive
+    /// declare before it forwards the deliveries that reached it meanwhile. A backlog
+    /// that does not shrink (other workers keep sending) ends the wait, as does
+    /// [`SYNC_AT_MOST`].
     async fn sync(&self) -> Result<(), BackendError> {
         let link = self.link().await?;
-        link.consume
-            .queue_declare(
-                message::process_oid().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(backend_error)?;
-        Ok(())
+        let until = tokio::time::Instant::now() + SYNC_AT_MOST;
+        let mut last: Option<u32> = None;
+        loop {
+            let left = unsent_results(&link).await?;
+            let shrinking = left > 0
+                && last.is_none_or(|last| left < last)
+                && tokio::time::Instant::now() < until;
+            if !shrinking {
+                break;
+            }
+            last = Some(left);
+        }
+        unsent_results(&link).await.map(|_| ())
     }
 }
+
+/// A round trip on the consuming channel (a passive declare of this process's reply
+/// queue): how many results the queue holds that RabbitMQ has not sent us yet.
+async fn unsent_results(link: &Link) -> Result<u32, BackendError> {
+    let queue = link
+        .consume
+        .queue_declare(
+            message::process_oid().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(backend_error)?;
+    Ok(queue.message_count())
+}
+
+/// The longest [`Shared::sync`] waits for a shrinking backlog of results.
+const SYNC_AT_MOST: Duration = Duration::from_secs(2);
 
 /// Keeps a received result (unreadable ones are logged and dropped).
 fn receive(received: &Mutex<Received>, correlation_id: Option<String>, body: &[u8]) {
