@@ -13,16 +13,7 @@ use std::process::Output;
 
 use serde_json::Value;
 
-use crate::support::{self, Workdir, repo_root};
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use crate::support::{self, Workdir, output_text as text, repo_root};
 
 /// Writes a task crate named `name` in `dir` with `lib` as its `src/lib.rs`; a
 /// standalone workspace using the SDK from this repository and the example tasks'

@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use serde_json::Value;
 use sprout::model::Limits;
 
-use crate::support::{self, Workdir, repo_root, sprout_bin};
+use crate::support::{self, Workdir, output_text as text, repo_root, sprout_bin};
 
 /// Whether node and npm are installed; says loudly what is skipped when they are not.
 fn node_and_npm(test: &str) -> bool {
@@ -54,27 +54,9 @@ fn js_tasks(test: &str) -> Option<&'static Path> {
     }))
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// `sprout run FILE TASK ARGS --json [extra]`: the execution record.
-fn run_record(dir: &Workdir, file: &Path, task: &str, args: &str, extra: &[&str]) -> Value {
-    let file = file.display().to_string();
-    let mut all = vec!["run", &file, task, args, "--json"];
-    all.extend_from_slice(extra);
-    let out = dir.run(&all);
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)))
-}
-
 /// The record's outcome (`{"outcome": "success", "value": …}`, …).
 fn run_json(dir: &Workdir, file: &Path, task: &str, args: &str, extra: &[&str]) -> Value {
-    run_record(dir, file, task, args, extra)["outcome"].clone()
+    support::run_record(dir, file, task, args, extra)["outcome"].clone()
 }
 
 /// `js.fib(n)` as the example computes it (mod 1e9+7).
@@ -100,7 +82,7 @@ fn js_tasks_through_sprout_run() {
     assert_eq!(e["value"], 5, "{e}");
     let e = run_json(&dir, &file, "js.fib", "[90]", &[]);
     assert_eq!(e["value"], fib_mod(90), "{e}");
-    let record = run_record(
+    let record = support::run_record(
         &dir,
         &file,
         "js.greet",

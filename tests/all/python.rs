@@ -18,7 +18,7 @@ use sprout::pool::{AsyncPool, Pool, PreforkConfig, PreforkPool};
 use sprout::registry::Registry;
 
 use crate::outcomes::run_job;
-use crate::support::{self, Workdir, cache_dir, repo_root, sprout_bin};
+use crate::support::{self, Workdir, cache_dir, output_text as text, repo_root, sprout_bin};
 
 /// Whether python3 is installed; says loudly what is skipped when it is not.
 fn python3(test: &str) -> bool {
@@ -47,25 +47,10 @@ fn python_venv() -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// `sprout run FILE TASK ARGS --json [extra]`: the execution record's outcome
 /// (`{"outcome": "success", "value": …}`, `{"outcome": "guest_error", "kind": …}`).
 fn run_json(dir: &Workdir, file: &Path, task: &str, args: &str, extra: &[&str]) -> Value {
-    let file = file.display().to_string();
-    let mut all = vec!["run", &file, task, args, "--json"];
-    all.extend_from_slice(extra);
-    let out = dir.run(&all);
-    let record: Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
-    record["outcome"].clone()
+    support::run_record(dir, file, task, args, extra)["outcome"].clone()
 }
 
 /// The SDK's own tests and the examples' unit tests, with plain pytest on the native

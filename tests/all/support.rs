@@ -347,6 +347,32 @@ pub fn build_example_tasks(script: &str, out: &str) -> PathBuf {
     out
 }
 
+/// Exit status, stdout and stderr of a finished command, for assertion messages.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `sprout run FILE TASK ARGS --json [EXTRA...]` in `dir`: the execution record it
+/// prints (`{"outcome": {...}, "fuel_used": ..., ...}`).
+pub fn run_record(
+    dir: &Workdir,
+    file: &Path,
+    task: &str,
+    args: &str,
+    extra: &[&str],
+) -> serde_json::Value {
+    let file = file.display().to_string();
+    let mut all = vec!["run", &file, task, args, "--json"];
+    all.extend_from_slice(extra);
+    let out = dir.run(&all);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", output_text(&out)))
+}
+
 /// Polls `check` every 20 ms until it returns true or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
