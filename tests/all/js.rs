@@ -8,7 +8,7 @@
 //! Without `node` and `npm` every test here says so loudly and passes without running.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::OnceLock;
 
 use serde_json::Value;

@@ -8,7 +8,7 @@
 //! to install).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
