@@ -421,6 +421,10 @@ mod tests {
             ("-1", "jobs_per_instance"),
             ("2.5", "jobs_per_instance"),
             ("\"10\"", "jobs_per_instance"),
+            ("nan", "jobs_per_instance"),
+            ("inf", "jobs_per_instance"),
+            ("1e300", "jobs_per_instance"),
+            ("4294967297", "jobs_per_instance"),
         ] {
             let err =
                 Manifest::parse(&format!("[limits]\njobs_per_instance = {text}\n")).unwrap_err();

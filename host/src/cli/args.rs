@@ -663,7 +663,8 @@ mod tests {
         assert_eq!(parse_epoch_tick("20.4us"), Ok(Duration::from_micros(21)));
         assert_eq!(parse_epoch_tick("100ms"), Ok(Duration::from_millis(100)));
         for bad in [
-            "9us", "0", "101ms", "1s", "-5us", "NaNus", "fast", "", "1e30us",
+            "9us", "0", "101ms", "1s", "-5us", "NaNus", "fast", "", "1e30us", "inf", "1e300",
+            "nan", "-0.001",
         ] {
             let err = parse_epoch_tick(bad).expect_err(bad);
             assert!(err.contains(bad), "{bad}: {err}");
