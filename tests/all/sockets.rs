@@ -87,6 +87,17 @@ impl Server {
         self.accepted.load(Ordering::SeqCst)
     }
 
+    /// Waits up to `within` for the server to have accepted `count` connections in all.
+    /// The kernel completes a guest's connect before the server's accept loop runs, so a
+    /// job can end before its connection is counted.
+    async fn accepted_reaches(&self, count: usize, within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        while self.accepted() < count && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.accepted()
+    }
+
     /// Waits up to `within` for the clients to have closed every connection.
     async fn all_closed(&self, within: Duration) -> bool {
         let deadline = Instant::now() + within;
@@ -470,7 +481,9 @@ async fn sockets_close_whatever_way_the_job_ends() {
         };
         assert!(expected, "{how}: {outcome:?}");
         assert_eq!(
-            server.accepted(),
+            server
+                .accepted_reaches(accepted + 1, Duration::from_secs(5))
+                .await,
             accepted + 1,
             "{how}: the guest did not connect"
         );
