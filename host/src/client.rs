@@ -20,6 +20,13 @@ use crate::connect::{self, ConnectError, ConnectOptions};
 use crate::model::Job;
 use crate::model::ResultRecord;
 
+/// The most results [`Client::wait_many`] reads in one round trip.
+pub const WAIT_MANY_WINDOW: usize = 256;
+
+/// How long [`Client::wait_many`] waits before looking again when some of the oldest
+/// pending jobs have not finished.
+pub const WAIT_MANY_POLL: Duration = Duration::from_millis(2);
+
 /// A connection to a broker and its result backend.
 #[derive(Clone)]
 pub struct Client {
@@ -85,6 +92,78 @@ impl Client {
     /// [`BackendError`].
     pub async fn result(&self, id: &str) -> Result<Option<ResultRecord>, BackendError> {
         self.backend.get(id).await
+    }
+
+    /// The latest records for many jobs, in the order of `ids` (`None` = PENDING), read
+    /// in one round trip where the backend can.
+    ///
+    /// # Errors
+    /// [`BackendError`].
+    pub async fn results(&self, ids: &[String]) -> Result<Vec<Option<ResultRecord>>, BackendError> {
+        self.backend.get_many(ids).await
+    }
+
+    /// Waits until every job of `ids` finishes or `timeout` passes; returns the latest
+    /// records in the order of `ids` (non-terminal or `None` for those still unfinished
+    /// at the deadline).
+    ///
+    /// Polls with [`Client::results`] in oldest-first windows that follow the rate
+    /// results arrive at: a window that came back all finished doubles (and is read
+    /// again at once), one that did not shrinks to what had finished and waits
+    /// [`WAIT_MANY_POLL`]. Waiting on 10,000 jobs so costs about one lookup per result
+    /// plus one per poll, not one round trip per job per poll.
+    ///
+    /// # Errors
+    /// [`BackendError`].
+    pub async fn wait_many(
+        &self,
+        ids: &[String],
+        timeout: Duration,
+    ) -> Result<Vec<Option<ResultRecord>>, BackendError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut records: Vec<Option<ResultRecord>> = vec![None; ids.len()];
+        // Indexes into `ids` of the unfinished jobs, oldest first.
+        let mut pending: std::collections::VecDeque<usize> = (0..ids.len()).collect();
+        let mut window = 1;
+        while !pending.is_empty() {
+            let past_deadline = tokio::time::Instant::now() >= deadline;
+            // At the deadline, read everything still pending once more and stop.
+            let take = if past_deadline {
+                pending.len()
+            } else {
+                window.min(pending.len())
+            };
+            let asked: Vec<usize> = pending.drain(..take).collect();
+            let mut unfinished = Vec::new();
+            for chunk in asked.chunks(WAIT_MANY_WINDOW) {
+                let chunk_ids: Vec<String> = chunk.iter().map(|&i| ids[i].clone()).collect();
+                let found = self.backend.get_many(&chunk_ids).await?;
+                for (&i, record) in chunk.iter().zip(found) {
+                    let finished = record.as_ref().is_some_and(|r| r.state.is_terminal());
+                    records[i] = record;
+                    if !finished {
+                        unfinished.push(i);
+                    }
+                }
+            }
+            if past_deadline {
+                break;
+            }
+            let finished = take - unfinished.len();
+            for &i in unfinished.iter().rev() {
+                pending.push_front(i);
+            }
+            if unfinished.is_empty() {
+                window = (window * 2).min(WAIT_MANY_WINDOW);
+            } else {
+                window = finished.max(1);
+                tokio::time::sleep_until(
+                    deadline.min(tokio::time::Instant::now() + WAIT_MANY_POLL),
+                )
+                .await;
+            }
+        }
+        Ok(records)
     }
 
     /// Waits until a job finishes or `timeout` passes; returns the latest record.

@@ -283,6 +283,57 @@ pub mod suite {
         }
     }
 
+    /// `get_many` answers each id as `get` does, in the order asked (ids out of order,
+    /// repeated, unknown, and in mixed states), on either handle; no ids, no records.
+    pub async fn get_many_reads_each_in_order(t: &BackendUnderTest) {
+        let batch = fresh_id("many");
+        let records: Vec<ResultRecord> = (0..300)
+            .map(|n| {
+                let id = format!("{batch}-{n}");
+                match n % 3 {
+                    0 => success(&id, json!(n)),
+                    1 => record(&id, State::Started),
+                    _ => record(&id, State::Failure),
+                }
+            })
+            .collect();
+        t.backend.store(&records).await.unwrap();
+        let mut ids: Vec<String> = (0..300).rev().map(|n| format!("{batch}-{n}")).collect();
+        ids.insert(7, format!("{batch}-unknown"));
+        ids.push(format!("{batch}-5"));
+        for handle in [&t.backend, &t.other] {
+            let many = handle.get_many(&ids).await.unwrap();
+            assert_eq!(many.len(), ids.len());
+            for (id, got) in ids.iter().zip(&many) {
+                let one = handle.get(id).await.unwrap();
+                assert_eq!(
+                    got.as_ref().map(|r| (&r.id, r.state, &r.result)),
+                    one.as_ref().map(|r| (&r.id, r.state, &r.result)),
+                    "{id}"
+                );
+            }
+            assert!(many[7].is_none(), "an unknown id is None");
+            let states: Vec<Option<State>> = many[..3]
+                .iter()
+                .map(|r| r.as_ref().map(|r| r.state))
+                .collect();
+            assert_eq!(
+                states,
+                [
+                    Some(State::Failure),
+                    Some(State::Started),
+                    Some(State::Success)
+                ],
+                "299, 298, 297"
+            );
+            assert_eq!(
+                many[2].as_ref().and_then(|r| r.result.clone()),
+                Some(json!(297))
+            );
+            assert!(handle.get_many(&[]).await.unwrap().is_empty());
+        }
+    }
+
     /// What one handle stores, another handle on the same store reads, both ways, as
     /// soon as `store` returns.
     pub async fn other_handle_sees_results(t: &BackendUnderTest) {
@@ -463,6 +514,7 @@ macro_rules! backend_suite {
             terminal_not_overwritten_by_non_terminal,
             later_terminal_state,
             batch_store_writes_every_record,
+            get_many_reads_each_in_order,
             other_handle_sees_results,
             wait_returns_on_terminal,
             wait_times_out_with_latest,

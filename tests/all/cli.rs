@@ -292,6 +292,69 @@ fn commands_stop_printing_quietly_when_stdout_closes() {
     assert_eq!(exit, Some(0), "{log}");
 }
 
+/// `send --count N --wait` waits for all N against one deadline: with no worker it gives
+/// up after `--timeout` in all (not `--timeout` per job) and says how many are
+/// unfinished; with a worker it reports every job, the failed ones by id.
+#[test]
+fn send_count_wait_shares_one_deadline_and_counts_every_job() {
+    let w = Workdir::new();
+    let started = std::time::Instant::now();
+    let out = w.run(&[
+        "send",
+        "echo",
+        "[1]",
+        "--count",
+        "5",
+        "--wait",
+        "--timeout",
+        "1",
+    ]);
+    let took = started.elapsed();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("0 succeeded, 0 failed, 5 timed out"), "{err}");
+    assert!(
+        took < Duration::from_secs(4),
+        "5 jobs with --timeout 1 waited {took:?}"
+    );
+
+    let mut worker = w.worker(&["-c", "8"]);
+    let out = w.run(&[
+        "send",
+        "echo",
+        "[2]",
+        "--count",
+        "300",
+        "--wait",
+        "--timeout",
+        "60",
+    ]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    // The 5 from before ran too; these 300 are the ones waited on.
+    assert!(
+        err.contains("300 succeeded, 0 failed, 0 timed out"),
+        "{err}"
+    );
+    let out = w.run(&[
+        "send",
+        "fail",
+        "[\"boom\"]",
+        "--count",
+        "3",
+        "--wait",
+        "--timeout",
+        "60",
+    ]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("0 succeeded, 3 failed, 0 timed out"), "{err}");
+    assert_eq!(err.matches("boom").count(), 3, "each failure by id: {err}");
+    worker.signal(libc::SIGTERM);
+    let (exit, log) = worker.wait(Duration::from_secs(30));
+    assert_eq!(exit, Some(0), "{log}");
+}
+
 /// Queues `add(2, 3)` and runs `sprout worker --max-jobs 1`, logging at `info` to
 /// `log_to`; returns the worker's exit code once it stopped, and the job's stored result.
 fn one_job_through_a_worker(w: &Workdir, log_to: impl Into<Stdio>) -> (Option<i32>, String) {

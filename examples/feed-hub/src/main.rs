@@ -297,7 +297,7 @@ struct Outcomes {
     first_error: Option<String>,
     /// When the newest result was stored (the worker's own timestamp).
     last_stored: Option<chrono::DateTime<chrono::Utc>>,
-    /// A reader gave up at the deadline with results still pending.
+    /// Some results were still unfinished at the deadline.
     timed_out: bool,
 }
 
@@ -317,43 +317,6 @@ impl Outcomes {
             });
         }
     }
-
-    /// Adds another reader's counts.
-    fn merge(&mut self, other: Outcomes) {
-        self.ok += other.ok;
-        self.failed += other.failed;
-        self.last_stored = self.last_stored.max(other.last_stored);
-        self.timed_out |= other.timed_out;
-        if self.first_error.is_none() {
-            self.first_error = other.first_error;
-        }
-    }
-}
-
-/// Readers reading results back at once. Each read is a round trip to a SQLite
-/// connection's thread; one reader alone lags a burst of results by tens of ms.
-const READERS: usize = 16;
-
-/// Reads the results of `ids` back, in order, polling a pending one every 2 ms, until
-/// all are terminal or `deadline` passes (then with `timed_out` set).
-async fn read_all(client: Client, ids: Vec<String>, deadline: Instant) -> anyhow::Result<Outcomes> {
-    let mut out = Outcomes::default();
-    for id in &ids {
-        loop {
-            match client.result(id).await? {
-                Some(record) if record.state.is_terminal() => {
-                    out.add(record);
-                    break;
-                }
-                _ if Instant::now() > deadline => {
-                    out.timed_out = true;
-                    return Ok(out);
-                }
-                _ => tokio::time::sleep(Duration::from_millis(2)).await,
-            }
-        }
-    }
-    Ok(out)
 }
 
 impl Batch {
@@ -372,8 +335,8 @@ impl Batch {
         Ok(Batch { jobs })
     }
 
-    /// Reads every result back ([`READERS`] readers, each polling its share in order),
-    /// watching that the spawned worker stays up.
+    /// Reads every result back (`Client::wait_many`: oldest-first windows, one round
+    /// trip per window), watching that the spawned worker stays up.
     async fn wait(
         &self,
         client: &Client,
@@ -381,23 +344,13 @@ impl Batch {
         args: &RunArgs,
         broker: &str,
     ) -> anyhow::Result<Outcomes> {
-        let deadline = Instant::now() + Duration::from_secs_f64(args.timeout.max(1.0));
-        let mut readers = tokio::task::JoinSet::new();
-        for first in 0..READERS.min(self.jobs.len()) {
-            let ids = self.jobs[first..]
-                .iter()
-                .step_by(READERS)
-                .map(|job| job.id.clone())
-                .collect();
-            readers.spawn(read_all(client.clone(), ids, deadline));
-        }
-        let mut out = Outcomes::default();
-        loop {
+        let ids: Vec<String> = self.jobs.iter().map(|job| job.id.clone()).collect();
+        let timeout = Duration::from_secs_f64(args.timeout.max(1.0));
+        let read = client.wait_many(&ids, timeout);
+        tokio::pin!(read);
+        let records = loop {
             tokio::select! {
-                joined = readers.join_next() => match joined {
-                    None => break,
-                    Some(read) => out.merge(read??),
-                },
+                records = &mut read => break records?,
                 () = tokio::time::sleep(Duration::from_millis(50)) => {
                     if let Some(child) = spawned.child.as_mut()
                         && let Some(status) = child.try_wait()?
@@ -405,6 +358,13 @@ impl Batch {
                         bail!("the worker exited early: {status}");
                     }
                 }
+            }
+        };
+        let mut out = Outcomes::default();
+        for record in records {
+            match record {
+                Some(record) if record.state.is_terminal() => out.add(record),
+                _ => out.timed_out = true,
             }
         }
         if out.timed_out {

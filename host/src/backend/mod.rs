@@ -78,6 +78,22 @@ pub trait ResultBackend: Send + Sync {
     /// [`BackendError`] on connection failure or a corrupt record.
     async fn get(&self, id: &str) -> Result<Option<ResultRecord>, BackendError>;
 
+    /// The latest records for `ids`, in the order of `ids` (`None` where the backend
+    /// knows nothing of an id): what a client waiting on many jobs polls. The default
+    /// asks [`ResultBackend::get`] once per id; backends that can read many in one round
+    /// trip override it (SQLite: one call on one reader connection; Redis: `MGET`).
+    ///
+    /// # Errors
+    /// [`BackendError`] on connection failure or a corrupt record (then nothing is
+    /// returned for the other ids either).
+    async fn get_many(&self, ids: &[String]) -> Result<Vec<Option<ResultRecord>>, BackendError> {
+        let mut records = Vec::with_capacity(ids.len());
+        for id in ids {
+            records.push(self.get(id).await?);
+        }
+        Ok(records)
+    }
+
     /// The most recently updated records, newest first (for `sprout status`). Backends
     /// that cannot list cheaply return an empty list.
     ///

@@ -293,6 +293,28 @@ impl ResultBackend for RedisBackend {
         raw.map(|raw| self.decode(id, &raw)).transpose()
     }
 
+    async fn get_many(&self, ids: &[String]) -> Result<Vec<Option<ResultRecord>>, BackendError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let raw: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+            .arg(ids.iter().map(|id| self.result_key(id)).collect::<Vec<_>>())
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(backend_error)?;
+        if raw.len() != ids.len() {
+            return Err(BackendError::Other(format!(
+                "MGET of {} result keys answered {} values",
+                ids.len(),
+                raw.len()
+            )));
+        }
+        ids.iter()
+            .zip(raw)
+            .map(|(id, raw)| raw.map(|raw| self.decode(id, &raw)).transpose())
+            .collect()
+    }
+
     async fn wait(
         &self,
         id: &str,

@@ -184,6 +184,29 @@ impl ResultBackend for SqliteBackend {
             .await
             .map_err(BackendError::from)
     }
+
+    async fn get_many(&self, ids: &[String]) -> Result<Vec<Option<ResultRecord>>, BackendError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = ids.to_vec();
+        self.db
+            .run(move |inner| {
+                inner.read(|conn| {
+                    let mut stmt =
+                        conn.prepare_cached("SELECT record FROM results WHERE id = ?1")?;
+                    ids.iter()
+                        .map(|id| {
+                            let bytes: Option<Vec<u8>> =
+                                stmt.query_row([id], |r| r.get(0)).optional()?;
+                            bytes.map(|b| decode(id, &b)).transpose()
+                        })
+                        .collect()
+                })
+            })
+            .await
+            .map_err(BackendError::from)
+    }
 }
 
 impl SqliteBackend {

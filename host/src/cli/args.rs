@@ -465,10 +465,11 @@ pub struct SendArgs {
     /// Send this many copies (shows a progress bar).
     #[arg(long, default_value_t = 1)]
     pub count: u64,
-    /// Wait for the result and print it.
+    /// Wait for the result and print it (with `--count`: wait for all of them and
+    /// print how many succeeded, failed and timed out, and each failure by id).
     #[arg(short, long)]
     pub wait: bool,
-    /// Seconds to wait with `--wait`.
+    /// Seconds to wait with `--wait` (for all `--count` jobs together).
     #[arg(long, default_value = "60", value_parser = parse_duration)]
     pub timeout: Duration,
     /// Broker.

@@ -95,8 +95,15 @@ pub async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     let timeout = args.timeout;
     let mut failed = 0;
     let mut timed_out = 0;
-    for id in &ids {
-        let record = super::until_interrupted(client.wait(id, timeout)).await?;
+    // One job: wait on it (pub/sub or file watch where the backend has them). Many: poll
+    // them in windows against one deadline for all, not `timeout` each.
+    let records = if let [id] = ids.as_slice() {
+        vec![super::until_interrupted(client.wait(id, timeout)).await?]
+    } else {
+        super::until_interrupted(client.wait_many(&ids, timeout)).await?
+    };
+    for (id, record) in ids.iter().zip(records) {
+        let record = record.filter(|r| r.state.is_terminal());
         match record {
             Some(r) if r.state == State::Success => {
                 if count == 1 {
