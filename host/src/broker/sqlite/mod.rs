@@ -49,6 +49,14 @@ pub const IDLE_POLL: Duration = Duration::from_secs(1);
 /// 40 ms.
 pub const IDLE_POLL_UNWATCHED: Duration = Duration::from_millis(40);
 
+/// Most often the file watch wakes this process's fetchers: a commit writes the WAL
+/// several times, and a busy worker's own commits alone would wake the watch thread
+/// (and its fetchers) thousands of times a second. The first write after a quiet spell
+/// wakes at once; later ones within this span are merged by the kernel (unread
+/// identical inotify events coalesce) and wake once, at most this much later.
+/// Default: 1 ms.
+pub const WATCH_WAKE_EVERY: Duration = Duration::from_millis(1);
+
 /// How often a broker looks for dead workers' leased rows.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -96,13 +104,22 @@ impl ExternalWake {
         wal.push("-wal");
         let wal = std::path::PathBuf::from(wal);
         let waker = db.clone();
+        let mut last_wake: Option<std::time::Instant> = None;
         let handler = move |event: notify::Result<notify::Event>| {
             let relevant = match event {
                 Ok(event) => !matches!(event.kind, EventKind::Access(_)),
                 Err(_) => true,
             };
             if relevant {
+                // Sleeping here (on the watch's own thread) lets the kernel merge the
+                // writes that come meanwhile: see WATCH_WAKE_EVERY.
+                if let Some(since) = last_wake.map(|at| at.elapsed())
+                    && since < WATCH_WAKE_EVERY
+                {
+                    std::thread::sleep(WATCH_WAKE_EVERY - since);
+                }
                 waker.inner().wake.notify_waiters();
+                last_wake = Some(std::time::Instant::now());
             }
         };
         let watched = notify::recommended_watcher(handler).and_then(|mut watcher| {
