@@ -298,20 +298,24 @@ fn commands_stop_printing_quietly_when_stdout_closes() {
 #[test]
 fn send_count_wait_shares_one_deadline_and_counts_every_job() {
     let w = Workdir::new();
+    // `sprout send TASK ARGS --count N --wait --timeout T`: its exit code and stderr.
+    let send_and_wait = |task: &str, args: &str, count: &str, timeout: &str| {
+        let out = w.run(&[
+            "send",
+            task,
+            args,
+            "--count",
+            count,
+            "--wait",
+            "--timeout",
+            timeout,
+        ]);
+        (out.status.code(), stderr(&out))
+    };
     let started = std::time::Instant::now();
-    let out = w.run(&[
-        "send",
-        "echo",
-        "[1]",
-        "--count",
-        "5",
-        "--wait",
-        "--timeout",
-        "1",
-    ]);
+    let (code, err) = send_and_wait("echo", "[1]", "5", "1");
     let took = started.elapsed();
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert_eq!(code, Some(4), "{err}");
     assert!(err.contains("0 succeeded, 0 failed, 5 timed out"), "{err}");
     assert!(
         took < Duration::from_secs(4),
@@ -319,35 +323,15 @@ fn send_count_wait_shares_one_deadline_and_counts_every_job() {
     );
 
     let mut worker = w.worker(&["-c", "8"]);
-    let out = w.run(&[
-        "send",
-        "echo",
-        "[2]",
-        "--count",
-        "300",
-        "--wait",
-        "--timeout",
-        "60",
-    ]);
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(0), "{err}");
-    // The 5 from before ran too; these 300 are the ones waited on.
+    // The 5 from before run too; these 300 are the ones waited on.
+    let (code, err) = send_and_wait("echo", "[2]", "300", "60");
+    assert_eq!(code, Some(0), "{err}");
     assert!(
         err.contains("300 succeeded, 0 failed, 0 timed out"),
         "{err}"
     );
-    let out = w.run(&[
-        "send",
-        "fail",
-        "[\"boom\"]",
-        "--count",
-        "3",
-        "--wait",
-        "--timeout",
-        "60",
-    ]);
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (code, err) = send_and_wait("fail", "[\"boom\"]", "3", "60");
+    assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("0 succeeded, 3 failed, 0 timed out"), "{err}");
     assert_eq!(err.matches("boom").count(), 3, "each failure by id: {err}");
     worker.signal(libc::SIGTERM);
