@@ -282,6 +282,24 @@ fn keys(url: &str, pattern: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The stored `celery-task-meta-<id>` of each of `ids`, in order (`None`: no record),
+/// read 1,000 keys per `MGET`.
+fn stored_metas(
+    conn: &mut redis::Connection,
+    ids: &[String],
+) -> redis::RedisResult<Vec<Option<String>>> {
+    let mut stored = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(1000) {
+        let keys: Vec<String> = chunk
+            .iter()
+            .map(|id| format!("celery-task-meta-{id}"))
+            .collect();
+        let metas: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query(conn)?;
+        stored.extend(metas);
+    }
+    Ok(stored)
+}
+
 /// What is known of the jobs without a published terminal state, for a failure message:
 /// the broker's queued and reserved counts, how many of them have a stored record (a
 /// publish the watcher missed) and in which state, and how many the feed server saw
@@ -299,24 +317,15 @@ fn unfinished_report(
         .filter(|id| !seen.contains_key(id))
         .collect();
     let mut states: HashMap<String, usize> = HashMap::new();
-    if let Ok(mut conn) = redis_conn(results) {
-        for chunk in missing.chunks(1000) {
-            let keys: Vec<String> = chunk
-                .iter()
-                .map(|id| format!("celery-task-meta-{id}"))
-                .collect();
-            let metas: Vec<Option<String>> = redis::cmd("MGET")
-                .arg(&keys)
-                .query(&mut conn)
-                .unwrap_or_default();
-            for meta in metas {
-                let state = meta
-                    .and_then(|m| serde_json::from_str::<serde_json::Value>(&m).ok())
-                    .and_then(|m| m["status"].as_str().map(str::to_string))
-                    .unwrap_or_else(|| "none".into());
-                *states.entry(state).or_default() += 1;
-            }
-        }
+    let stored = redis_conn(results)
+        .and_then(|mut conn| stored_metas(&mut conn, &missing))
+        .unwrap_or_default();
+    for meta in stored {
+        let state = meta
+            .and_then(|m| serde_json::from_str::<serde_json::Value>(&m).ok())
+            .and_then(|m| m["status"].as_str().map(str::to_string))
+            .unwrap_or_else(|| "none".into());
+        *states.entry(state).or_default() += 1;
     }
     let missing_set: std::collections::HashSet<&str> = missing.iter().map(String::as_str).collect();
     let requested: Vec<&Hit> = log
@@ -489,18 +498,7 @@ fn cut_off_and_back(
     // Exactly one terminal result per job: stored SUCCESS with its feed, published once.
     let ids: Vec<String> = (0..JOBS).map(fleet_id).collect();
     let mut conn = redis_conn(&broker.results).expect("connect to the results");
-    let mut stored = Vec::with_capacity(JOBS);
-    for chunk in ids.chunks(1000) {
-        let keys: Vec<String> = chunk
-            .iter()
-            .map(|id| format!("celery-task-meta-{id}"))
-            .collect();
-        let metas: Vec<Option<String>> = redis::cmd("MGET")
-            .arg(&keys)
-            .query(&mut conn)
-            .expect("MGET");
-        stored.extend(metas);
-    }
+    let stored = stored_metas(&mut conn, &ids).expect("MGET");
     for (id, meta) in ids.iter().zip(&stored) {
         let meta: serde_json::Value =
             serde_json::from_str(meta.as_deref().unwrap_or("null")).unwrap_or_default();
