@@ -89,6 +89,15 @@ impl From<OpenError> for BackendError {
     }
 }
 
+/// The stored record of `id`, decoded (`None`: no row).
+fn read_record(conn: &Connection, id: &str) -> Result<Option<ResultRecord>, Failure> {
+    let bytes: Option<Vec<u8>> = conn
+        .prepare_cached("SELECT record FROM results WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?;
+    bytes.map(|b| decode(id, &b)).transpose()
+}
+
 impl SqliteBackend {
     /// The backend on an open database (shared with its broker, if any).
     pub fn new(db: Database) -> SqliteBackend {
@@ -172,15 +181,7 @@ impl ResultBackend for SqliteBackend {
     async fn get(&self, id: &str) -> Result<Option<ResultRecord>, BackendError> {
         let id = id.to_owned();
         self.db
-            .run(move |inner| {
-                inner.read(|conn| {
-                    let bytes: Option<Vec<u8>> = conn
-                        .prepare_cached("SELECT record FROM results WHERE id = ?1")?
-                        .query_row([&id], |r| r.get(0))
-                        .optional()?;
-                    bytes.map(|b| decode(&id, &b)).transpose()
-                })
-            })
+            .run(move |inner| inner.read(|conn| read_record(conn, &id)))
             .await
             .map_err(BackendError::from)
     }
@@ -192,17 +193,7 @@ impl ResultBackend for SqliteBackend {
         let ids = ids.to_vec();
         self.db
             .run(move |inner| {
-                inner.read(|conn| {
-                    let mut stmt =
-                        conn.prepare_cached("SELECT record FROM results WHERE id = ?1")?;
-                    ids.iter()
-                        .map(|id| {
-                            let bytes: Option<Vec<u8>> =
-                                stmt.query_row([id], |r| r.get(0)).optional()?;
-                            bytes.map(|b| decode(id, &b)).transpose()
-                        })
-                        .collect()
-                })
+                inner.read(|conn| ids.iter().map(|id| read_record(conn, id)).collect())
             })
             .await
             .map_err(BackendError::from)
