@@ -193,7 +193,15 @@ impl ResultBackend for SqliteBackend {
         let ids = ids.to_vec();
         self.db
             .run(move |inner| {
-                inner.read(|conn| ids.iter().map(|id| read_record(conn, id)).collect())
+                inner.read(|conn| {
+                    // One read transaction for the whole list: one snapshot, and one
+                    // round of WAL locks and page-cache checks instead of one per id
+                    // (an autocommit SELECT is a transaction of its own).
+                    let snapshot = conn.unchecked_transaction()?;
+                    let records = ids.iter().map(|id| read_record(&snapshot, id)).collect();
+                    snapshot.finish()?;
+                    records
+                })
             })
             .await
             .map_err(BackendError::from)
