@@ -24,6 +24,11 @@ mod server;
 
 use server::ServerOptions;
 
+/// mimalloc, as in the `sprout` binary: the feed server allocates per request, and the
+/// run's CPU (worker and feed server together) is what the feed hub measures.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Sprout's feed hub demo: a local feed server and a fetch_feed load generator.
 #[derive(Debug, Parser)]
 #[command(name = "feed-hub", about, long_about = None)]
