@@ -104,7 +104,7 @@ impl ExternalWake {
         wal.push("-wal");
         let wal = std::path::PathBuf::from(wal);
         let waker = db.clone();
-        let mut last_wake: Option<std::time::Instant> = None;
+        let mut pacer = WakePacer::new(WATCH_WAKE_EVERY);
         let handler = move |event: notify::Result<notify::Event>| {
             let relevant = match event {
                 Ok(event) => !matches!(event.kind, EventKind::Access(_)),
@@ -113,13 +113,8 @@ impl ExternalWake {
             if relevant {
                 // Sleeping here (on the watch's own thread) lets the kernel merge the
                 // writes that come meanwhile: see WATCH_WAKE_EVERY.
-                if let Some(since) = last_wake.map(|at| at.elapsed())
-                    && since < WATCH_WAKE_EVERY
-                {
-                    std::thread::sleep(WATCH_WAKE_EVERY - since);
-                }
+                pacer.pace();
                 waker.inner().wake.notify_waiters();
-                last_wake = Some(std::time::Instant::now());
             }
         };
         let watched = notify::recommended_watcher(handler).and_then(|mut watcher| {
@@ -139,6 +134,30 @@ impl ExternalWake {
                 ExternalWake(None)
             }
         }
+    }
+}
+
+/// Spaces wake-ups at least `every` apart: [`pace`](WakePacer::pace) returns at once
+/// after a quiet spell of `every` or more, and otherwise sleeps out the rest of it.
+#[derive(Debug)]
+struct WakePacer {
+    every: Duration,
+    last: Option<Instant>,
+}
+
+impl WakePacer {
+    fn new(every: Duration) -> WakePacer {
+        WakePacer { every, last: None }
+    }
+
+    /// Blocks this thread until `every` has passed since the previous call returned.
+    fn pace(&mut self) {
+        if let Some(since) = self.last.map(|at| at.elapsed())
+            && since < self.every
+        {
+            std::thread::sleep(self.every - since);
+        }
+        self.last = Some(Instant::now());
     }
 }
 
@@ -560,3 +579,104 @@ impl Broker for SqliteBroker {
 /// versioned schema: created on first use, so files of older versions keep working.
 const ROUTES_TABLE: &str =
     "CREATE TABLE IF NOT EXISTS routes (worker TEXT PRIMARY KEY, entry TEXT NOT NULL);";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The file watch's rate limit holds: in a burst of events the first wakes at
+    /// once, the rest at most once per span; after a quiet spell the next event wakes at
+    /// once again. (Measured with a 40 ms span, so a loaded machine's scheduling delays
+    /// cannot pass for the pacer's sleeps; the watch uses `WATCH_WAKE_EVERY`.)
+    #[test]
+    fn wake_ups_are_spaced_by_the_pacers_span() {
+        let every = Duration::from_millis(40);
+        let mut pacer = WakePacer::new(every);
+        let burst = 5u32;
+        let start = Instant::now();
+        pacer.pace();
+        assert!(
+            start.elapsed() < every,
+            "the first event after a quiet spell waits {:?}",
+            start.elapsed()
+        );
+        let mut previous = Instant::now();
+        for _ in 1..burst {
+            pacer.pace();
+            let now = Instant::now();
+            assert!(
+                now - previous >= every,
+                "two wake-ups {:?} apart (span {every:?})",
+                now - previous
+            );
+            previous = now;
+        }
+        assert!(start.elapsed() >= every * (burst - 1));
+
+        std::thread::sleep(every * 2);
+        let quiet = Instant::now();
+        pacer.pace();
+        assert!(
+            quiet.elapsed() < every,
+            "after a quiet spell the next event waits {:?}",
+            quiet.elapsed()
+        );
+    }
+
+    /// End to end on a real file: another connection commits as fast as it can, and the
+    /// watch wakes this process's fetchers at most once per `WATCH_WAKE_EVERY` (plus
+    /// the first), yet does wake them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_file_watch_wakes_fetchers_at_most_once_per_watch_wake_every() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("watch.db");
+        let db = Database::open(&path).await.expect("open");
+        let watch = ExternalWake::start(&db);
+        assert!(watch.0.is_some(), "inotify is needed for this test");
+
+        let wake_ups = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = {
+            let db = db.clone();
+            let wake_ups = wake_ups.clone();
+            tokio::spawn(async move {
+                loop {
+                    db.inner().wake.notified().await;
+                    wake_ups.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        };
+        // Another writer: a connection of its own, as another process would have.
+        let writer = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || {
+                let conn =
+                    crate::storage::sqlite::schema::open_connection(&path).expect("connection");
+                conn.execute_batch("CREATE TABLE IF NOT EXISTS t (x INTEGER)")
+                    .expect("create");
+                let start = Instant::now();
+                let mut commits = 0u64;
+                while start.elapsed() < Duration::from_millis(300) {
+                    conn.execute("INSERT INTO t VALUES (1)", [])
+                        .expect("insert");
+                    commits += 1;
+                }
+                (commits, start.elapsed())
+            })
+        };
+        let (commits, took) = writer.await.expect("writer");
+        // Let the last merged wake-up come through.
+        tokio::time::sleep(WATCH_WAKE_EVERY * 20).await;
+        counter.abort();
+        let woken = wake_ups.load(Ordering::Relaxed);
+        let most = (took + WATCH_WAKE_EVERY * 20).as_micros() / WATCH_WAKE_EVERY.as_micros() + 1;
+        assert!(woken >= 1, "{commits} commits never woke the fetchers");
+        assert!(
+            u128::from(woken) <= most,
+            "{woken} wake-ups for {commits} commits in {took:?}: more than one per {WATCH_WAKE_EVERY:?}"
+        );
+        assert!(
+            commits > woken * 2,
+            "{commits} commits, {woken} wake-ups: the writes were not merged"
+        );
+    }
+}
