@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backend::{BackendError, ResultBackend};
+use crate::backend::{BackendError, Lookup, ResultBackend};
 use crate::broker::{Broker, BrokerError};
 use crate::connect::{self, ConnectError, ConnectOptions};
 use crate::model::Job;
@@ -94,18 +94,20 @@ impl Client {
         self.backend.get(id).await
     }
 
-    /// The latest records for many jobs, in the order of `ids` (`None` = PENDING), read
-    /// in one round trip where the backend can.
+    /// The latest records for many jobs, in the order of `ids` (`None` = PENDING; a
+    /// record that cannot be decoded is that job's [`BackendError::Corrupt`]), read in
+    /// one round trip where the backend can.
     ///
     /// # Errors
-    /// [`BackendError`].
-    pub async fn results(&self, ids: &[String]) -> Result<Vec<Option<ResultRecord>>, BackendError> {
+    /// [`BackendError`] when the backend cannot be read at all.
+    pub async fn results(&self, ids: &[String]) -> Result<Vec<Lookup>, BackendError> {
         self.backend.get_many(ids).await
     }
 
     /// Waits until every job of `ids` finishes or `timeout` passes; returns the latest
     /// records in the order of `ids` (non-terminal or `None` for those still unfinished
-    /// at the deadline).
+    /// at the deadline). A job whose stored record cannot be decoded is done waiting:
+    /// its entry is that [`BackendError::Corrupt`], and the others are still waited on.
     ///
     /// Polls with [`Client::results`] in oldest-first windows that follow the rate
     /// results arrive at: a window that came back all finished doubles (and is read
@@ -114,14 +116,14 @@ impl Client {
     /// plus one per poll, not one round trip per job per poll.
     ///
     /// # Errors
-    /// [`BackendError`].
+    /// [`BackendError`] when the backend cannot be read (then nothing is returned).
     pub async fn wait_many(
         &self,
         ids: &[String],
         timeout: Duration,
-    ) -> Result<Vec<Option<ResultRecord>>, BackendError> {
+    ) -> Result<Vec<Lookup>, BackendError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut records: Vec<Option<ResultRecord>> = vec![None; ids.len()];
+        let mut records: Vec<Lookup> = ids.iter().map(|_| Ok(None)).collect();
         // Indexes into `ids` of the unfinished jobs, oldest first.
         let mut pending: std::collections::VecDeque<usize> = (0..ids.len()).collect();
         let mut window = 1;
@@ -139,7 +141,11 @@ impl Client {
                 let chunk_ids: Vec<String> = chunk.iter().map(|&i| ids[i].clone()).collect();
                 let found = self.backend.get_many(&chunk_ids).await?;
                 for (&i, record) in chunk.iter().zip(found) {
-                    let finished = record.as_ref().is_some_and(|r| r.state.is_terminal());
+                    // Unreadable is as final as it gets: looking again reads the same bytes.
+                    let finished = match &record {
+                        Ok(record) => record.as_ref().is_some_and(|r| r.state.is_terminal()),
+                        Err(_) => true,
+                    };
                     records[i] = record;
                     if !finished {
                         unfinished.push(i);

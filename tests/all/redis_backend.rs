@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sprout::backend::ResultBackend;
 use sprout::backend::redis::RedisBackend;
+use sprout::backend::{BackendError, ResultBackend};
 use sprout::broker::Broker;
 use sprout::broker::redis::RedisBroker;
 use sprout::celery;
@@ -79,6 +79,41 @@ async fn store_writes_the_key_celery_reads() {
     assert_eq!(meta["children"], json!([]));
     assert_eq!(meta["sprout"]["fuel_used"], json!(1234));
     assert_eq!(meta["sprout"]["worker"], json!("w1"));
+}
+
+/// A result key holding what no Celery backend writes fails only its own id in
+/// `get_many` (one `MGET`): the others are still read.
+#[tokio::test]
+async fn get_many_fails_only_the_id_whose_key_is_garbage() {
+    let Some(opts) = redis_test("get_many_fails_only_the_id_whose_key_is_garbage") else {
+        return;
+    };
+    let backend = RedisBackend::connect(opts.clone()).await.unwrap();
+    let ok = uuid::Uuid::new_v4().to_string();
+    let bad = uuid::Uuid::new_v4().to_string();
+    let missing = uuid::Uuid::new_v4().to_string();
+    backend.store(&[success(&ok, json!(1))]).await.unwrap();
+    let mut conn = raw(&opts).await;
+    let _: () = redis::cmd("SET")
+        .arg(opts.key(&format!("celery-task-meta-{bad}")))
+        .arg(b"\xff{not json".as_slice())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let many = backend
+        .get_many(&[ok.clone(), bad.clone(), missing])
+        .await
+        .unwrap();
+    assert_eq!(
+        many[0].as_ref().unwrap().as_ref().unwrap().result,
+        Some(json!(1))
+    );
+    assert!(
+        matches!(&many[1], Err(BackendError::Corrupt { id, .. }) if *id == bad),
+        "{:?}",
+        many[1]
+    );
+    assert!(many[2].as_ref().unwrap().is_none());
 }
 
 #[tokio::test]

@@ -91,6 +91,82 @@ async fn corrupt_record_is_an_error_not_a_panic() {
     assert_eq!(recent.len(), 1, "the unreadable record is skipped");
 }
 
+/// One corrupt record among many fails only its own id: `get_many` reads the others,
+/// and `Client::wait_many` stops waiting on it at once (its bytes will not change) while
+/// it still waits for, and returns, the rest.
+#[tokio::test]
+async fn a_corrupt_record_fails_only_its_own_id_in_get_many_and_wait_many() {
+    let (_dir, store) = store().await;
+    store.store(&[record("ok", State::Success)]).await.unwrap();
+    store
+        .store(&[record("running", State::Started)])
+        .await
+        .unwrap();
+    rusqlite::Connection::open(store.path())
+        .unwrap()
+        .execute(
+            "INSERT INTO results (id, task, state, terminal, updated_at, record)
+             VALUES ('bad', 't', 'SUCCESS', 1, 0, x'00')",
+            [],
+        )
+        .unwrap();
+    let ids: Vec<String> = ["ok", "bad", "missing", "running"]
+        .map(String::from)
+        .to_vec();
+    let many = store.backend.get_many(&ids).await.unwrap();
+    assert_eq!(many.len(), 4);
+    assert_eq!(
+        many[0].as_ref().unwrap().as_ref().unwrap().state,
+        State::Success
+    );
+    assert!(
+        matches!(&many[1], Err(sprout::backend::BackendError::Corrupt { id, .. }) if id == "bad"),
+        "{:?}",
+        many[1]
+    );
+    assert!(many[2].as_ref().unwrap().is_none());
+    assert_eq!(
+        many[3].as_ref().unwrap().as_ref().unwrap().state,
+        State::Started
+    );
+
+    // The running job finishes while the client waits; the corrupt one does not hold
+    // the wait up, nor fail it.
+    let client = sprout::client::Client::new(
+        Arc::new(store.broker.clone()),
+        Arc::new(store.backend.clone()),
+    );
+    let finisher = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            store
+                .store(&[record("running", State::Success)])
+                .await
+                .unwrap();
+        })
+    };
+    let waited = [ids[0].clone(), ids[1].clone(), ids[3].clone()];
+    let got = client
+        .wait_many(&waited, Duration::from_secs(10))
+        .await
+        .unwrap();
+    finisher.await.unwrap();
+    assert_eq!(
+        got[0].as_ref().unwrap().as_ref().unwrap().state,
+        State::Success
+    );
+    assert!(matches!(
+        &got[1],
+        Err(sprout::backend::BackendError::Corrupt { .. })
+    ));
+    assert_eq!(
+        got[2].as_ref().unwrap().as_ref().unwrap().state,
+        State::Success,
+        "the wait went on for the job that had not finished"
+    );
+}
+
 /// A worker started with `--result-expires 2` deletes results about 2 s after they
 /// were stored (not before), and at startup deletes results that expired while no
 /// worker ran; with `--result-expires 0` it keeps them.

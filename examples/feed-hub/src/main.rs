@@ -322,6 +322,12 @@ impl Outcomes {
             });
         }
     }
+
+    /// Counts one job whose stored result cannot be read back, as failed.
+    fn unreadable(&mut self, reason: String) {
+        self.failed += 1;
+        self.first_error.get_or_insert(reason);
+    }
 }
 
 impl Batch {
@@ -368,8 +374,9 @@ impl Batch {
         let mut out = Outcomes::default();
         for record in records {
             match record {
-                Some(record) if record.state.is_terminal() => out.add(record),
-                _ => out.timed_out = true,
+                Ok(Some(record)) if record.state.is_terminal() => out.add(record),
+                Ok(_) => out.timed_out = true,
+                Err(e) => out.unreadable(e.to_string()),
             }
         }
         if out.timed_out {

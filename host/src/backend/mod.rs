@@ -44,6 +44,11 @@ impl BackendError {
     }
 }
 
+/// One id's answer from [`ResultBackend::get_many`]: its latest record (`None`: not
+/// known to the backend), or [`BackendError::Corrupt`] when its stored record cannot be
+/// decoded.
+pub type Lookup = Result<Option<ResultRecord>, BackendError>;
+
 /// Publishes jobs a backend creates (a chord's body and errbacks) on the worker's
 /// broker. The worker hands one in; a backend never holds a broker.
 #[async_trait]
@@ -79,17 +84,22 @@ pub trait ResultBackend: Send + Sync {
     async fn get(&self, id: &str) -> Result<Option<ResultRecord>, BackendError>;
 
     /// The latest records for `ids`, in the order of `ids` (`None` where the backend
-    /// knows nothing of an id): what a client waiting on many jobs polls. The default
-    /// asks [`ResultBackend::get`] once per id; backends that can read many in one round
-    /// trip override it (SQLite: one call on one reader connection; Redis: `MGET`).
+    /// knows nothing of an id): what a client waiting on many jobs polls. One id's
+    /// record that cannot be decoded is that id's [`BackendError::Corrupt`]; the others
+    /// are still read. The default asks [`ResultBackend::get`] once per id; backends
+    /// that can read many in one round trip override it (SQLite: one read transaction
+    /// on one reader connection; Redis: `MGET`).
     ///
     /// # Errors
-    /// [`BackendError`] on connection failure or a corrupt record (then nothing is
-    /// returned for the other ids either).
-    async fn get_many(&self, ids: &[String]) -> Result<Vec<Option<ResultRecord>>, BackendError> {
+    /// [`BackendError`] when the backend cannot be read at all (connection failure);
+    /// then nothing is returned for any id.
+    async fn get_many(&self, ids: &[String]) -> Result<Vec<Lookup>, BackendError> {
         let mut records = Vec::with_capacity(ids.len());
         for id in ids {
-            records.push(self.get(id).await?);
+            match self.get(id).await {
+                Err(e @ BackendError::Corrupt { .. }) => records.push(Err(e)),
+                other => records.push(Ok(other?)),
+            }
         }
         Ok(records)
     }

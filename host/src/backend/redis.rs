@@ -28,7 +28,7 @@ use redis::{ProtocolVersion, PushKind, Script};
 use serde_json::Value;
 use std::sync::LazyLock;
 
-use super::{BackendError, Publisher, ResultBackend};
+use super::{BackendError, Lookup, Publisher, ResultBackend};
 use crate::celery::{keys, result, workflow};
 use crate::model::{ResultRecord, State};
 use crate::storage::redis::{OptionsError, RedisOptions, is_connection};
@@ -293,7 +293,7 @@ impl ResultBackend for RedisBackend {
         raw.map(|raw| self.decode(id, &raw)).transpose()
     }
 
-    async fn get_many(&self, ids: &[String]) -> Result<Vec<Option<ResultRecord>>, BackendError> {
+    async fn get_many(&self, ids: &[String]) -> Result<Vec<Lookup>, BackendError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -309,10 +309,11 @@ impl ResultBackend for RedisBackend {
                 raw.len()
             )));
         }
-        ids.iter()
+        Ok(ids
+            .iter()
             .zip(raw)
             .map(|(id, raw)| raw.map(|raw| self.decode(id, &raw)).transpose())
-            .collect()
+            .collect())
     }
 
     async fn wait(

@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use crate::backend::{BackendError, ResultBackend};
+use crate::backend::{BackendError, Lookup, ResultBackend};
 use crate::model::{ResultRecord, State};
 use crate::storage::sqlite::{Database, Failure, OpenError, duration_ms, now_ms};
 
@@ -186,7 +186,7 @@ impl ResultBackend for SqliteBackend {
             .map_err(BackendError::from)
     }
 
-    async fn get_many(&self, ids: &[String]) -> Result<Vec<Option<ResultRecord>>, BackendError> {
+    async fn get_many(&self, ids: &[String]) -> Result<Vec<Lookup>, BackendError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -198,9 +198,17 @@ impl ResultBackend for SqliteBackend {
                     // round of WAL locks and page-cache checks instead of one per id
                     // (an autocommit SELECT is a transaction of its own).
                     let snapshot = conn.unchecked_transaction()?;
-                    let records = ids.iter().map(|id| read_record(&snapshot, id)).collect();
+                    let mut records = Vec::with_capacity(ids.len());
+                    for id in &ids {
+                        match read_record(&snapshot, id) {
+                            Err(e @ Failure::Corrupt { .. }) => {
+                                records.push(Err(BackendError::from(e)))
+                            }
+                            other => records.push(Ok(other?)),
+                        }
+                    }
                     snapshot.finish()?;
-                    records
+                    Ok(records)
                 })
             })
             .await

@@ -98,12 +98,21 @@ pub async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     // One job: wait on it (pub/sub or file watch where the backend has them). Many: poll
     // them in windows against one deadline for all, not `timeout` each.
     let records = if let [id] = ids.as_slice() {
-        vec![super::until_interrupted(client.wait(id, timeout)).await?]
+        vec![Ok(super::until_interrupted(client.wait(id, timeout)).await?)]
     } else {
         super::until_interrupted(client.wait_many(&ids, timeout)).await?
     };
     for (id, record) in ids.iter().zip(records) {
-        let record = record.filter(|r| r.state.is_terminal());
+        let record = match record {
+            Ok(record) => record.filter(|r| r.state.is_terminal()),
+            Err(e) => {
+                // Its result was stored but cannot be read back: not a success, and
+                // waiting longer would read the same bytes.
+                failed += 1;
+                crate::errln!("{id}: {e}");
+                continue;
+            }
+        };
         match record {
             Some(r) if r.state == State::Success => {
                 if count == 1 {
