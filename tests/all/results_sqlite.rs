@@ -70,18 +70,24 @@ async fn record_is_kept_verbatim() {
     assert_eq!(store.get("full").await.unwrap(), Some(rec));
 }
 
-#[tokio::test]
-async fn corrupt_record_is_an_error_not_a_panic() {
-    let (_dir, store) = store().await;
-    store.store(&[record("ok", State::Success)]).await.unwrap();
+/// Writes a row under `id` whose record is not JSON, as a damaged file or another
+/// program could leave it.
+fn insert_unreadable(store: &SqliteStore, id: &str) {
     rusqlite::Connection::open(store.path())
         .unwrap()
         .execute(
             "INSERT INTO results (id, task, state, terminal, updated_at, record)
-             VALUES ('bad', 't', 'SUCCESS', 1, 0, x'00')",
-            [],
+             VALUES (?1, 't', 'SUCCESS', 1, 0, x'00')",
+            [id],
         )
         .unwrap();
+}
+
+#[tokio::test]
+async fn corrupt_record_is_an_error_not_a_panic() {
+    let (_dir, store) = store().await;
+    store.store(&[record("ok", State::Success)]).await.unwrap();
+    insert_unreadable(&store, "bad");
     let err = store.get("bad").await.unwrap_err();
     assert!(
         matches!(err, sprout::backend::BackendError::Corrupt { ref id, .. } if id == "bad"),
@@ -102,14 +108,7 @@ async fn a_corrupt_record_fails_only_its_own_id_in_get_many_and_wait_many() {
         .store(&[record("running", State::Started)])
         .await
         .unwrap();
-    rusqlite::Connection::open(store.path())
-        .unwrap()
-        .execute(
-            "INSERT INTO results (id, task, state, terminal, updated_at, record)
-             VALUES ('bad', 't', 'SUCCESS', 1, 0, x'00')",
-            [],
-        )
-        .unwrap();
+    insert_unreadable(&store, "bad");
     let ids: Vec<String> = ["ok", "bad", "missing", "running"]
         .map(String::from)
         .to_vec();
