@@ -52,6 +52,16 @@ def ready(queue: str) -> int:
         return conn.default_channel.queue_declare(queue, passive=True).message_count
 
 
+def wait_queued(queue: str, jobs: int, timeout: float = 30.0) -> None:
+    """Waits until RabbitMQ holds all `jobs` (publishes are not confirmed, so the last
+    ones may still be in flight when `fill` returns); the worker starts after."""
+    deadline = time.monotonic() + timeout
+    while (queued := ready(queue)) < jobs:
+        if time.monotonic() > deadline:
+            sys.exit(f"only {queued} of {jobs} sent jobs reached {queue}")
+        time.sleep(0.01)
+
+
 def wait_first_taken(queue: str, jobs: int, proc) -> float:
     while ready(queue) >= jobs:
         if proc.poll() is not None:
@@ -83,6 +93,7 @@ def drain_celery(pool: str, jobs: int) -> tuple[float, float]:
     results = redis.Redis(db=RESULT_DB)
     queue = f"bench-{pool}-{uuid.uuid4().hex[:8]}"
     send_rate = fill(queue, jobs)
+    wait_queued(queue, jobs)
     proc = celery_worker(pool, queue)
     try:
         first = wait_first_taken(queue, jobs, proc)
@@ -101,6 +112,7 @@ def drain_sprout(jobs: int, concurrency: int) -> tuple[float, float]:
     results = redis.Redis(db=RESULT_DB)
     queue = f"bench-sprout-{uuid.uuid4().hex[:8]}"
     send_rate = fill(queue, jobs)
+    wait_queued(queue, jobs)
     binary = os.environ.get("SPROUT_BIN", os.path.join(REPO, "target", "release", "sprout"))
     tasks = os.environ.get("TASKS_DIR", os.path.join(REPO, "target", "tasks"))
     env = dict(os.environ, SPROUT_LOG="warn",
