@@ -339,6 +339,56 @@ fn send_count_wait_shares_one_deadline_and_counts_every_job() {
     assert_eq!(exit, Some(0), "{log}");
 }
 
+/// `send --wait` of one job whose stored result cannot be read back (a damaged row,
+/// written here while the command waits): the job counts as failed (exit 1) and is named
+/// with the reason, as in the `--count N` path; the command does not fail as a whole.
+#[test]
+fn send_wait_counts_an_unreadable_result_as_failed() {
+    let w = Workdir::new();
+    let mut send = w
+        .sprout(&["send", "echo", "[1]", "--wait", "--timeout", "30"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start send");
+    let db = w.path("sprout.db");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    // The queued job's id, once `send` has written it (no worker runs, so it stays).
+    let id = loop {
+        let queued = rusqlite::Connection::open(&db).ok().and_then(|conn| {
+            conn.query_row("SELECT job_id FROM jobs LIMIT 1", [], |row| {
+                row.get::<_, String>(0)
+            })
+            .ok()
+        });
+        if let Some(id) = queued {
+            break id;
+        }
+        assert!(std::time::Instant::now() < deadline, "send queued nothing");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    rusqlite::Connection::open(&db)
+        .expect("open")
+        .execute(
+            "INSERT INTO results (id, task, state, terminal, updated_at, record)
+             VALUES (?1, 'echo', 'SUCCESS', 1, 0, x'00')",
+            [&id],
+        )
+        .expect("write the unreadable row");
+    let out = send.wait_with_output().expect("send ends");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("{id}: corrupt result record for {id}")),
+        "{err}"
+    );
+    assert!(
+        !err.contains("error:"),
+        "the command itself did not fail: {err}"
+    );
+    assert_eq!(stdout(&out), "", "no result printed");
+}
+
 /// Queues `add(2, 3)` and runs `sprout worker --max-jobs 1`, logging at `info` to
 /// `log_to`; returns the worker's exit code once it stopped, and the job's stored result.
 fn one_job_through_a_worker(w: &Workdir, log_to: impl Into<Stdio>) -> (Option<i32>, String) {

@@ -9,6 +9,7 @@ use chrono::Utc;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::args::SendArgs;
+use sprout::backend::BackendError;
 use sprout::client::Client;
 use sprout::manifest::Manifest;
 use sprout::model::State;
@@ -98,7 +99,15 @@ pub async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     // One job: wait on it (pub/sub or file watch where the backend has them). Many: poll
     // them in windows against one deadline for all, not `timeout` each.
     let records = if let [id] = ids.as_slice() {
-        vec![Ok(super::until_interrupted(client.wait(id, timeout)).await?)]
+        // A record stored but unreadable ends this job like the many-job path does
+        // (counted as failed, named); any other error (the connection) ends the command.
+        let lookup = async {
+            match client.wait(id, timeout).await {
+                Err(e @ BackendError::Corrupt { .. }) => Ok(Err(e)),
+                other => other.map(Ok),
+            }
+        };
+        vec![super::until_interrupted(lookup).await?]
     } else {
         super::until_interrupted(client.wait_many(&ids, timeout)).await?
     };
