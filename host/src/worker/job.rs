@@ -323,7 +323,12 @@ async fn with_progress(
         let _ = done_tx.send(());
         execution
     };
-    let (execution, ()) = tokio::join!(run, reporter);
+    // Biased: the run is polled first, so the poll in which it ends also ends the
+    // reporter (`done` is already sent). `join!`'s default rotation polled the reporter
+    // first half of the time; the send then woke this task once more, and the finished
+    // job waited a whole turn of the runtime's queue (3 ms on average in a 10,000-feed
+    // run) before it freed its slot and went to be settled.
+    let (execution, ()) = tokio::join!(biased; run, reporter);
     execution
 }
 
