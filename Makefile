@@ -17,9 +17,15 @@ all: build tasks
 ## python3 is installed, and the JavaScript ones (tasks/js) to target/tasks/js when node
 ## and npm are (each script says loudly when it skips).
 tasks: build
+	$(build_tasks)
+
+## The task builds themselves, with whichever $(SPROUT) is there (`make test` builds it
+## with the test build, so the crate is compiled once, not once per feature set).
+define build_tasks
 	./tasks/build.sh $(TASKS_DIR)
 	./tasks/python/build.sh $(SPROUT) $(TASKS_DIR)/python
 	./tasks/js/build.sh $(SPROUT) $(TASKS_DIR)/js
+endef
 
 ## Builds the sprout binary (release).
 build:
@@ -35,7 +41,12 @@ demo: build tasks
 ## The tests that measure time (`timing_*`) run last, one at a time, on a machine
 ## nothing else of the suite is loading; their bounds catch regressions, not a few
 ## percent (the figures themselves: `make bench`, BENCHMARKS.md).
-test: tasks test-python
+## The test build comes first and makes $(SPROUT) too (its dev-dependencies turn on other
+## features of shared crates, so a separate `make build` would compile wasmtime and the
+## crate a second time); the tasks are then built with that binary.
+test: test-python
+	$(CARGO) test --workspace --release --no-run
+	$(build_tasks)
 	$(CARGO) test --workspace --release -- --skip timing_
 	$(CARGO) test --workspace --release timing_ -- --test-threads=1
 	CARGO_TARGET_DIR=target/wasm $(CARGO) test --manifest-path tasks/Cargo.toml

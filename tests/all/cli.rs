@@ -345,7 +345,7 @@ fn send_count_wait_shares_one_deadline_and_counts_every_job() {
 #[test]
 fn send_wait_counts_an_unreadable_result_as_failed() {
     let w = Workdir::new();
-    let mut send = w
+    let send = w
         .sprout(&["send", "echo", "[1]", "--wait", "--timeout", "30"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
