@@ -49,6 +49,18 @@ impl BackendError {
 /// decoded.
 pub type Lookup = Result<Option<ResultRecord>, BackendError>;
 
+/// One id's read as a [`Lookup`]: a record that cannot be decoded stays that id's
+/// answer, any other error (the backend cannot be read) is returned as the call's.
+///
+/// # Errors
+/// The read's error, unless it is [`BackendError::Corrupt`].
+pub fn lookup(read: Result<Option<ResultRecord>, BackendError>) -> Result<Lookup, BackendError> {
+    match read {
+        Err(e @ BackendError::Corrupt { .. }) => Ok(Err(e)),
+        other => other.map(Ok),
+    }
+}
+
 /// Publishes jobs a backend creates (a chord's body and errbacks) on the worker's
 /// broker. The worker hands one in; a backend never holds a broker.
 #[async_trait]
@@ -96,10 +108,7 @@ pub trait ResultBackend: Send + Sync {
     async fn get_many(&self, ids: &[String]) -> Result<Vec<Lookup>, BackendError> {
         let mut records = Vec::with_capacity(ids.len());
         for id in ids {
-            match self.get(id).await {
-                Err(e @ BackendError::Corrupt { .. }) => records.push(Err(e)),
-                other => records.push(Ok(other?)),
-            }
+            records.push(lookup(self.get(id).await)?);
         }
         Ok(records)
     }

@@ -9,7 +9,7 @@ use chrono::Utc;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::args::SendArgs;
-use sprout::backend::BackendError;
+use sprout::backend;
 use sprout::client::Client;
 use sprout::manifest::Manifest;
 use sprout::model::State;
@@ -101,13 +101,8 @@ pub async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     let records = if let [id] = ids.as_slice() {
         // A record stored but unreadable ends this job like the many-job path does
         // (counted as failed, named); any other error (the connection) ends the command.
-        let lookup = async {
-            match client.wait(id, timeout).await {
-                Err(e @ BackendError::Corrupt { .. }) => Ok(Err(e)),
-                other => other.map(Ok),
-            }
-        };
-        vec![super::until_interrupted(lookup).await?]
+        let read = async { backend::lookup(client.wait(id, timeout).await) };
+        vec![super::until_interrupted(read).await?]
     } else {
         super::until_interrupted(client.wait_many(&ids, timeout)).await?
     };
