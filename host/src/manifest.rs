@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::model::time;
-use crate::model::{Capabilities, Limits, MAX_JOBS_PER_INSTANCE};
+use crate::model::{Capabilities, Limits, MAX_JOBS_PER_INSTANCE, SizeUnit};
 use crate::rate_limit::RateLimit;
 
 /// The whole manifest file.
@@ -71,8 +71,9 @@ impl LimitsSection {
         if let Some(fuel) = self.fuel {
             limits.fuel = fuel;
         }
+        // The sizes were checked when the manifest was parsed ([`LimitsSection::validate`]).
         if let Some(mib) = self.memory_mib {
-            limits.memory_bytes = mib << 20;
+            limits.memory_bytes = SizeUnit::Mib.to_bytes(mib).unwrap_or(u64::MAX);
         }
         // Checked when the manifest was parsed ([`LimitsSection::validate`]).
         if let Some(secs) = self.time_limit {
@@ -82,10 +83,10 @@ impl LimitsSection {
             limits.soft_time_limit = Some(time::saturating_seconds(secs));
         }
         if let Some(kib) = self.output_kib {
-            limits.output_bytes = kib << 10;
+            limits.output_bytes = SizeUnit::Kib.to_bytes(kib).unwrap_or(u64::MAX);
         }
         if let Some(kib) = self.log_kib {
-            limits.log_bytes = kib << 10;
+            limits.log_bytes = SizeUnit::Kib.to_bytes(kib).unwrap_or(u64::MAX);
         }
         // Checked when the manifest was parsed ([`LimitsSection::validate`]).
         if let Some(jobs) = self.jobs_per_instance {
@@ -94,14 +95,18 @@ impl LimitsSection {
         limits
     }
 
-    /// Checks the seconds values through [`time::seconds`], and `jobs_per_instance`
-    /// (1 to [`MAX_JOBS_PER_INSTANCE`]).
+    /// Checks the seconds values through [`time::seconds`], the sizes (their bytes
+    /// must fit in 64 bits, [`SizeUnit::max_count`]) and `jobs_per_instance` (1 to
+    /// [`MAX_JOBS_PER_INSTANCE`]).
     ///
     /// # Errors
     /// A message naming the key and what is wrong.
     pub fn validate(&self) -> Result<(), String> {
         check_seconds("limits", "time_limit", self.time_limit)?;
         check_seconds("limits", "soft_time_limit", self.soft_time_limit)?;
+        check_size("memory_mib", self.memory_mib, SizeUnit::Mib)?;
+        check_size("output_kib", self.output_kib, SizeUnit::Kib)?;
+        check_size("log_kib", self.log_kib, SizeUnit::Kib)?;
         match self.jobs_per_instance {
             Some(jobs) if !(1..=MAX_JOBS_PER_INSTANCE).contains(&jobs) => Err(format!(
                 "[limits] jobs_per_instance: {jobs} is out of range: expected 1 (a fresh \
@@ -117,6 +122,17 @@ impl LimitsSection {
 fn check_seconds(section: &str, key: &str, value: Option<f64>) -> Result<(), String> {
     match value.map(time::seconds) {
         Some(Err(e)) => Err(format!("[{section}] {key}: {e}")),
+        _ => Ok(()),
+    }
+}
+
+/// `[limits] key`, a size in `unit`, is at most [`SizeUnit::max_count`], when given.
+fn check_size(key: &str, value: Option<u64>, unit: SizeUnit) -> Result<(), String> {
+    match value {
+        Some(count) if unit.to_bytes(count).is_none() => Err(format!(
+            "[limits] {key}: {count} is out of range: at most {} (16 EiB)",
+            unit.max_count()
+        )),
         _ => Ok(()),
     }
 }
@@ -398,6 +414,38 @@ mod tests {
             keys, rows,
             "docs/manifest.md tables vs the keys of Manifest"
         );
+    }
+
+    /// A size whose bytes would not fit in 64 bits is refused naming the key, instead of
+    /// wrapping round to a small (or zero) limit; the largest that fits is kept exactly.
+    #[test]
+    fn sizes_whose_bytes_overflow_are_refused_naming_the_key() {
+        for (key, unit) in [
+            ("memory_mib", SizeUnit::Mib),
+            ("output_kib", SizeUnit::Kib),
+            ("log_kib", SizeUnit::Kib),
+        ] {
+            let max = unit.max_count();
+            // (TOML integers are 64-bit signed: every count here is below i64::MAX.)
+            for over in [max + 1, 1 << 44, 1 << 54, i64::MAX as u64] {
+                if unit.to_bytes(over).is_some() {
+                    continue;
+                }
+                let err = Manifest::parse(&format!("[limits]\n{key} = {over}\n")).unwrap_err();
+                assert!(
+                    err.contains(&format!("[limits] {key}: {over} is out of range")),
+                    "{key} = {over}: {err}"
+                );
+            }
+            let m = Manifest::parse(&format!("[limits]\n{key} = {max}\n")).unwrap();
+            let limits = m.limits.apply(&Limits::default());
+            let bytes = match key {
+                "memory_mib" => limits.memory_bytes,
+                "output_kib" => limits.output_bytes,
+                _ => limits.log_bytes,
+            };
+            assert_eq!(bytes, max * unit.bytes(), "{key}");
+        }
     }
 
     /// `jobs_per_instance` is 1 to the ceiling; 0, above the ceiling, negative or a

@@ -552,3 +552,147 @@ async fn guest_retry_countdown_is_clamped_to_the_maximum() {
     let (_, log) = worker.wait(Duration::from_secs(30));
     assert!(!log.contains("panic"), "{log}");
 }
+
+/// The real binary: every count and size flag out of range is a usage error (exit code
+/// 2) naming the flag and what is accepted, before anything starts. Each of these once
+/// got through: a huge `--prefetch-multiplier` or `--child-concurrency` panicked in a
+/// semaphore, a huge prefork `-c` aborted on its allocation, and a `--memory` of 2^44
+/// MiB or more wrapped round to a limit of 0 bytes.
+#[test]
+fn cli_counts_and_sizes_out_of_range_are_usage_errors() {
+    let dir = Workdir::new();
+    let math = support::task("math").display().to_string();
+    let tasks = support::tasks_dir().display().to_string();
+    let huge = u64::MAX.to_string();
+    let wraps = (1u64 << 44).to_string(); // MiB: 2^64 bytes
+    let sizes = "expected a whole number of MiB from 0 to 17592186044415";
+    for (args, needles) in [
+        (
+            vec!["worker", "--prefetch-multiplier", "0"],
+            vec!["--prefetch-multiplier", "from 1 to 10000"],
+        ),
+        (
+            vec!["worker", "--prefetch-multiplier", &huge],
+            vec!["--prefetch-multiplier", "from 1 to 10000"],
+        ),
+        (
+            vec!["worker", "-P", "prefork", "--child-concurrency", &huge],
+            vec!["--child-concurrency", "from 1 to 100000"],
+        ),
+        (
+            vec!["worker", "--pool", "cpu=prefork:1:child-concurrency=100001"],
+            vec!["child-concurrency must be from 1 to 100000, not 100001"],
+        ),
+        (
+            vec!["worker", "-P", "prefork", "-c", &huge],
+            vec!["child processes", "at most 4096"],
+        ),
+        (
+            vec!["worker", "--pool", "cpu=prefork:4097"],
+            vec!["pool cpu: 4097 child processes", "at most 4096"],
+        ),
+        (vec!["worker", "--memory", &wraps], vec!["--memory", sizes]),
+        (
+            vec!["run", &math, "add", "--memory", &huge],
+            vec!["--memory", sizes],
+        ),
+        (
+            vec!["tasks", &tasks, "--memory", &wraps],
+            vec!["--memory", sizes],
+        ),
+        (
+            vec!["send", "add", "--memory", &wraps],
+            vec!["--memory", sizes],
+        ),
+    ] {
+        assert_usage_error(&dir, &args, &needles);
+    }
+}
+
+/// The real binary: a concurrency within the flags' bounds but more than this machine
+/// can reserve address space for (every slot reserves its guests' memories up front,
+/// ~8 GiB; 100,000 slots need ~800 TiB, more than a 47-bit address space holds) is a
+/// usage error naming the flag and the most that fits: for the async pool's `-c` and
+/// for a prefork child's `--child-concurrency` (checked in the parent, before any child
+/// starts, not as a child that dies while starting).
+#[test]
+fn a_concurrency_the_machine_cannot_reserve_is_a_usage_error_naming_what_fits() {
+    let dir = Workdir::new();
+    let tasks = support::tasks_dir().display().to_string();
+    let db = format!("sqlite://{}", dir.path("q.db").display());
+    for (args, flag) in [
+        (vec!["-c", "100000"], "-c/--concurrency 100000"),
+        (
+            vec!["-P", "prefork", "-c", "1", "--child-concurrency", "100000"],
+            "--child-concurrency 100000",
+        ),
+    ] {
+        let mut all = vec!["worker", "--tasks", &tasks, "--broker", &db];
+        all.extend(args);
+        assert_usage_error(
+            &dir,
+            &all,
+            &[
+                &format!("{flag} is more than this machine can reserve"),
+                "slots fit here",
+            ],
+        );
+    }
+}
+
+/// The library edge: a `WorkerConfig` asking for more reservations than a semaphore
+/// holds runs (at [`sprout::worker::MAX_RESERVATIONS`]) instead of panicking, and a
+/// prefork pool over its bounds is refused before any child starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn library_counts_past_their_bounds_are_clamped_or_refused() {
+    use std::sync::Arc;
+
+    use sprout::pool::prefork::{MAX_CHILD_CONCURRENCY, MAX_PROCESSES};
+    use sprout::pool::{AsyncPool, PreforkConfig, PreforkError, PreforkPool};
+    use sprout::worker::{Shutdown, Worker, WorkerConfig};
+
+    let dir = Workdir::new();
+    let store = SqliteStore::open(dir.path("sprout.db")).await.unwrap();
+    let add = job("add", json!([20, 22]));
+    store.publish(std::slice::from_ref(&add)).await.unwrap();
+    let sandbox = support::sandbox(4);
+    let config = WorkerConfig {
+        hostname: "edges-test".into(),
+        queues: vec!["celery".into()],
+        reservations: usize::MAX,
+        lease: Duration::from_secs(5),
+        grace: Duration::from_secs(5),
+        track_started: false,
+        max_jobs: Some(1),
+        unknown_task_grace: Duration::ZERO,
+    };
+    let worker = Worker::new(
+        Arc::new(store.clone()),
+        Arc::new(store.clone()),
+        support::registry(&sandbox).await,
+        Arc::new(AsyncPool::new(sandbox.clone(), 2)),
+        config,
+    );
+    let (_tx, rx) = tokio::sync::watch::channel(Shutdown::Running);
+    let report = tokio::time::timeout(Duration::from_secs(60), worker.run(rx))
+        .await
+        .expect("the worker stops after its one job")
+        .expect("the worker runs");
+    assert_eq!(report.succeeded, 1, "{report:?}");
+    let record = store.get(&add.id).await.unwrap().expect("a result");
+    assert_eq!(record.result, Some(json!(42)));
+
+    for (processes, child_concurrency, why) in [
+        (MAX_PROCESSES + 1, 1, "child processes"),
+        (usize::MAX, usize::MAX, "child processes"),
+        (1, MAX_CHILD_CONCURRENCY + 1, "jobs at once per child"),
+    ] {
+        let mut config = PreforkConfig::new(support::sprout_bin(), processes);
+        config.child_concurrency = child_concurrency;
+        match PreforkPool::start(config).await {
+            Err(PreforkError::OutOfRange(e)) => assert!(e.contains(why), "{e}"),
+            Err(e) => panic!("{processes} x {child_concurrency}: {e}"),
+            Ok(_) => panic!("{processes} x {child_concurrency}: started"),
+        }
+    }
+}

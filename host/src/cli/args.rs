@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use sprout::connect::ConnectOptions;
-use sprout::model::time;
+use sprout::model::{SizeUnit, time};
 use sprout::sandbox::Preemption;
 
 /// `sprout --version`: Sprout's version and the wasmtime it embeds (pinned in the
@@ -216,7 +216,7 @@ pub struct LimitArgs {
     #[arg(long, env = "SPROUT_SOFT_TIME_LIMIT", value_parser = parse_duration)]
     pub soft_time_limit: Option<Duration>,
     /// Default memory cap in MiB.
-    #[arg(long, env = "SPROUT_MEMORY")]
+    #[arg(long, env = "SPROUT_MEMORY", value_parser = parse_mib)]
     pub memory: Option<u64>,
     /// Directory for compiled artifacts (default: $XDG_CACHE_HOME/sprout).
     #[arg(long, env = "SPROUT_CACHE_DIR")]
@@ -323,9 +323,10 @@ pub struct WorkerArgs {
     /// which name their own queues.
     #[arg(short = 'Q', long, value_delimiter = ',')]
     pub queues: Vec<String>,
-    /// Prefork: jobs each child runs at once (an async pool inside each child). The
-    /// default for every prefork pool; a `--pool` spec may set its own.
-    #[arg(long, default_value_t = 1)]
+    /// Prefork: jobs each child runs at once (an async pool inside each child), 1 to
+    /// 100000. The default for every prefork pool; a `--pool` spec may set its own.
+    #[arg(long, default_value_t = 1,
+          value_parser = count_in::<1, { sprout::pool::prefork::MAX_CHILD_CONCURRENCY }>)]
     pub child_concurrency: usize,
     /// Prefork: replace a child after it has run this many jobs (default for every
     /// prefork pool; a `--pool` spec may set its own, 0 = never).
@@ -343,8 +344,9 @@ pub struct WorkerArgs {
     /// A `--pool` spec may set its own.
     #[arg(long, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub prefork_nice: Option<i32>,
-    /// Jobs reserved per slot (1 = never hold more jobs than can run).
-    #[arg(long, default_value_t = 1)]
+    /// Jobs reserved per slot, 1 to 10000 (1 = never hold more jobs than can run;
+    /// Celery's 0, no limit, has no equivalent).
+    #[arg(long, default_value_t = 1, value_parser = count_in::<1, MAX_PREFETCH_MULTIPLIER>)]
     pub prefetch_multiplier: usize,
     /// Worker name in results and logs (default: sprout@HOST).
     #[arg(short = 'n', long)]
@@ -460,7 +462,7 @@ pub struct SendArgs {
     #[arg(long, value_parser = parse_duration)]
     pub time_limit: Option<Duration>,
     /// Lower the memory cap (MiB) for this job.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_mib)]
     pub memory: Option<u64>,
     /// Send this many copies (shows a progress bar).
     #[arg(long, default_value_t = 1)]
@@ -551,6 +553,34 @@ pub struct ChildArgs {
     /// The child's settings as the parent wrote them (JSON of `ChildOptions`).
     #[arg(long)]
     pub options: String,
+}
+
+/// Most jobs reserved per slot (`--prefetch-multiplier`).
+pub const MAX_PREFETCH_MULTIPLIER: usize = 10_000;
+
+/// Parses a count flag: a whole number from `MIN` to `MAX`. A bad value is a usage
+/// error naming the flag (clap, exit code 2).
+///
+/// # Errors
+/// Not a whole number, or out of range; the message gives the range.
+pub fn count_in<const MIN: usize, const MAX: usize>(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if (MIN..=MAX).contains(&n) => Ok(n),
+        _ => Err(format!("expected a whole number from {MIN} to {MAX}")),
+    }
+}
+
+/// Parses a memory flag in MiB (`--memory`): a whole number whose bytes fit in 64 bits
+/// (at most [`SizeUnit::max_count`], 16 EiB), so it never wraps round to a small limit.
+///
+/// # Errors
+/// Not a whole number, or too large.
+pub fn parse_mib(text: &str) -> Result<u64, String> {
+    let max = SizeUnit::Mib.max_count();
+    match text.trim().parse::<u64>() {
+        Ok(n) if n <= max => Ok(n),
+        _ => Err(format!("expected a whole number of MiB from 0 to {max}")),
+    }
 }
 
 /// Parses every duration flag (time limits, countdown, expiry, lease, grace, timeouts,

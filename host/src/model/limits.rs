@@ -49,6 +49,35 @@ pub struct Limits {
 /// whatever their guest leaks (memory, resources) until they are dropped.
 pub const MAX_JOBS_PER_INSTANCE: u32 = 100_000;
 
+/// A size unit of the manifest's and the command line's size limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SizeUnit {
+    /// KiB (`output_kib`, `log_kib`).
+    Kib,
+    /// MiB (`memory_mib`, `--memory`).
+    Mib,
+}
+
+impl SizeUnit {
+    /// Bytes in one unit.
+    pub const fn bytes(self) -> u64 {
+        match self {
+            SizeUnit::Kib => 1 << 10,
+            SizeUnit::Mib => 1 << 20,
+        }
+    }
+
+    /// The largest count of this unit whose bytes a `u64` holds (16 EiB in all).
+    pub const fn max_count(self) -> u64 {
+        u64::MAX / self.bytes()
+    }
+
+    /// `count` units in bytes; `None` when that is more than [`SizeUnit::max_count`].
+    pub fn to_bytes(self, count: u64) -> Option<u64> {
+        count.checked_mul(self.bytes())
+    }
+}
+
 fn one() -> u32 {
     1
 }

@@ -22,7 +22,7 @@ pub mod time;
 
 pub use capabilities::{AllowList, CONFIG_ENV_PREFIX, Capabilities, HostPattern, PatternError};
 pub use job::{CeleryContext, DEFAULT_QUEUE, DecodeError, Job, LimitOverrides};
-pub use limits::{Limits, MAX_JOBS_PER_INSTANCE};
+pub use limits::{Limits, MAX_JOBS_PER_INSTANCE, SizeUnit};
 pub use outcome::{Execution, Outcome, RetryRequest, TimeLimitKind, human_bytes};
 pub use routes::WorkerRoutes;
 pub use state::{

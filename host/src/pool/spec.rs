@@ -26,12 +26,14 @@ pub struct PoolSpec {
 }
 
 use super::PreforkConfig;
+use super::prefork::MAX_CHILD_CONCURRENCY;
 
 /// Per-pool prefork settings from a `--pool` spec, or the worker-wide flags. `None` =
 /// not given (a spec's falls back to the flag, see [`PreforkOptions::or`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PreforkOptions {
-    /// `child-concurrency=K`: jobs each child runs at once (at least 1).
+    /// `child-concurrency=K`: jobs each child runs at once (1 to
+    /// [`MAX_CHILD_CONCURRENCY`]).
     pub child_concurrency: Option<usize>,
     /// `max-tasks-per-child=N`: recycle a child after N jobs (0 = never, overriding
     /// the flag).
@@ -229,8 +231,10 @@ fn parse_options(list: &str) -> Result<PreforkOptions, String> {
         let fresh = match key {
             "child-concurrency" => {
                 let k: usize = number(key, value)?;
-                if k == 0 {
-                    return Err("child-concurrency must be at least 1".into());
+                if !(1..=MAX_CHILD_CONCURRENCY).contains(&k) {
+                    return Err(format!(
+                        "child-concurrency must be from 1 to {MAX_CHILD_CONCURRENCY}, not {k}"
+                    ));
                 }
                 options.child_concurrency.replace(k).is_none()
             }
@@ -346,7 +350,14 @@ mod tests {
                 "cpu=prefork:2:max-task-per-child=10",
                 "unknown option \"max-task-per-child\"",
             ),
-            ("cpu=prefork:2:child-concurrency=0", "at least 1"),
+            (
+                "cpu=prefork:2:child-concurrency=0",
+                "from 1 to 100000, not 0",
+            ),
+            (
+                "cpu=prefork:2:child-concurrency=100001",
+                "from 1 to 100000, not 100001",
+            ),
             ("cpu=prefork:2:child-concurrency=-1", "not a whole number"),
             (
                 "cpu=prefork:2:max-memory-per-child=1M",

@@ -571,7 +571,8 @@ impl ControlPlane {
         for p in pools.iter() {
             match p.pool.resize(delta) {
                 Ok(now) => {
-                    let permits = delta.unsigned_abs() as usize * p.prefetch;
+                    let slots = usize::try_from(delta.unsigned_abs()).unwrap_or(usize::MAX);
+                    let permits = slots.saturating_mul(p.prefetch);
                     if delta > 0 {
                         p.reservations.add_permits(permits);
                     } else {

@@ -87,7 +87,8 @@ pub struct WorkerConfig {
     pub hostname: String,
     /// Queues to consume.
     pub queues: Vec<String>,
-    /// Most jobs reserved at once (running + prefetched).
+    /// Most jobs reserved at once (running + prefetched): 1 to [`MAX_RESERVATIONS`]
+    /// (0 is taken as 1, more as the maximum).
     pub reservations: usize,
     /// Lease (visibility timeout) of fetched jobs; renewed every third of it.
     pub lease: Duration,
@@ -102,6 +103,18 @@ pub struct WorkerConfig {
     /// task file is deployed, or to a fleet where only some workers have it, still runs.
     /// Zero fails it at once.
     pub unknown_task_grace: Duration,
+}
+
+/// Most jobs one worker reserves at once: far beyond any pool's slots times a sane
+/// prefetch, and low enough that the reservation count can grow (`pool_grow`) without
+/// overflowing.
+pub const MAX_RESERVATIONS: usize = u32::MAX as usize;
+
+impl WorkerConfig {
+    /// [`WorkerConfig::reservations`] within its bounds.
+    fn reservations(&self) -> usize {
+        self.reservations.clamp(1, MAX_RESERVATIONS)
+    }
 }
 
 /// How a worker tells the broker it is alive (see [`crate::broker`]).
@@ -283,7 +296,7 @@ impl Worker {
         self,
         mut shutdown: watch::Receiver<Shutdown>,
     ) -> Result<WorkerReport, WorkerError> {
-        self.broker.set_prefetch(self.config.reservations.max(1));
+        self.broker.set_prefetch(self.config.reservations());
         let (tx, rx) = mpsc::unbounded_channel();
         let in_flight: InFlight = Arc::new(Mutex::new(HashSet::new()));
         let observer: Arc<dyn JobObserver> = Arc::new(self.observers);
@@ -308,7 +321,7 @@ impl Worker {
             },
             None => None,
         };
-        let reservations = Arc::new(Semaphore::new(self.config.reservations.max(1)));
+        let reservations = Arc::new(Semaphore::new(self.config.reservations()));
         let (plane, pool_name) = self.control.unwrap_or_else(|| {
             let plane = ControlPlane::new(&self.config.hostname, Default::default());
             (plane, self.pool.kind().to_string())
@@ -318,7 +331,7 @@ impl Worker {
             self.pool.clone(),
             self.config.queues.clone(),
             reservations.clone(),
-            self.config.reservations / self.pool.concurrency().max(1),
+            self.config.reservations() / self.pool.concurrency().max(1),
             self.registry.clone(),
         );
         let shared = Arc::new(Shared {

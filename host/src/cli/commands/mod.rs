@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use crate::cli::args::LimitArgs;
 use sprout::connect::ConnectError;
-use sprout::model::Limits;
+use sprout::model::{Limits, SizeUnit};
 use sprout::sandbox::{ArtifactCache, CompileLimits, EngineSettings, Preemption, Sandbox};
 
 pub mod build;
@@ -112,7 +112,7 @@ pub fn default_limits(args: &LimitArgs) -> Limits {
         limits.soft_time_limit = Some(soft);
     }
     if let Some(mib) = args.memory {
-        limits.memory_bytes = mib << 20;
+        limits.memory_bytes = SizeUnit::Mib.to_bytes(mib).unwrap_or(u64::MAX);
     }
     limits
 }
@@ -153,6 +153,56 @@ fn most_slots(settings: &EngineSettings) -> Option<usize> {
     Some(good as usize)
 }
 
+/// When an engine with `settings` cannot be built because the machine cannot reserve
+/// the address space of its slots (the pooling allocator reserves every slot up front),
+/// the usage error that says so, naming `flag` (which asked for `wanted` slots; the
+/// engine keeps `spare` more) and the most that fit, instead of mmap's error. `None`
+/// when even the smallest engine does not build: then the error is not about slots.
+fn too_many_slots(
+    settings: &EngineSettings,
+    wanted: usize,
+    spare: usize,
+    flag: &str,
+    counted: &str,
+) -> Option<ExitError> {
+    let most = most_slots(settings)?.saturating_sub(spare);
+    let per_slot = sprout::model::human_bytes(slot_reservation(settings));
+    Some(ExitError::new(
+        EXIT_USAGE,
+        format!(
+            "{flag} {wanted} is more than this machine can reserve: each slot reserves \
+             {per_slot} of address space for its guests' memories (the pooling allocator), \
+             and at most {most} slots fit here; lower {flag} ({counted}) to {most} or less",
+        ),
+    ))
+}
+
+/// Checks that a prefork child can build its engine (`settings`: the child's, with
+/// room for `child_concurrency` guests) on this machine, before any child is started.
+///
+/// # Errors
+/// A usage error ([`EXIT_USAGE`]) naming `--child-concurrency` and the most that fits.
+/// Any other reason the engine cannot be built is left to the child to report.
+pub fn check_child_engine(
+    settings: &EngineSettings,
+    child_concurrency: usize,
+) -> anyhow::Result<()> {
+    if Sandbox::new(settings.clone(), None).is_ok() {
+        return Ok(());
+    }
+    let spare = (settings.max_instances as usize).saturating_sub(child_concurrency);
+    match too_many_slots(
+        settings,
+        child_concurrency,
+        spare,
+        "--child-concurrency",
+        "per prefork child",
+    ) {
+        Some(usage) => bail!(usage),
+        None => Ok(()),
+    }
+}
+
 /// Builds the process's sandbox with room for `max_instances` concurrent guests.
 ///
 /// # Errors
@@ -178,21 +228,14 @@ pub fn build_sandbox(args: &LimitArgs, max_instances: usize) -> anyhow::Result<S
     let sandbox = match Sandbox::new(settings.clone(), cache_dir.as_deref()) {
         Ok(sandbox) => sandbox,
         Err(e) => {
-            // The pooling allocator reserves address space for every slot up front; when
-            // that fails for a large concurrency, say what fits instead of mmap's error.
-            if let Some(most) = most_slots(&settings) {
-                let per_slot = sprout::model::human_bytes(slot_reservation(&settings));
-                bail!(ExitError::new(
-                    EXIT_USAGE,
-                    format!(
-                        "-c/--concurrency {max_instances} is more than this machine can reserve: \
-                         each async slot reserves {per_slot} of address space for its guests' \
-                         memories (the pooling allocator), and at most {} slots fit here; \
-                         lower -c/--concurrency (the async pools' added up) to {} or less",
-                        most.saturating_sub(SPARE_SLOTS),
-                        most.saturating_sub(SPARE_SLOTS),
-                    )
-                ));
+            if let Some(usage) = too_many_slots(
+                &settings,
+                max_instances,
+                SPARE_SLOTS,
+                "-c/--concurrency",
+                "the async pools' added up",
+            ) {
+                bail!(usage);
             }
             return Err(anyhow::Error::new(e).context("cannot build the wasm engine"));
         }

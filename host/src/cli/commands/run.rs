@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use crate::cli::args::RunArgs;
-use sprout::model::Outcome;
+use sprout::model::{Outcome, SizeUnit};
 use sprout::registry;
 use sprout::sandbox::RunRequest;
 
@@ -80,7 +80,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         limits.soft_time_limit = Some(soft);
     }
     if let Some(mib) = args.limits.memory {
-        limits.memory_bytes = mib << 20;
+        limits.memory_bytes = SizeUnit::Mib.to_bytes(mib).unwrap_or(u64::MAX);
     }
     let mut request = RunRequest::new(entry.export.clone(), call_args);
     request.kwargs = kwargs;

@@ -14,7 +14,7 @@ use sprout::client::Client;
 use sprout::manifest::Manifest;
 use sprout::model::State;
 use sprout::model::time;
-use sprout::model::{Job, LimitOverrides};
+use sprout::model::{Job, LimitOverrides, SizeUnit};
 use sprout::registry::{manifest_path, task_files};
 
 use super::{EXIT_NOT_READY, EXIT_TASK_FAILED, EXIT_USAGE, ExitError};
@@ -187,7 +187,9 @@ fn build_job(args: &SendArgs) -> anyhow::Result<Job> {
     }
     job.limits = LimitOverrides {
         fuel: args.fuel,
-        memory_bytes: args.memory.map(|m| m << 20),
+        memory_bytes: args
+            .memory
+            .map(|mib| SizeUnit::Mib.to_bytes(mib).unwrap_or(u64::MAX)),
         time_limit: args.time_limit.map(|d| d.as_secs_f64()),
         ..Default::default()
     };

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use crate::cli::args::{ChildArgs, LimitArgs, WorkerArgs};
 use sprout::connect;
+use sprout::pool::prefork;
 use sprout::pool::prefork::child::{self, ChildOptions};
 use sprout::pool::{
     AsyncPool, Pool, PoolKind, PoolSpec, PreforkConfig, PreforkOptions, PreforkPool,
@@ -354,9 +355,6 @@ fn plan_pools(args: &WorkerArgs) -> Result<(Vec<PoolSpec>, bool), String> {
     if args.concurrency == Some(0) {
         return Err("--concurrency must be at least 1".into());
     }
-    if args.child_concurrency == 0 {
-        return Err("--child-concurrency must be at least 1".into());
-    }
     let named = args.pool.iter().any(|p| p.contains('='));
     if !named {
         let [kind] = args.pool.as_slice() else {
@@ -388,6 +386,7 @@ fn plan_pools(args: &WorkerArgs) -> Result<(Vec<PoolSpec>, bool), String> {
             queues,
             prefork: PreforkOptions::default(),
         };
+        check_prefork_processes(&spec)?;
         return Ok((vec![spec], false));
     }
     if !args.queues.is_empty() {
@@ -409,6 +408,7 @@ fn plan_pools(args: &WorkerArgs) -> Result<(Vec<PoolSpec>, bool), String> {
                 .or(args.concurrency)
                 .unwrap_or_else(|| default_concurrency(spec.kind)),
         );
+        check_prefork_processes(&spec)?;
         for queue in &spec.queues {
             if let Some(other) = queue_owner.insert(queue.clone(), spec.name.clone()) {
                 tracing::warn!(
@@ -420,6 +420,19 @@ fn plan_pools(args: &WorkerArgs) -> Result<(Vec<PoolSpec>, bool), String> {
         specs.push(spec);
     }
     Ok((specs, true))
+}
+
+/// A prefork pool runs at most [`prefork::MAX_PROCESSES`] children.
+fn check_prefork_processes(spec: &PoolSpec) -> Result<(), String> {
+    match spec.concurrency {
+        Some(n) if spec.kind == PoolKind::Prefork && n > prefork::MAX_PROCESSES => Err(format!(
+            "pool {}: {n} child processes is more than a prefork pool runs (at most {}); \
+             for more jobs at once per process, add --child-concurrency",
+            spec.name,
+            prefork::MAX_PROCESSES
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn default_concurrency(kind: PoolKind) -> usize {
@@ -488,6 +501,7 @@ async fn start_pool(
                 })
                 .flatten();
             config.log_filter = Some(log_filter.to_string());
+            super::check_child_engine(&config.child_settings(), config.child_concurrency)?;
             let pool = PreforkPool::start(config)
                 .await
                 .with_context(|| format!("cannot start the prefork pool {:?}", spec.name))?;

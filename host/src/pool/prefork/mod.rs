@@ -67,15 +67,29 @@ const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a child may take to exit after its stdin closes before it is killed.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Most child processes one prefork pool runs: far beyond what a machine's memory holds
+/// (each child is a process with its own engine), low enough that a typo cannot make
+/// the parent try to fork millions of processes.
+pub const MAX_PROCESSES: usize = 4_096;
+
+/// Most jobs one child runs at once (the async pool inside it); each also needs an
+/// instance slot, whose address space the machine must be able to reserve.
+pub const MAX_CHILD_CONCURRENCY: usize = 100_000;
+
+/// Instance slots a child's engine keeps beyond its concurrency (loading a task file
+/// instantiates it too).
+const CHILD_SPARE_SLOTS: usize = 4;
+
 /// How the pool runs its children.
 #[derive(Debug, Clone)]
 pub struct PreforkConfig {
     /// The `sprout` executable children run as `sprout child` (normally
     /// `std::env::current_exe()`; tests pass the binary under test).
     pub program: PathBuf,
-    /// Number of child processes. Default: the number of CPUs.
+    /// Number of child processes, 1 to [`MAX_PROCESSES`]. Default: the number of CPUs.
     pub processes: usize,
-    /// Jobs one child runs at once (an async pool inside each child). Default: 1.
+    /// Jobs one child runs at once (an async pool inside each child), 1 to
+    /// [`MAX_CHILD_CONCURRENCY`]. Default: 1.
     pub child_concurrency: usize,
     /// Replace a child after it has run this many jobs. Default: never.
     pub max_tasks_per_child: Option<u64>,
@@ -126,6 +140,37 @@ impl PreforkConfig {
     pub fn default_processes() -> usize {
         std::thread::available_parallelism().map_or(2, |n| n.get())
     }
+
+    /// The engine settings each child builds its engine with: [`PreforkConfig::settings`]
+    /// with room for `child_concurrency` guests.
+    pub fn child_settings(&self) -> EngineSettings {
+        let slots = self
+            .child_concurrency
+            .max(1)
+            .saturating_add(CHILD_SPARE_SLOTS);
+        EngineSettings {
+            max_instances: u32::try_from(slots).unwrap_or(u32::MAX),
+            ..self.settings.clone()
+        }
+    }
+
+    /// Checks the counts a caller set: `processes` and `child_concurrency` within
+    /// their bounds (0 is taken as 1).
+    fn check(&self) -> Result<(), PreforkError> {
+        if self.processes > MAX_PROCESSES {
+            return Err(PreforkError::OutOfRange(format!(
+                "{} child processes is more than the most one pool runs, {MAX_PROCESSES}",
+                self.processes
+            )));
+        }
+        if self.child_concurrency > MAX_CHILD_CONCURRENCY {
+            return Err(PreforkError::OutOfRange(format!(
+                "{} jobs at once per child is more than the most, {MAX_CHILD_CONCURRENCY}",
+                self.child_concurrency
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Why a prefork pool could not start.
@@ -137,6 +182,10 @@ pub enum PreforkError {
     /// A child could not be spawned or did not become ready.
     #[error("{0}")]
     ChildStart(String),
+    /// `processes` or `child_concurrency` is over its bound ([`MAX_PROCESSES`],
+    /// [`MAX_CHILD_CONCURRENCY`]).
+    #[error("{0}")]
+    OutOfRange(String),
 }
 
 /// Counters, for logs and tests.
@@ -231,13 +280,14 @@ impl PreforkPool {
     /// # Errors
     /// A child could not be spawned or did not become ready (wrong program path, an
     /// engine it cannot build): the pool would never run anything, so it fails here
-    /// rather than retrying forever. Children already started are stopped.
+    /// rather than retrying forever. Children already started are stopped. The counts
+    /// are over their bounds ([`PreforkError::OutOfRange`]): nothing is started.
     pub async fn start(config: PreforkConfig) -> Result<PreforkPool, PreforkError> {
+        config.check()?;
         let mut config = config;
         config.processes = config.processes.max(1);
         config.child_concurrency = config.child_concurrency.max(1);
-        config.settings.max_instances =
-            u32::try_from(config.child_concurrency + 4).unwrap_or(u32::MAX);
+        config.settings = config.child_settings();
         let permits = config.processes * config.child_concurrency;
         let shared = Arc::new(Shared {
             children: Mutex::new(vec![None; config.processes]),
