@@ -48,7 +48,14 @@ pub async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let count = args.count.max(1);
-    let mut ids = Vec::with_capacity(count.min(1_000_000) as usize);
+    // The ids are printed (up to 20) or waited on; a long run of `--count` without
+    // `--wait` keeps none, so its memory stays flat however many it sends.
+    let keep_ids = args.wait || count <= 20;
+    let mut ids = Vec::with_capacity(if keep_ids {
+        count.min(1_000_000) as usize
+    } else {
+        0
+    });
     let progress = (count > 1).then(|| {
         let bar = ProgressBar::new(count);
         bar.set_style(
@@ -71,7 +78,9 @@ pub async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
             })
             .collect();
         client.send_many(&batch).await?;
-        ids.extend(batch.into_iter().map(|j| j.id));
+        if keep_ids {
+            ids.extend(batch.into_iter().map(|j| j.id));
+        }
         sent += n as u64;
         if let Some(bar) = &progress {
             bar.set_position(sent);
