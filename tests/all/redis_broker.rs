@@ -213,6 +213,33 @@ async fn crashed_worker_reservation_comes_back_once() {
     );
 }
 
+/// A key prefix where nothing was ever published (a fresh Redis, before the first
+/// worker or client): `stats` is no queues, not an error (Redis refuses the empty
+/// pipeline of queue lengths it once sent), and `sprout status` says so with exit 0.
+#[tokio::test]
+async fn stats_of_a_broker_with_nothing_yet_are_empty() {
+    let Some(opts) = redis_test("stats_of_a_broker_with_nothing_yet_are_empty") else {
+        return;
+    };
+    let b = broker(&opts).await;
+    assert!(b.stats().await.unwrap().is_empty());
+    assert!(b.dead_letters(10).await.unwrap().is_empty());
+    let url = format!(
+        "redis://{REDIS_ADDR}/{}?global_keyprefix={}",
+        crate::support::REDIS_PREFIX_DB,
+        opts.key_prefix
+    );
+    let out = std::process::Command::new(crate::support::sprout_bin())
+        .args(["status", "--broker", &url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// eta messages wait reserved in `unacked` (not in the list), and `shutdown` puts them
 /// back like a Celery worker's warm shutdown.
 #[tokio::test]

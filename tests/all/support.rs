@@ -400,7 +400,7 @@ pub const REDIS_ADDR: &str = "127.0.0.1:6379";
 
 /// The database of the tests that run only Sprout code: each test has its own key prefix
 /// in it (kombu's `global_keyprefix`, which Sprout honours for every key it writes).
-const REDIS_PREFIX_DB: u8 = 9;
+pub const REDIS_PREFIX_DB: u8 = 9;
 
 /// Databases lent whole to one test at a time, for tests whose other processes (a
 /// Python Celery client or worker) cannot be given a key prefix.

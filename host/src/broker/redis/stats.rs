@@ -171,10 +171,14 @@ pub(super) async fn collect(b: &RedisBroker) -> Result<Vec<QueueStats>, BrokerEr
             pipe.llen(b.key(&keys::queue_key(q, step)));
         }
     }
-    let lens: Vec<i64> = pipe
-        .query_async(&mut b.conn())
-        .await
-        .map_err(broker_error)?;
+    // (Redis refuses an empty pipeline: no queue known yet is no lengths to read.)
+    let lens: Vec<i64> = if names.is_empty() {
+        Vec::new()
+    } else {
+        pipe.query_async(&mut b.conn())
+            .await
+            .map_err(broker_error)?
+    };
     for (i, q) in names.iter().enumerate() {
         let s = stats.entry(q.clone()).or_insert_with(|| QueueStats {
             queue: q.clone(),
