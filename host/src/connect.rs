@@ -127,6 +127,16 @@ fn parse<'a>(url: &'a str, what: &'static str) -> Result<Target<'a>, ConnectErro
         // A file in a directory that is not there is a typo in the URL: refused here,
         // before anything is opened (the file is created, never directories).
         let file = std::path::Path::new(path);
+        // SQLite URLs have no options: `sqlite:x.db?mode=ro` would otherwise open a file
+        // named `x.db?mode=ro`.
+        if path.contains('?') {
+            return Err(ConnectError::InvalidUrl {
+                what,
+                url: url.to_string(),
+                reason: "sqlite:PATH takes no options (no `?`): give the database file alone"
+                    .into(),
+            });
+        }
         if path.is_empty() || file.is_dir() {
             return Err(ConnectError::InvalidUrl {
                 what,

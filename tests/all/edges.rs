@@ -484,6 +484,28 @@ fn cli_flags_and_url_keys_out_of_range_are_usage_errors() {
         }
         assert_usage_error(&dir, &args, &[&format!("`{key}={value}`"), why]);
     }
+    // URLs the client underneath cannot take, and options a SQLite URL does not have:
+    // the URL's fault (exit code 2), found before anything connects or any file is
+    // made (not a file named `q.db?mode=ro`).
+    let sqlite = dir.path("q.db");
+    let with_options = format!("sqlite://{}?mode=ro", sqlite.display());
+    for (url, why) in [
+        ("redis://[::1", "invalid broker URL"),
+        ("rediss://127.0.0.1:6379/0", "TLS"),
+        (with_options.as_str(), "takes no options"),
+        (
+            "amqp://guest:guest@127.0.0.1:5672//?frame_max=1",
+            "at least 4096",
+        ),
+    ] {
+        assert_usage_error(&dir, &["status", "--broker", url], &[why]);
+    }
+    assert!(
+        std::fs::read_dir(sqlite.parent().unwrap())
+            .unwrap()
+            .all(|e| !e.unwrap().file_name().to_string_lossy().contains('?')),
+        "a file was made from the URL's options"
+    );
     // And as a result backend URL.
     let url = format!("{redis}?visibility_timeout=inf");
     assert_usage_error(

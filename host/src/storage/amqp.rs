@@ -120,9 +120,13 @@ impl AmqpOptions {
                         .map_err(|_| bad("expected a count"))?;
                 }
                 "heartbeat" | "frame_max" | "channel_max" | "connection_timeout" => {
-                    value
+                    let n = value
                         .parse::<u64>()
                         .map_err(|_| bad("expected a whole number"))?;
+                    // AMQP 0-9-1: a frame size limit is at least 4096 bytes (0: none).
+                    if key == "frame_max" && (1..4096).contains(&n) {
+                        return Err(bad("expected 0 (no limit) or at least 4096 bytes"));
+                    }
                     if key == "connection_timeout" {
                         opts.connect_timeout = Duration::from_millis(value.parse().unwrap_or(0));
                     }
@@ -401,6 +405,14 @@ mod tests {
         assert!(AmqpOptions::from_url("amqp://h/?queue_type=stream").is_err());
         assert!(AmqpOptions::from_url("amqp://h/?queue_type=quorum&max_priority=3").is_err());
         assert!(AmqpOptions::from_url("redis://h/").is_err());
+        // A frame size limit under AMQP's minimum would fail only at the handshake.
+        for small in ["1", "4095"] {
+            let e = AmqpOptions::from_url(&format!("amqp://h/?frame_max={small}")).unwrap_err();
+            assert!(e.to_string().contains("at least 4096"), "{e}");
+        }
+        for fine in ["0", "4096", "131072"] {
+            assert!(AmqpOptions::from_url(&format!("amqp://h/?frame_max={fine}")).is_ok());
+        }
         assert_eq!(
             AmqpOptions::from_url("amqp://h").unwrap().uri,
             "amqp://h/%2F"

@@ -94,7 +94,8 @@ impl RedisOptions {
     /// `sweep_interval`, `result_expires`).
     ///
     /// # Errors
-    /// [`OptionsError::Url`] for another scheme, [`OptionsError::Key`] for a bad value.
+    /// [`OptionsError::Url`] for another scheme or a URL the Redis client does not take,
+    /// [`OptionsError::Key`] for a bad value.
     pub fn from_url(url: &str) -> Result<RedisOptions, OptionsError> {
         Self::parse(url).map(|(opts, _)| opts)
     }
@@ -168,6 +169,10 @@ impl RedisOptions {
         if let Some(expires) = result_expires {
             opts.result_expires = expires;
         }
+        // The rest is the Redis client's: checked here too (it only parses), so a URL it
+        // cannot take (`redis://[::1`, `rediss://` without TLS) is the URL's fault, found
+        // before anything connects.
+        opts.client()?;
         Ok((opts, result_expires))
     }
 
