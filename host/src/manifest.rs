@@ -24,7 +24,8 @@ pub struct Manifest {
     /// (`"proj.tasks.add" = "add"`).
     #[serde(default)]
     pub aliases: BTreeMap<String, String>,
-    /// Default queue for jobs of these tasks when the sender names none.
+    /// Default queue for jobs of these tasks when the sender names none (checked by
+    /// [`crate::model::check_queue_name`]).
     #[serde(default)]
     pub queue: Option<String>,
     /// Most jobs per second, minute or hour (`"10/s"`, `"100/m"`, `"5/h"`, or a number
@@ -249,6 +250,9 @@ impl Manifest {
     pub fn parse(text: &str) -> Result<Manifest, String> {
         let manifest: Manifest =
             toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+        if let Some(queue) = &manifest.queue {
+            crate::model::check_queue_name(queue).map_err(|e| format!("queue: {e}"))?;
+        }
         manifest.limits.validate()?;
         manifest.retry.validate()?;
         manifest.capabilities.validate()?;
@@ -413,6 +417,32 @@ mod tests {
         assert_eq!(
             keys, rows,
             "docs/manifest.md tables vs the keys of Manifest"
+        );
+    }
+
+    /// The default queue follows the one rule for queue names: empty, over 255 bytes or
+    /// with a control character is refused naming the key.
+    #[test]
+    fn the_queue_is_a_valid_queue_name() {
+        let long = "q".repeat(256);
+        for (text, want) in [
+            ("", "cannot be empty"),
+            (long.as_str(), "is 256 bytes: at most 255"),
+            ("a\\u0000b", "control character"),
+            ("a\\nb", "control character"),
+        ] {
+            let err = Manifest::parse(&format!("queue = \"{text}\"\n")).unwrap_err();
+            assert!(
+                err.starts_with("queue: ") && err.contains(want),
+                "{text:?}: {err}"
+            );
+        }
+        let ok = "q".repeat(255);
+        assert_eq!(
+            Manifest::parse(&format!("queue = \"{ok}\"\n"))
+                .unwrap()
+                .queue,
+            Some(ok)
         );
     }
 

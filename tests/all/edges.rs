@@ -588,6 +588,7 @@ fn cli_counts_and_sizes_out_of_range_are_usage_errors() {
     let huge = u64::MAX.to_string();
     let wraps = (1u64 << 44).to_string(); // MiB: 2^64 bytes
     let sizes = "expected a whole number of MiB from 0 to 17592186044415";
+    let long_queue = "q".repeat(256);
     for (args, needles) in [
         (
             vec!["worker", "--prefetch-multiplier", "0"],
@@ -625,6 +626,27 @@ fn cli_counts_and_sizes_out_of_range_are_usage_errors() {
         (
             vec!["send", "add", "--memory", &wraps],
             vec!["--memory", sizes],
+        ),
+        // Queue names: one rule for every flag that takes one.
+        (
+            vec!["worker", "-Q", "a,,b"],
+            vec!["--queues", "cannot be empty"],
+        ),
+        (
+            vec!["send", "add", "-q", ""],
+            vec!["--queue", "cannot be empty"],
+        ),
+        (
+            vec!["purge", "-f", "-Q", &long_queue],
+            vec!["--queues", "at most 255"],
+        ),
+        (
+            vec!["send", "add", "-q", "a\tb"],
+            vec!["--queue", "control character"],
+        ),
+        (
+            vec!["worker", "--pool", "io=async:2:ok,a\u{7f}b"],
+            vec!["pool", "control character"],
         ),
     ] {
         assert_usage_error(&dir, &args, &needles);

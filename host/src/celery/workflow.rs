@@ -193,7 +193,8 @@ fn check_signature_times(sig: &Value, now: DateTime<Utc>, depth: usize) -> Resul
 /// `link`, `link_error`, `chord`, `ignore_result`, `shadow`, `reply_to`.
 ///
 /// # Errors
-/// The value is not a signature of a plain task, or a time option is out of range
+/// The value is not a signature of a plain task, its queue is not a valid queue name
+/// ([`crate::model::check_queue_name`]), or a time option is out of range
 /// ([`check_embed_times`] rejects those when the message is decoded).
 pub fn signature_job(sig: &Value, args_prefix: Vec<Value>, parent: &Job) -> Result<Job, String> {
     signature_job_after(sig, args_prefix, &parent.id, &root_of(parent))
@@ -250,6 +251,7 @@ fn signature_job_after(
         job.id = id;
     }
     job.queue = text("queue").unwrap_or_else(|| DEFAULT_QUEUE.to_string());
+    crate::model::check_queue_name(&job.queue).map_err(|e| format!("its `queue` option: {e}"))?;
     job.priority = opts
         .get("priority")
         .and_then(Value::as_i64)
@@ -665,6 +667,35 @@ mod tests {
         let error = s.store[1].error.as_ref().unwrap();
         assert!(error.message.contains("`countdown` option"), "{error:?}");
         assert_eq!(s.store[0].state, State::Success);
+    }
+
+    /// A follow-up whose `queue` option no broker takes (empty, over 255 bytes, a control
+    /// character) is not published to a queue nobody can consume: its id gets a FAILURE
+    /// saying why, and the rest of the settle goes on.
+    #[test]
+    fn follow_ups_with_an_invalid_queue_fail_with_the_reason() {
+        let long = "q".repeat(256);
+        for queue in ["", long.as_str(), "a\u{0}b"] {
+            let job = job_with(json!({
+                "callbacks": [
+                    {"task": "log", "options": {"task_id": "bad", "queue": queue}},
+                    {"task": "log", "options": {"task_id": "good", "queue": "logs"}},
+                ],
+            }));
+            let mut ok = ResultRecord::new(&job.id, "add", State::Success);
+            ok.result = Some(json!(3));
+            let s = settle(&job, ok);
+            let sent: Vec<(&str, &str)> = s
+                .publish
+                .iter()
+                .map(|j| (j.id.as_str(), j.queue.as_str()))
+                .collect();
+            assert_eq!(sent, [("good", "logs")], "{queue:?}");
+            let failed = s.store.iter().find(|r| r.id == "bad").expect("a FAILURE");
+            assert_eq!(failed.state, State::Failure);
+            let message = &failed.error.as_ref().unwrap().message;
+            assert!(message.contains("`queue` option"), "{message}");
+        }
     }
 
     #[test]

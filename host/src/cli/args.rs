@@ -321,7 +321,7 @@ pub struct WorkerArgs {
     pub concurrency: Option<usize>,
     /// Queues to consume, comma-separated (default: `celery`). Not with named pools,
     /// which name their own queues.
-    #[arg(short = 'Q', long, value_delimiter = ',')]
+    #[arg(short = 'Q', long, value_delimiter = ',', value_parser = parse_queue)]
     pub queues: Vec<String>,
     /// Prefork: jobs each child runs at once (an async pool inside each child), 1 to
     /// 100000. The default for every prefork pool; a `--pool` spec may set its own.
@@ -433,7 +433,7 @@ pub struct SendArgs {
     pub call: CallArgs,
     /// Queue (default: the `queue` in the task's manifest under `--tasks`, else
     /// `celery`).
-    #[arg(short, long)]
+    #[arg(short, long, value_parser = parse_queue)]
     pub queue: Option<String>,
     /// Task directories or files whose manifests give a task's default queue (only the
     /// `.toml` manifests are read; no wasm is compiled). Default: none, so the queue the
@@ -503,7 +503,8 @@ pub struct ResultArgs {
 #[derive(Debug, Args)]
 pub struct PurgeArgs {
     /// Queues to purge, comma-separated.
-    #[arg(short = 'Q', long, value_delimiter = ',', default_value = sprout::model::DEFAULT_QUEUE)]
+    #[arg(short = 'Q', long, value_delimiter = ',', default_value = sprout::model::DEFAULT_QUEUE,
+          value_parser = parse_queue)]
     pub queues: Vec<String>,
     /// Do not ask for confirmation (on a terminal, purge asks first).
     #[arg(short, long)]
@@ -568,6 +569,15 @@ pub fn count_in<const MIN: usize, const MAX: usize>(text: &str) -> Result<usize,
         Ok(n) if (MIN..=MAX).contains(&n) => Ok(n),
         _ => Err(format!("expected a whole number from {MIN} to {MAX}")),
     }
+}
+
+/// Parses a queue name flag (`-Q`, `-q`) through [`sprout::model::check_queue_name`].
+///
+/// # Errors
+/// Empty, too long, or with a control character.
+pub fn parse_queue(text: &str) -> Result<String, String> {
+    sprout::model::check_queue_name(text)?;
+    Ok(text.to_string())
 }
 
 /// Parses a memory flag in MiB (`--memory`): a whole number whose bytes fit in 64 bits

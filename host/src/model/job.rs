@@ -13,6 +13,32 @@ use crate::model::time;
 /// The queue a job goes to when nobody names one (Celery's default queue name).
 pub const DEFAULT_QUEUE: &str = "celery";
 
+/// Longest queue name, in bytes: AMQP's limit (a short string), so a name that works on
+/// one broker works on all.
+pub const MAX_QUEUE_NAME_BYTES: usize = 255;
+
+/// Checks a queue name given from outside (a flag, a manifest, a remote-control
+/// request): 1 to [`MAX_QUEUE_NAME_BYTES`] bytes, no control characters.
+///
+/// # Errors
+/// What is wrong with `name`, quoting it.
+pub fn check_queue_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("a queue name cannot be empty".into());
+    }
+    if name.len() > MAX_QUEUE_NAME_BYTES {
+        return Err(format!(
+            "queue name {:?}… is {} bytes: at most {MAX_QUEUE_NAME_BYTES}",
+            name.chars().take(20).collect::<String>(),
+            name.len()
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(format!("queue name {name:?} has a control character"));
+    }
+    Ok(())
+}
+
 /// One request to run a task with arguments.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {

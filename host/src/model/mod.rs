@@ -21,7 +21,10 @@ pub mod state;
 pub mod time;
 
 pub use capabilities::{AllowList, CONFIG_ENV_PREFIX, Capabilities, HostPattern, PatternError};
-pub use job::{CeleryContext, DEFAULT_QUEUE, DecodeError, Job, LimitOverrides};
+pub use job::{
+    CeleryContext, DEFAULT_QUEUE, DecodeError, Job, LimitOverrides, MAX_QUEUE_NAME_BYTES,
+    check_queue_name,
+};
 pub use limits::{Limits, MAX_JOBS_PER_INSTANCE, SizeUnit};
 pub use outcome::{Execution, Outcome, RetryRequest, TimeLimitKind, human_bytes};
 pub use routes::WorkerRoutes;

@@ -195,6 +195,9 @@ pub fn parse_pool_spec(text: &str) -> Result<PoolSpec, String> {
     if queues.iter().any(|q| q.is_empty()) {
         return Err(format!("pool {text:?}: an empty queue name; {USAGE}"));
     }
+    for queue in &queues {
+        crate::model::check_queue_name(queue).map_err(|e| format!("pool {text:?}: {e}"))?;
+    }
     let prefork = match options {
         None => PreforkOptions::default(),
         Some(_) if kind != PoolKind::Prefork => {

@@ -626,8 +626,8 @@ impl ControlPlane {
         let Some(queue) = args.get("queue").and_then(Value::as_str) else {
             return control::error("queue is required");
         };
-        if queue.is_empty() || queue.len() > 255 || queue.chars().any(char::is_control) {
-            return control::error(format!("invalid queue name {queue:?}"));
+        if let Err(e) = crate::model::check_queue_name(queue) {
+            return control::error(format!("invalid queue name: {e}"));
         }
         let pools = self.pools();
         if pools.iter().any(|p| {
