@@ -627,6 +627,11 @@ fn cli_counts_and_sizes_out_of_range_are_usage_errors() {
             vec!["send", "add", "--memory", &wraps],
             vec!["--memory", sizes],
         ),
+        // A heartbeat is a write to the broker: not more often than every 10 ms.
+        (
+            vec!["worker", "--heartbeat-interval", "1e-9"],
+            vec!["--heartbeat-interval", "must be at least 10ms"],
+        ),
         // Queue names: one rule for every flag that takes one.
         (
             vec!["worker", "-Q", "a,,b"],

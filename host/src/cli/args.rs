@@ -358,7 +358,7 @@ pub struct WorkerArgs {
     #[arg(long, default_value = "30", value_parser = parse_duration)]
     pub lease: Duration,
     /// How often the worker refreshes its liveness record in the broker: seconds, or a
-    /// number with a unit (`500ms`, `2s`). Default: 2s.
+    /// number with a unit (`500ms`, `2s`), at least 10ms. Default: 2s.
     #[arg(long, env = "SPROUT_HEARTBEAT_INTERVAL", value_parser = parse_duration,
           default_value = "2s")]
     pub heartbeat_interval: Duration,

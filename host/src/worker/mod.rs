@@ -120,7 +120,8 @@ impl WorkerConfig {
 /// How a worker tells the broker it is alive (see [`crate::broker`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Liveness {
-    /// How often the liveness record is refreshed.
+    /// How often the liveness record is refreshed: at least [`MIN_HEARTBEAT_INTERVAL`]
+    /// (less is taken as that).
     pub interval: Duration,
     /// How long after the last heartbeat the worker counts as dead and its
     /// reservations are restored by others.
@@ -545,7 +546,12 @@ async fn settle_loop(settler: Arc<Settler>, mut rx: mpsc::UnboundedReceiver<Sett
 
 /// Refreshes the broker's liveness record every `interval` (the broker also sweeps dead
 /// workers' reservations from here, so even a worker too busy to fetch recovers them).
+/// Shortest time between two heartbeats: each is a write to the broker, and a worker
+/// beating faster would only load it.
+pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(10);
+
 async fn heartbeat(broker: Arc<dyn Broker>, interval: Duration) {
+    let interval = interval.max(MIN_HEARTBEAT_INTERVAL);
     loop {
         tokio::time::sleep(interval).await;
         if let Err(e) = broker.heartbeat().await {

@@ -29,7 +29,9 @@ use sprout::sandbox::{ArtifactCache, EngineSettings, Preemption, Sandbox};
 use sprout::worker::events::Events;
 use sprout::worker::metrics::Metrics;
 use sprout::worker::revoked::Revoked;
-use sprout::worker::{ControlPlane, Liveness, Shutdown, Worker, WorkerConfig, WorkerReport};
+use sprout::worker::{
+    ControlPlane, Liveness, MIN_HEARTBEAT_INTERVAL, Shutdown, Worker, WorkerConfig, WorkerReport,
+};
 
 use super::{EXIT_USAGE, ExitError};
 
@@ -595,9 +597,12 @@ fn liveness(args: &WorkerArgs) -> Result<Option<Liveness>, String> {
     if args.worker_dead_after.is_zero() {
         return Ok(None);
     }
-    if args.heartbeat_interval.is_zero() || args.heartbeat_interval >= args.worker_dead_after {
+    if args.heartbeat_interval < MIN_HEARTBEAT_INTERVAL
+        || args.heartbeat_interval >= args.worker_dead_after
+    {
         return Err(format!(
-            "--heartbeat-interval ({:?}) must be above zero and below --worker-dead-after ({:?})",
+            "--heartbeat-interval ({:?}) must be at least {MIN_HEARTBEAT_INTERVAL:?} (each \
+             heartbeat is a write to the broker) and below --worker-dead-after ({:?})",
             args.heartbeat_interval, args.worker_dead_after
         ));
     }
