@@ -250,6 +250,15 @@ impl Manifest {
     pub fn parse(text: &str) -> Result<Manifest, String> {
         let manifest: Manifest =
             toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+        if let Some(alias) = manifest
+            .aliases
+            .keys()
+            .find(|a| a.trim().is_empty() || a.chars().any(char::is_control))
+        {
+            return Err(format!(
+                "aliases: {alias:?} is not a task name (blank, or with a control character)"
+            ));
+        }
         if let Some(queue) = &manifest.queue {
             crate::model::check_queue_name(queue).map_err(|e| format!("queue: {e}"))?;
         }
@@ -418,6 +427,18 @@ mod tests {
             keys, rows,
             "docs/manifest.md tables vs the keys of Manifest"
         );
+    }
+
+    /// An alias is a task name jobs are sent with: a blank one, or one with a control
+    /// character, is refused.
+    #[test]
+    fn blank_aliases_are_refused() {
+        for alias in ["", " ", "a\\nb"] {
+            let err =
+                Manifest::parse(&format!("aliases = {{ \"{alias}\" = \"add\" }}\n")).unwrap_err();
+            assert!(err.starts_with("aliases: "), "{alias:?}: {err}");
+        }
+        assert!(Manifest::parse("aliases = { \"proj.tasks.add\" = \"add\" }\n").is_ok());
     }
 
     /// The default queue follows the one rule for queue names: empty, over 255 bytes or
