@@ -332,8 +332,18 @@ mod tests {
         let err =
             Manifest::parse("[capabilities]\nallowed_hosts = [\"example.com\"]\n").unwrap_err();
         assert!(err.contains("allowed_hosts entry \"example.com\""), "{err}");
-        let err = Manifest::parse("[capabilities]\nhttp_timeout = 0\n").unwrap_err();
-        assert!(err.contains("http_timeout"), "{err}");
+        // Zero, or so small that it is zero as a duration (then the default would apply).
+        for key in ["http_timeout", "tcp_connect_timeout"] {
+            for secs in ["0", "1e-300", "4e-10"] {
+                let err =
+                    Manifest::parse(&format!("[capabilities]\n{key} = {secs}\n")).unwrap_err();
+                assert!(
+                    err.contains(&format!("{key} must be a positive number of seconds")),
+                    "{key} = {secs}: {err}"
+                );
+            }
+            assert!(Manifest::parse(&format!("[capabilities]\n{key} = 1e-9\n")).is_ok());
+        }
         let err = Manifest::parse("[capabilities]\nhttp_timout = 1\n").unwrap_err();
         assert!(err.contains("http_timout"), "{err}");
     }

@@ -129,6 +129,23 @@ fn config_map<'de, D: serde::Deserializer<'de>>(
     Ok(map)
 }
 
+/// `[capabilities] key`, a timeout in seconds, when given: valid seconds
+/// ([`time::seconds`]) that are not zero once read as a duration (`1e-300` would be, and
+/// then the default would apply instead of what the manifest says).
+fn check_timeout(key: &str, secs: Option<f64>) -> Result<(), String> {
+    let Some(secs) = secs else {
+        return Ok(());
+    };
+    let duration = time::seconds(secs).map_err(|e| format!("[capabilities] {key}: {e}"))?;
+    if duration.is_zero() {
+        return Err(format!(
+            "[capabilities] {key} must be a positive number of seconds (at least 1 ns), \
+             not {secs}"
+        ));
+    }
+    Ok(())
+}
+
 impl Capabilities {
     /// True when nothing is granted.
     pub fn is_empty(&self) -> bool {
@@ -141,15 +158,7 @@ impl Capabilities {
     /// A message naming the key and what is wrong.
     pub fn validate(&self) -> Result<(), String> {
         AllowList::parse(&self.allowed_hosts).map_err(|e| format!("[capabilities] {e}"))?;
-        if let Some(secs) = self.http_timeout {
-            time::seconds(secs).map_err(|e| format!("[capabilities] http_timeout: {e}"))?;
-            if secs == 0.0 {
-                return Err(
-                    "[capabilities] http_timeout must be a positive number of seconds, not 0"
-                        .into(),
-                );
-            }
-        }
+        check_timeout("http_timeout", self.http_timeout)?;
         if self.http_max_response_kib == Some(0) {
             return Err("[capabilities] http_max_response_kib must be at least 1".into());
         }
@@ -160,15 +169,7 @@ impl Capabilities {
                 "[capabilities] tcp_max_sockets must be 1..={TCP_MAX_SOCKETS_CEILING}, not {n}"
             ));
         }
-        if let Some(secs) = self.tcp_connect_timeout {
-            time::seconds(secs).map_err(|e| format!("[capabilities] tcp_connect_timeout: {e}"))?;
-            if secs == 0.0 {
-                return Err(
-                    "[capabilities] tcp_connect_timeout must be a positive number of seconds, not 0"
-                        .into(),
-                );
-            }
-        }
+        check_timeout("tcp_connect_timeout", self.tcp_connect_timeout)?;
         for (key, value) in [
             ("tcp_max_read_kib", self.tcp_max_read_kib),
             ("tcp_max_write_kib", self.tcp_max_write_kib),
