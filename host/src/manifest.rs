@@ -74,7 +74,7 @@ impl LimitsSection {
         }
         // The sizes were checked when the manifest was parsed ([`LimitsSection::validate`]).
         if let Some(mib) = self.memory_mib {
-            limits.memory_bytes = SizeUnit::Mib.to_bytes(mib).unwrap_or(u64::MAX);
+            limits.memory_bytes = SizeUnit::Mib.saturating_bytes(mib);
         }
         // Checked when the manifest was parsed ([`LimitsSection::validate`]).
         if let Some(secs) = self.time_limit {
@@ -84,10 +84,10 @@ impl LimitsSection {
             limits.soft_time_limit = Some(time::saturating_seconds(secs));
         }
         if let Some(kib) = self.output_kib {
-            limits.output_bytes = SizeUnit::Kib.to_bytes(kib).unwrap_or(u64::MAX);
+            limits.output_bytes = SizeUnit::Kib.saturating_bytes(kib);
         }
         if let Some(kib) = self.log_kib {
-            limits.log_bytes = SizeUnit::Kib.to_bytes(kib).unwrap_or(u64::MAX);
+            limits.log_bytes = SizeUnit::Kib.saturating_bytes(kib);
         }
         // Checked when the manifest was parsed ([`LimitsSection::validate`]).
         if let Some(jobs) = self.jobs_per_instance {

@@ -76,6 +76,12 @@ impl SizeUnit {
     pub fn to_bytes(self, count: u64) -> Option<u64> {
         count.checked_mul(self.bytes())
     }
+
+    /// `count` units in bytes, `u64::MAX` past [`SizeUnit::max_count`] (for a count its
+    /// edge has already checked).
+    pub fn saturating_bytes(self, count: u64) -> u64 {
+        count.saturating_mul(self.bytes())
+    }
 }
 
 fn one() -> u32 {

@@ -102,6 +102,13 @@ pub fn check_task_paths(flag: &str, paths: &[std::path::PathBuf]) -> anyhow::Res
 /// Worker-wide default limits from flags.
 pub fn default_limits(args: &LimitArgs) -> Limits {
     let mut limits = Limits::default();
+    apply_limit_flags(args, &mut limits);
+    limits
+}
+
+/// The limit flags given (`--fuel`, `--time-limit`, `--soft-time-limit`, `--memory`)
+/// replace those of `limits`.
+pub fn apply_limit_flags(args: &LimitArgs, limits: &mut Limits) {
     if let Some(fuel) = args.fuel {
         limits.fuel = fuel;
     }
@@ -112,9 +119,8 @@ pub fn default_limits(args: &LimitArgs) -> Limits {
         limits.soft_time_limit = Some(soft);
     }
     if let Some(mib) = args.memory {
-        limits.memory_bytes = SizeUnit::Mib.to_bytes(mib).unwrap_or(u64::MAX);
+        limits.memory_bytes = SizeUnit::Mib.saturating_bytes(mib);
     }
-    limits
 }
 
 /// Sandbox slots kept beyond a worker's concurrency (loading and inspecting task files
@@ -179,15 +185,20 @@ fn too_many_slots(
 
 /// Checks that a prefork child can build its engine (`settings`: the child's, with
 /// room for `child_concurrency` guests) on this machine, before any child is started.
+/// No engine is built when the parent's (`parent`, the same but for its slot count)
+/// already has as many slots: it was built, so the child's fits.
 ///
 /// # Errors
 /// A usage error ([`EXIT_USAGE`]) naming `--child-concurrency` and the most that fits.
 /// Any other reason the engine cannot be built is left to the child to report.
 pub fn check_child_engine(
+    parent: &EngineSettings,
     settings: &EngineSettings,
     child_concurrency: usize,
 ) -> anyhow::Result<()> {
-    if Sandbox::new(settings.clone(), None).is_ok() {
+    if settings.max_instances <= parent.max_instances
+        || Sandbox::new(settings.clone(), None).is_ok()
+    {
         return Ok(());
     }
     let spare = (settings.max_instances as usize).saturating_sub(child_concurrency);

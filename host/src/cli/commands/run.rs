@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use crate::cli::args::RunArgs;
-use sprout::model::{Outcome, SizeUnit};
+use sprout::model::Outcome;
 use sprout::registry;
 use sprout::sandbox::RunRequest;
 
@@ -70,18 +70,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     // Explicit flags are the author's limits for this run: they replace the manifest's.
     let mut limits = entry.limits.clone();
-    if let Some(fuel) = args.limits.fuel {
-        limits.fuel = fuel;
-    }
-    if let Some(limit) = args.limits.time_limit {
-        limits.time_limit = limit;
-    }
-    if let Some(soft) = args.limits.soft_time_limit {
-        limits.soft_time_limit = Some(soft);
-    }
-    if let Some(mib) = args.limits.memory {
-        limits.memory_bytes = SizeUnit::Mib.to_bytes(mib).unwrap_or(u64::MAX);
-    }
+    super::apply_limit_flags(&args.limits, &mut limits);
     let mut request = RunRequest::new(entry.export.clone(), call_args);
     request.kwargs = kwargs;
     request.limits = limits;

@@ -196,9 +196,7 @@ fn build_job(args: &SendArgs) -> anyhow::Result<Job> {
     }
     job.limits = LimitOverrides {
         fuel: args.fuel,
-        memory_bytes: args
-            .memory
-            .map(|mib| SizeUnit::Mib.to_bytes(mib).unwrap_or(u64::MAX)),
+        memory_bytes: args.memory.map(|mib| SizeUnit::Mib.saturating_bytes(mib)),
         time_limit: args.time_limit.map(|d| d.as_secs_f64()),
         ..Default::default()
     };

@@ -503,7 +503,11 @@ async fn start_pool(
                 })
                 .flatten();
             config.log_filter = Some(log_filter.to_string());
-            super::check_child_engine(&config.child_settings(), config.child_concurrency)?;
+            super::check_child_engine(
+                sandbox.settings(),
+                &config.child_settings(),
+                config.child_concurrency,
+            )?;
             let pool = PreforkPool::start(config)
                 .await
                 .with_context(|| format!("cannot start the prefork pool {:?}", spec.name))?;
