@@ -306,10 +306,13 @@ async fn dead_letter_writes_a_failure_result() {
     ));
 }
 
-/// A TCP proxy to Redis whose connections the test can cut.
+/// A TCP proxy to Redis whose connections the test can cut, or whose next reply to a
+/// given request it can swallow (the request reaches Redis, the answer never comes
+/// back, and the connection drops).
 struct Proxy {
     addr: std::net::SocketAddr,
     cut: tokio::sync::watch::Sender<u64>,
+    swallow: Arc<std::sync::Mutex<Option<&'static [u8]>>>,
 }
 
 impl Proxy {
@@ -317,27 +320,95 @@ impl Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (cut, _) = tokio::sync::watch::channel(0u64);
+        let swallow: Arc<std::sync::Mutex<Option<&'static [u8]>>> = Arc::default();
         let cuts = cut.clone();
+        let armed = swallow.clone();
         tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
+            while let Ok((client, _)) = listener.accept().await {
                 let mut cut = cuts.subscribe();
+                let armed = armed.clone();
                 tokio::spawn(async move {
-                    let Ok(mut upstream) = tokio::net::TcpStream::connect(REDIS_ADDR).await else {
+                    let Ok(upstream) = tokio::net::TcpStream::connect(REDIS_ADDR).await else {
                         return;
                     };
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+                        _ = relay(client, upstream, armed) => {}
                         _ = cut.changed() => {}
                     }
                 });
             }
         });
-        Proxy { addr, cut }
+        Proxy { addr, cut, swallow }
     }
 
     /// Drops every open connection (new ones still work).
     fn cut(&self) {
         self.cut.send_modify(|n| *n += 1);
+    }
+
+    /// Lets the next request that contains `marker` reach Redis, swallows the reply and
+    /// drops that connection.
+    fn swallow_reply_to(&self, marker: &'static [u8]) {
+        *self.swallow.lock().unwrap() = Some(marker);
+    }
+}
+
+/// Copies bytes both ways until either side closes, or until a request holding the
+/// armed marker went upstream: then nothing more goes back and the connection ends
+/// once Redis had time to run it.
+async fn relay(
+    mut client: tokio::net::TcpStream,
+    mut upstream: tokio::net::TcpStream,
+    armed: Arc<std::sync::Mutex<Option<&'static [u8]>>>,
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let muted = Arc::new(AtomicBool::new(false));
+    let (mut from_client, mut to_client) = client.split();
+    let (mut from_redis, mut to_redis) = upstream.split();
+    let requests = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = from_client.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            let chunk = &buf[..n];
+            let hit = {
+                let mut armed = armed.lock().unwrap();
+                let hit = armed.is_some_and(|m| chunk.windows(m.len()).any(|w| w == m));
+                if hit {
+                    *armed = None;
+                }
+                hit
+            };
+            if hit {
+                muted.store(true, Ordering::SeqCst);
+            }
+            if to_redis.write_all(chunk).await.is_err() {
+                return;
+            }
+            if hit {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                return;
+            }
+        }
+    };
+    let replies = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = from_redis.read(&mut buf).await.unwrap_or(0);
+            if n == 0 || muted.load(Ordering::SeqCst) {
+                return std::future::pending::<()>().await;
+            }
+            if to_client.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = requests => {}
+        () = replies => {}
     }
 }
 
@@ -419,6 +490,70 @@ async fn survives_dropped_connections() {
             "left: {len} queued, {unacked} reserved"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A fetch whose reply is lost after Redis ran it (the connection dropped in between)
+/// strands nothing: the next fetch puts back what it reserved at once, not after its
+/// lease, also on a live worker's broker, whose reservations no other sweep takes while
+/// it lives. Only what that fetch reserved comes back, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_whose_reply_is_lost_puts_its_reservations_back() {
+    let Some(opts) = redis_test("a_fetch_whose_reply_is_lost_puts_its_reservations_back") else {
+        return;
+    };
+    let proxy = Proxy::start().await;
+    let mut via_proxy = opts.clone();
+    via_proxy.url = format!("redis://{}/{}", proxy.addr, crate::support::REDIS_PREFIX_DB);
+    let mut conn = raw(&opts).await;
+    for live in [true, false] {
+        let b = broker(&via_proxy).await;
+        if live {
+            b.go_live(Duration::from_secs(60)).await.unwrap();
+        }
+        let queue = fresh_queue("lost-reply");
+        let sent: Vec<_> = (0..5).map(|n| job(&queue, n)).collect();
+        b.publish(&sent).await.unwrap();
+        let one = std::slice::from_ref(&queue);
+        // A reservation this broker got an answer for, still running: never put back.
+        let running = b.fetch(one, 1, LONG_LEASE, Duration::ZERO).await.unwrap();
+        assert_eq!(running.len(), 1);
+        proxy.swallow_reply_to(b"sprout.tag_seq");
+        let lost = b.fetch(one, 3, LONG_LEASE, Duration::ZERO).await;
+        assert!(
+            lost.as_ref().is_err_and(|e| e.is_connection_error()),
+            "live={live}: the fetch lost its reply: {lost:?}"
+        );
+        assert_eq!(
+            queued_and_reserved(&mut conn, &opts, &queue).await,
+            (1, 4),
+            "live={live}: Redis ran the lost fetch (three more reserved)"
+        );
+        let again = b.fetch(one, 10, LONG_LEASE, Duration::ZERO).await.unwrap();
+        assert_eq!(
+            again.len(),
+            4,
+            "live={live}: the three lost and the last one"
+        );
+        assert_eq!(
+            again.iter().filter(|d| d.delivery_count == 2).count(),
+            3,
+            "live={live}: the three put back are marked redelivered"
+        );
+        let mut all = ids(&running);
+        all.extend(ids(&again));
+        all.sort();
+        let mut expected: Vec<String> = sent.iter().map(|j| j.id.clone()).collect();
+        expected.sort();
+        assert_eq!(all, expected, "live={live}: each job exactly once");
+        b.ack(&tags(&running)).await.unwrap();
+        b.ack(&tags(&again)).await.unwrap();
+        assert_eq!(
+            queued_and_reserved(&mut conn, &opts, &queue).await,
+            (0, 0),
+            "live={live}"
+        );
+        b.sign_off().await.unwrap();
     }
 }
 

@@ -16,6 +16,10 @@
 //!   unlike kombu's BRPOP-then-MULTI, a crash between the two cannot lose a message.
 //!   Because BRPOP would take a message out before it is recorded, an idle fetch polls
 //!   (every 1 ms, doubling to [`RedisOptions::poll_interval`]) instead of blocking.
+//! - **lost replies.** The script also writes the tags it reserved to a receipt key;
+//!   when its reply never arrives (the connection dropped after Redis ran it), the
+//!   next fetch puts those reservations back at the front of their queues instead of
+//!   leaving them to their lease ([`receipts`]).
 //! - **lease → score.** kombu's score is the reservation time, and a sweep restores
 //!   entries older than `visibility_timeout`. A lease of `L` is written as the score
 //!   `now + L - visibility_timeout`, which every sweeper (Python or Sprout) sees expire
@@ -71,6 +75,7 @@
 
 pub mod events;
 mod mailbox;
+mod receipts;
 pub(crate) mod scripts;
 
 pub use mailbox::RedisMailbox;
@@ -148,6 +153,8 @@ struct State {
     rotation: usize,
     /// Workers of this process that are live on the broker.
     liveness: LivenessUsers,
+    /// The receipt lanes of RESERVE calls, and the lost ones.
+    lanes: receipts::Lanes,
 }
 
 /// A [`Broker`] on Redis, wire-compatible with Celery 5 (kombu's Redis transport).
@@ -329,35 +336,53 @@ impl RedisBroker {
         Ok(())
     }
 
-    /// Runs `scripts::RESERVE` once over `queues`.
+    /// Runs `scripts::RESERVE` once over `queues`, with a receipt on a lane of its own
+    /// that is kept as lost when no reply comes ([`receipts`]).
     async fn reserve(
         &self,
         queues: &[String],
         max: usize,
+        lease: Duration,
         score: f64,
     ) -> Result<Vec<(String, Vec<u8>, String)>, BrokerError> {
         let list_keys = keys::consume_order(queues);
-        let owner = if self.lock().liveness.current().is_some() {
-            self.identity.0.as_str()
-        } else {
-            ""
+        let (owner, lane) = {
+            let mut state = self.lock();
+            let owner = if state.liveness.current().is_some() {
+                self.identity.0.as_str()
+            } else {
+                ""
+            };
+            (owner, state.lanes.take())
         };
         let mut call = scripts::RESERVE.prepare_invoke();
         call.key(self.key(keys::UNACKED))
             .key(self.key(keys::UNACKED_INDEX))
             .key(self.key("sprout.tag_seq"))
-            .key(self.key(RESERVED_BY));
+            .key(self.key(RESERVED_BY))
+            .key(self.receipt_key(lane));
         for k in &list_keys {
             call.key(self.key(k));
         }
-        call.arg(max).arg(score).arg(owner);
+        call.arg(max)
+            .arg(score)
+            .arg(owner)
+            .arg(receipts::receipt_ttl_ms(lease));
         for k in &list_keys {
             call.arg(keys::queue_of_key(k));
         }
-        let flat: Vec<redis::Value> = call
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(broker_error)?;
+        let answer: Result<Vec<redis::Value>, _> = call.invoke_async(&mut self.conn()).await;
+        let flat = match answer {
+            Ok(flat) => {
+                self.lock().lanes.answered(lane);
+                flat
+            }
+            Err(e) => {
+                // It may have run: what it reserved is put back by the next fetch.
+                self.lock().lanes.lose(lane, score);
+                return Err(broker_error(e));
+            }
+        };
         let mut out = Vec::with_capacity(flat.len() / 3);
         let mut it = flat.into_iter();
         while let (Some(idx), Some(raw), Some(tag)) = (it.next(), it.next(), it.next()) {
@@ -749,7 +774,7 @@ impl RedisBroker {
             order
         };
         let score = lease_score(now, lease, self.opts.visibility_timeout);
-        let reserved = self.reserve(&order, room, score).await?;
+        let reserved = self.reserve(&order, room, lease, score).await?;
         let mut newly_held = Vec::new();
         for (queue, raw, tag) in reserved {
             match message::decode(&raw, Some(&queue)) {
@@ -852,6 +877,9 @@ impl Broker for RedisBroker {
             return Ok(Vec::new());
         }
         self.bind(queues.iter().map(String::as_str)).await?;
+        if self.lock().lanes.lost() > 0 {
+            self.reclaim_lost().await?;
+        }
         let mut pause = Duration::from_millis(1);
         loop {
             self.maintain().await?;
@@ -1008,6 +1036,9 @@ impl Broker for RedisBroker {
     }
 
     async fn shutdown(&self) -> Result<(), BrokerError> {
+        if self.lock().lanes.lost() > 0 {
+            self.reclaim_lost().await?;
+        }
         let held: Vec<DeliveryTag> = {
             let mut state = self.lock();
             std::mem::take(&mut state.held)

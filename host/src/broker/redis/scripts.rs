@@ -23,10 +23,14 @@ macro_rules! lua {
 /// `sprout.reserved_by` (tag → owner), for the liveness sweep ([`RESTORE_DEAD`]);
 /// without one, any stale tag there is removed.
 ///
-/// KEYS: `unacked`, `unacked_index`, tag sequence, `sprout.reserved_by`, then the list
-/// keys.
-/// ARGV: max, score, owner ("" = none), then the routing key (queue name) of each list
-/// key.
+/// The tags reserved are also written to a receipt (a list, replaced by each call and
+/// expiring after the given time), from which a caller whose reply was lost can find
+/// what it reserved (`receipts`).
+///
+/// KEYS: `unacked`, `unacked_index`, tag sequence, `sprout.reserved_by`, receipt, then
+/// the list keys.
+/// ARGV: max, score, owner ("" = none), receipt lifetime in ms, then the routing key
+/// (queue name) of each list key.
 /// Returns a flat array: (list index from 1, envelope, delivery tag) per message.
 ///
 /// The delivery tag is read from the envelope's end, where every Celery 5 producer
@@ -41,7 +45,9 @@ local owner = ARGV[3]
 local fields = {}
 local scores = {}
 local owned = {}
+local tags = {}
 local n = 0
+redis.call('DEL', KEYS[5])
 -- One variadic HSET and ZADD per 500 messages: a redis.call costs about a microsecond.
 local function flush()
   if #fields > 0 then
@@ -52,12 +58,14 @@ local function flush()
     else
       redis.call('HDEL', KEYS[4], unpack(owned))
     end
+    redis.call('RPUSH', KEYS[5], unpack(tags))
     fields = {}
     scores = {}
     owned = {}
+    tags = {}
   end
 end
-for i = 5, #KEYS do
+for i = 6, #KEYS do
   if n >= max then break end
   local items = redis.call('RPOP', KEYS[i], max - n)
   if items then
@@ -95,8 +103,9 @@ for i = 5, #KEYS do
       scores[#scores + 1] = tag
       owned[#owned + 1] = tag
       if owner ~= '' then owned[#owned + 1] = owner end
+      tags[#tags + 1] = tag
       n = n + 1
-      out[#out + 1] = i - 4
+      out[#out + 1] = i - 5
       out[#out + 1] = raw
       out[#out + 1] = tag
       if #fields >= 1000 then flush() end
@@ -104,6 +113,9 @@ for i = 5, #KEYS do
   end
 end
 flush()
+if n > 0 then
+  redis.call('PEXPIRE', KEYS[5], ARGV[4])
+end
 return out
 "#
 );
