@@ -264,7 +264,8 @@ impl Settler {
     }
 
     /// Acks, retries, dead-letters or releases each delivery of the batch. A delivery
-    /// whose lease was lost meanwhile is skipped: another worker owns it now.
+    /// the broker no longer holds is skipped: its lease was lost and another worker owns
+    /// it now, or an earlier try of this batch settled it and only the answer was lost.
     async fn finish(&self, batch: &[Settle]) -> Result<(), StepError> {
         let mut acks = Vec::new();
         let mut releases = Vec::new();
@@ -285,7 +286,12 @@ impl Settler {
             };
             match result {
                 Err(BrokerError::UnknownDelivery(tag)) => {
-                    tracing::warn!(?tag, "lease lost before settling; another worker owns it")
+                    tracing::warn!(
+                        ?tag,
+                        "the broker no longer holds this delivery: its lease was lost to \
+                         another worker, or an earlier try of this settle went through \
+                         before its answer was lost"
+                    )
                 }
                 other => other?,
             }
