@@ -341,6 +341,13 @@ impl Proxy {
         Proxy { addr, cut, swallow }
     }
 
+    /// `opts` with its connections going through this proxy.
+    fn route(&self, opts: &RedisOptions) -> RedisOptions {
+        let mut via_proxy = opts.clone();
+        via_proxy.url = format!("redis://{}/{}", self.addr, crate::support::REDIS_PREFIX_DB);
+        via_proxy
+    }
+
     /// Drops every open connection (new ones still work).
     fn cut(&self) {
         self.cut.send_modify(|n| *n += 1);
@@ -421,8 +428,7 @@ async fn survives_dropped_connections() {
         return;
     };
     let proxy = Proxy::start().await;
-    let mut via_proxy = opts.clone();
-    via_proxy.url = format!("redis://{}/9", proxy.addr);
+    let mut via_proxy = proxy.route(&opts);
     via_proxy.sweep_interval = Duration::from_millis(200);
     let b = broker(&via_proxy).await;
     let queue = fresh_queue("drops");
@@ -503,8 +509,7 @@ async fn a_fetch_whose_reply_is_lost_puts_its_reservations_back() {
         return;
     };
     let proxy = Proxy::start().await;
-    let mut via_proxy = opts.clone();
-    via_proxy.url = format!("redis://{}/{}", proxy.addr, crate::support::REDIS_PREFIX_DB);
+    let via_proxy = proxy.route(&opts);
     let mut conn = raw(&opts).await;
     for live in [true, false] {
         let b = broker(&via_proxy).await;
