@@ -448,27 +448,31 @@ fn cut_off_and_back(
     }
     std::thread::sleep(broker.cut_for.saturating_sub(cut_at.elapsed()));
     let during_cut = feeds.log().iter().filter(|h| h.at > cut_at).count();
+    // The cable goes back in while the cut-off worker is paused, and it resumes once its
+    // host reaches the feed server again: its neighbour entry for the gateway may still
+    // be the failed one from the cut, and a fetch's connect would then fail at once,
+    // also for first-half jobs still queued when it comes back. The run checks
+    // exactly-once delivery, not how fast ARP recovers.
+    cut.signal(libc::SIGSTOP);
     net.reconnect(CUT);
     let back_at = Instant::now();
+    let feed_addr = feeds.url("");
+    let feed_addr = feed_addr
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let reached = wait_until(Duration::from_secs(30), || reaches(net, CUT, &feed_addr));
+    cut.signal(libc::SIGCONT);
+    assert!(
+        reached,
+        "the cut-off host does not reach the feed server at {feed_addr} again"
+    );
     assert!(
         wait_until(Duration::from_secs(60), || (broker.live)() == 2),
         "the cut-off worker did not come back to life: {}",
         logs()
     );
     let live_again = back_at.elapsed();
-    // The cut-off host reaches the broker again; before new jobs go out it must reach
-    // the feed server too (its neighbour entry for the gateway may still be the failed
-    // one from the cut, and a fetch's connect would then fail at once): the run checks
-    // exactly-once delivery, not how fast ARP recovers.
-    let feed_addr = feeds.url("");
-    let feed_addr = feed_addr
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_string();
-    assert!(
-        wait_until(Duration::from_secs(30), || reaches(net, CUT, &feed_addr)),
-        "the cut-off host does not reach the feed server at {feed_addr} again"
-    );
 
     // The second half, for both.
     sender.sent(0..half);
