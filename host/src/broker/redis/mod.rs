@@ -877,9 +877,7 @@ impl Broker for RedisBroker {
             return Ok(Vec::new());
         }
         self.bind(queues.iter().map(String::as_str)).await?;
-        if self.lock().lanes.lost() > 0 {
-            self.reclaim_lost().await?;
-        }
+        self.reclaim_lost().await?;
         let mut pause = Duration::from_millis(1);
         loop {
             self.maintain().await?;
@@ -1036,9 +1034,7 @@ impl Broker for RedisBroker {
     }
 
     async fn shutdown(&self) -> Result<(), BrokerError> {
-        if self.lock().lanes.lost() > 0 {
-            self.reclaim_lost().await?;
-        }
+        self.reclaim_lost().await?;
         let held: Vec<DeliveryTag> = {
             let mut state = self.lock();
             std::mem::take(&mut state.held)

@@ -71,7 +71,8 @@ impl Lanes {
     }
 
     /// How many receipts are lost.
-    pub(super) fn lost(&self) -> usize {
+    #[cfg(test)]
+    fn lost(&self) -> usize {
         self.lost.len()
     }
 }
@@ -92,8 +93,8 @@ impl RedisBroker {
         self.key(&format!("{RECEIPT_PREFIX}{}.{lane}", self.identity.0))
     }
 
-    /// Puts back what lost RESERVE replies reserved (see the module docs). Returns how
-    /// many messages went back to their queues.
+    /// Puts back what lost RESERVE replies reserved (see the module docs); with none
+    /// lost, it only takes the lock. Returns how many messages went back to their queues.
     ///
     /// # Errors
     /// [`BrokerError`] from Redis; the receipts not yet reclaimed stay lost and are
