@@ -263,11 +263,7 @@ async fn stored_jobs_with_out_of_range_times_are_dead_letters() {
             "{case}: {dead:?}"
         );
     }
-    let stats = store.stats().await.unwrap();
-    assert!(
-        stats.iter().all(|q| q.ready == 0 && q.leased == 0),
-        "{stats:?}"
-    );
+    support::assert_nothing_left_behind(&store).await;
     worker.signal(libc::SIGTERM);
     let (_, log) = worker.wait(Duration::from_secs(30));
     assert!(!log.contains("panic"), "{log}");

@@ -12,7 +12,7 @@ use serde_json::json;
 use sprout::connect::{self, Connection};
 use sprout::model::{Job, State};
 
-use crate::support::{REDIS_ADDR, Workdir, raw, redis_test};
+use crate::support::{REDIS_ADDR, Workdir, assert_nothing_left_behind, raw, redis_test};
 
 /// Good jobs per run.
 const GOOD: usize = 1_000;
@@ -165,13 +165,7 @@ async fn kill_mid_run_and_check(
         &dead[..dead.len().min(5)]
     );
     assert!(dead.iter().all(|d| !d.reason.is_empty()));
-    let stats = conn.broker.stats().await.unwrap();
-    assert!(
-        stats
-            .iter()
-            .all(|q| q.ready == 0 && q.leased == 0 && q.scheduled == 0),
-        "left reserved or waiting: {stats:?}"
-    );
+    assert_nothing_left_behind(conn.broker.as_ref()).await;
     restarted.signal(libc::SIGTERM);
     let (exit, log) = restarted.wait(Duration::from_secs(30));
     assert_eq!(exit, Some(0), "{log}");

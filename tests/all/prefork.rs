@@ -405,11 +405,7 @@ async fn killed_child_is_replaced_and_its_job_retried_or_failed() {
         assert!(!pids.contains(&pid) && first_pids.contains(&pid));
         assert_eq!(process_state(pid), None, "child {pid} was reaped");
     }
-    let stats = store.stats().await.unwrap();
-    assert!(
-        stats.iter().all(|q| q.ready == 0 && q.leased == 0),
-        "nothing left behind: {stats:?}"
-    );
+    support::assert_nothing_left_behind(store.as_ref()).await;
 
     stop.send(Shutdown::Warm).unwrap();
     let report = worker.await.unwrap().unwrap();

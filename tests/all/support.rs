@@ -385,6 +385,27 @@ pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     check()
 }
 
+/// Waits (up to 10 s) until no queue holds a ready, leased or scheduled message, and
+/// panics with the last stats if one still does. A job's result is stored before its
+/// delivery is acked, so a test that has just seen the last result must wait for the ack.
+pub async fn assert_nothing_left_behind(broker: &dyn Broker) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = broker.stats().await.unwrap();
+        if stats
+            .iter()
+            .all(|q| q.ready == 0 && q.leased == 0 && q.scheduled == 0)
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left ready, leased or scheduled: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// stdout as a trimmed string.
 pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_string()

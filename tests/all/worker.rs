@@ -11,7 +11,7 @@ use sprout::broker::Broker;
 use sprout::model::Job;
 use sprout::model::State;
 
-use crate::support::{Workdir, stdout, wait_until};
+use crate::support::{Workdir, assert_nothing_left_behind, stdout, wait_until};
 
 async fn store(dir: &Workdir) -> SqliteStore {
     SqliteStore::open(dir.path("sprout.db"))
@@ -92,11 +92,7 @@ async fn kill_9_mid_flight_loses_nothing() {
             .expect("every job has a result");
         assert_eq!(record.state, State::Success);
     }
-    let stats = store.stats().await.unwrap();
-    assert!(
-        stats.iter().all(|q| q.ready == 0 && q.leased == 0),
-        "{stats:?}"
-    );
+    assert_nothing_left_behind(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
