@@ -1,6 +1,7 @@
 //! A fleet across hosts: the broker on one host, a real `sprout worker` on each of two
 //! others, 20,000 jobs sent by the real Python Celery client from a fourth place (the
-//! root namespace), and one worker host's cable pulled in the middle of the run for
+//! root namespace), and one worker host's cable pulled in the middle of the run, while
+//! that worker holds a job it has not acked (it is paused for the moment of the cut), for
 //! longer than the broker takes to count it dead, then plugged back in.
 //!
 //! The hosts are network namespaces on a private bridge ([`crate::netns`]). The jobs
@@ -343,6 +344,43 @@ fn unfinished_report(
     )
 }
 
+/// Pulls [`CUT`]'s cable while its worker holds a job it cannot have acked: the worker is
+/// paused right after one of its feed requests arrives (the answer comes [`FEED_DELAY`]
+/// later), the cable goes out, and the worker resumes cut off. Without this the cut may
+/// find the worker between jobs, holding nothing (the sender is slower than the two
+/// workers), and there is nothing to restore. Returns when the cable went out.
+fn pull_the_cable_with_a_job_in_hand(
+    net: &Network,
+    feeds: &TestServer,
+    cut: &WorkerProcess,
+) -> Instant {
+    let cut_addr = std::net::IpAddr::from(net.host(CUT).addr);
+    let fresh = || {
+        feeds
+            .last_hit_from(cut_addr)
+            .is_some_and(|at| at.elapsed() < FEED_DELAY / 2)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the worker to cut off had no feed request in flight for 30 s"
+        );
+        if fresh() {
+            cut.signal(libc::SIGSTOP);
+            if fresh() {
+                break;
+            }
+            cut.signal(libc::SIGCONT);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    net.disconnect(CUT);
+    let cut_at = Instant::now();
+    cut.signal(libc::SIGCONT);
+    cut_at
+}
+
 /// Whether `hit` came from `addr`.
 fn from(hit: &Hit, addr: Ipv4Addr) -> bool {
     hit.peer == std::net::IpAddr::from(addr)
@@ -427,9 +465,7 @@ fn cut_off_and_back(
         logs()
     );
 
-    // Pull the cable.
-    net.disconnect(CUT);
-    let cut_at = Instant::now();
+    let cut_at = pull_the_cable_with_a_job_in_hand(net, &feeds, &cut);
     let done_at_cut = watch.finished();
     assert!(
         wait_until(broker.cut_for, || (broker.live)() == 1),
@@ -442,7 +478,9 @@ fn cut_off_and_back(
         assert!(
             wait_until(Duration::from_secs(10), || read(&log_steady)
                 .contains(restored)),
-            "the other worker did not restore the cut-off worker's jobs: {}",
+            "the other worker did not restore the cut-off worker's jobs (queued, reserved: \
+             {:?}): {}",
+            (broker.pending)(),
             logs()
         );
     }

@@ -132,6 +132,12 @@ impl TestServer {
         self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// When the newest request from `peer` arrived, if one did.
+    pub(crate) fn last_hit_from(&self, peer: IpAddr) -> Option<Instant> {
+        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        log.iter().rev().find(|h| h.peer == peer).map(|h| h.at)
+    }
+
     /// When the first request arrived, if one did.
     pub(crate) fn first_hit(&self) -> Option<Instant> {
         self.first_hit.get().copied()
