@@ -406,6 +406,25 @@ pub async fn assert_nothing_left_behind(broker: &dyn Broker) {
     }
 }
 
+/// The dead letters (up to 1,000), once there are at least `count` (waiting up to 10 s;
+/// panics with what there is after that). A job's FAILURE is stored before its delivery
+/// is dead-lettered, so a test that has just seen the result must wait for the letter.
+pub async fn dead_letters_at_least(broker: &dyn Broker, count: usize) -> Vec<DeadLetter> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let dead = broker.dead_letters(1000).await.unwrap();
+        if dead.len() >= count {
+            return dead;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} dead letters, expected at least {count}: {dead:?}",
+            dead.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// stdout as a trimmed string.
 pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_string()

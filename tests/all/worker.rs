@@ -11,7 +11,9 @@ use sprout::broker::Broker;
 use sprout::model::Job;
 use sprout::model::State;
 
-use crate::support::{Workdir, assert_nothing_left_behind, stdout, wait_until};
+use crate::support::{
+    Workdir, assert_nothing_left_behind, dead_letters_at_least, stdout, wait_until,
+};
 
 async fn store(dir: &Workdir) -> SqliteStore {
     SqliteStore::open(dir.path("sprout.db"))
@@ -188,13 +190,13 @@ async fn corrupt_messages_are_dead_lettered_and_nothing_else_is_lost() {
         .unwrap()
         .expect("a failure record for the corrupt job");
     assert_eq!(corrupt.state, State::Failure);
+    let dead = dead_letters_at_least(&store, 1).await;
     let out = dir.run(&["status"]);
     let status = stdout(&out);
     assert!(
         status.contains("DEAD LETTERS") && status.contains("corrupt-1"),
         "{status}"
     );
-    let dead = store.dead_letters(10).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert!(
         dead[0].reason.contains("expected")
