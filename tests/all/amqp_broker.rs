@@ -25,7 +25,7 @@ use crate::broker_conformance::{
 use crate::celery_redis::{
     check, client_check, python_worker_with, queue, send, sprout_worker_with, venv,
 };
-use crate::support::{RedisScope, redis_db_test, repo_root};
+use crate::support::{self, RedisScope, Workdir, redis_db_test, repo_root};
 
 /// Where the tests find RabbitMQ.
 pub const RABBIT_ADDR: &str = "127.0.0.1:5672";
@@ -576,4 +576,28 @@ async fn push_consumer_sees_fresh_publishes() {
         assert_eq!(ids(&got), [j.id.as_str()]);
         broker.ack(&tags(&got)).await.unwrap();
     }
+}
+
+/// `sprout status` on a vhost where nothing was declared yet: "(no queues)" and exit 0,
+/// without an error in the log (learning that `celery` does not exist closes a channel,
+/// which the AMQP client would otherwise log at ERROR); with `--log` naming lapin, its
+/// log is back.
+#[test]
+fn status_of_an_empty_vhost_is_no_queues_without_errors() {
+    let Some(rabbit) = rabbit_test("status_of_an_empty_vhost_is_no_queues_without_errors") else {
+        return;
+    };
+    let dir = Workdir::new();
+    let broker = rabbit.url();
+    let out = dir.run(&["status", "--broker", &broker]);
+    let (stdout, stderr) = (support::stdout(&out), support::stderr(&out));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("(no queues)"), "{stdout}");
+    assert!(!stderr.contains("ERROR"), "{stderr}");
+    let out = dir.run(&["--log", "info,lapin=error", "status", "--broker", &broker]);
+    let stderr = support::stderr(&out);
+    assert!(
+        out.status.success() && stderr.contains("NOT_FOUND"),
+        "{stderr}"
+    );
 }

@@ -31,6 +31,7 @@ macro_rules! exit_codes_broker {
 pub struct Cli {
     /// Log filter: levels and `TARGET=LEVEL`, comma-separated (tracing's `EnvFilter`),
     /// e.g. `info`, `warn,sprout::worker=debug`. Anything else is refused (exit 2).
+    /// The AMQP client's log of closed channels is off unless the filter names `lapin`.
     #[arg(long, global = true, env = "SPROUT_LOG", default_value = "info")]
     pub log: String,
     /// Log lines as `text` or `json` (one object per line, for log shippers).

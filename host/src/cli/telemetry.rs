@@ -53,12 +53,25 @@ pub enum LogFormat {
     Json,
 }
 
+/// The directive added to every filter that does not name lapin. lapin logs each channel
+/// the server closes at ERROR, also the NOT_FOUND a passive declare is answered with (how
+/// `status` learns that a queue does not exist, which is no error). Sprout reports the
+/// closes that matter itself, with their context: a refused declaration, a consumer
+/// that ended, a lost connection.
+const QUIET_LAPIN_CHANNELS: &str = "lapin::channel=off";
+
 /// Installs the global subscriber.
 ///
 /// # Errors
 /// A filter [`check_filter`] refuses.
 pub fn init(filter: &str, format: LogFormat) -> Result<(), String> {
-    let filter = check_filter(filter)?;
+    let mut checked = check_filter(filter)?;
+    if !filter.contains("lapin")
+        && let Ok(quiet) = QUIET_LAPIN_CHANNELS.parse()
+    {
+        checked = checked.add_directive(quiet);
+    }
+    let filter = checked;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(|| LossyStderr)
