@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::{Value, json};
 use sprout::broker::redis::RedisBroker;
-use sprout::broker::{Broker, DeliveryTag};
+use sprout::broker::{Broker, BrokerError, DeliveryTag};
 use sprout::storage::redis::RedisOptions;
 
 use crate::broker_conformance::{
@@ -560,6 +560,90 @@ async fn a_fetch_whose_reply_is_lost_puts_its_reservations_back() {
         );
         b.sign_off().await.unwrap();
     }
+}
+
+/// An ack, a retry or a dead-letter whose reply is lost after Redis ran it (the
+/// connection dropped in between) fails with a connection error, and the settle path's
+/// second try ends it once: an ack again is a no-op, a retry or dead-letter again is an
+/// unknown delivery (which the settle path skips). Nothing is duplicated: the retried
+/// job waits once, the dead letter exists once, nothing stays reserved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settles_whose_reply_is_lost_take_effect_once() {
+    let Some(opts) = redis_test("settles_whose_reply_is_lost_take_effect_once") else {
+        return;
+    };
+    let proxy = Proxy::start().await;
+    let b = broker(&proxy.route(&opts)).await;
+    b.go_live(Duration::from_secs(60)).await.unwrap();
+    let mut conn = raw(&opts).await;
+    let queue = fresh_queue("lost-settle");
+    let sent: Vec<_> = (0..3).map(|n| job(&queue, n)).collect();
+    b.publish(&sent).await.unwrap();
+    let got = b
+        .fetch(std::slice::from_ref(&queue), 3, LONG_LEASE, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 3);
+    // The reply to the next request naming `tag` is lost (the ack's and the retry's
+    // single round trip).
+    let lose_reply = |tag: &DeliveryTag| {
+        let marker: &'static [u8] = Box::leak(tag.0.clone().into_bytes().into_boxed_slice());
+        proxy.swallow_reply_to(marker);
+    };
+    let lost = |what: &str, result: Result<(), BrokerError>| {
+        assert!(
+            result.as_ref().is_err_and(|e| e.is_connection_error()),
+            "the {what} lost its reply: {result:?}"
+        );
+    };
+    let unknown = |what: &str, result: Result<(), BrokerError>| {
+        assert!(
+            matches!(result, Err(BrokerError::UnknownDelivery(_))),
+            "the {what} tried again is an unknown delivery: {result:?}"
+        );
+    };
+
+    let acked = &got[0].tag;
+    lose_reply(acked);
+    lost("ack", b.ack(std::slice::from_ref(acked)).await);
+    b.ack(std::slice::from_ref(acked)).await.unwrap();
+
+    let retried = &got[1];
+    let mut next = retried.job.as_ref().unwrap().clone();
+    next.retries += 1;
+    lose_reply(&retried.tag);
+    lost("retry", b.retry(&retried.tag, &next).await);
+    unknown("retry", b.retry(&retried.tag, &next).await);
+
+    // The dead-letter reads the entry first, then writes it with the reason: the reply
+    // to the write is the one lost.
+    let dead = &got[2];
+    let reason = "dead on purpose after a lost reply";
+    proxy.swallow_reply_to(reason.as_bytes());
+    lost("dead-letter", b.dead_letter(&dead.tag, reason).await);
+    unknown("dead-letter", b.dead_letter(&dead.tag, reason).await);
+
+    assert_eq!(
+        queued_and_reserved(&mut conn, &opts, &queue).await,
+        (1, 0),
+        "the retried job waits once; nothing stays reserved"
+    );
+    let again = b
+        .fetch(std::slice::from_ref(&queue), 10, LONG_LEASE, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(ids(&again), vec![next.id.clone()]);
+    assert_eq!(again[0].job.as_ref().unwrap().retries, 1);
+    b.ack(&tags(&again)).await.unwrap();
+    let letters = b.dead_letters(100).await.unwrap();
+    let ours: Vec<_> = letters
+        .iter()
+        .filter(|d| d.id.as_deref() == Some(sent[2].id.as_str()))
+        .collect();
+    assert_eq!(ours.len(), 1, "one dead letter: {letters:?}");
+    assert_eq!(ours[0].reason, reason);
+    assert_eq!(queued_and_reserved(&mut conn, &opts, &queue).await, (0, 0));
+    b.sign_off().await.unwrap();
 }
 
 /// The sweep drops index entries without a message and dead-letters entries it cannot
