@@ -558,6 +558,22 @@ async fn a_fetch_whose_reply_is_lost_puts_its_reservations_back() {
             (0, 0),
             "live={live}"
         );
+        // Receipts stay until their lease ends, or until the broker shuts down.
+        let receipts = || {
+            let mut conn = conn.clone();
+            let pattern = opts.key("sprout.receipt.*");
+            async move {
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(pattern)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                keys
+            }
+        };
+        assert!(!receipts().await.is_empty(), "live={live}");
+        b.shutdown().await.unwrap();
+        assert_eq!(receipts().await, Vec::<String>::new(), "live={live}");
         b.sign_off().await.unwrap();
     }
 }

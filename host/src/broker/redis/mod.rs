@@ -1035,6 +1035,7 @@ impl Broker for RedisBroker {
 
     async fn shutdown(&self) -> Result<(), BrokerError> {
         self.reclaim_lost().await?;
+        self.drop_receipts().await?;
         let held: Vec<DeliveryTag> = {
             let mut state = self.lock();
             std::mem::take(&mut state.held)

@@ -15,7 +15,7 @@
 //! still carries that score back at the front of its queue, marked redelivered — the
 //! same path as a released message. A reservation whose score changed was restored by a
 //! sweep and may be someone else's now (any later reservation scores higher), so it is
-//! left alone.
+//! left alone. Shutdown deletes the receipts no fetch is using.
 
 use std::time::Duration;
 
@@ -58,6 +58,12 @@ impl Lanes {
     /// The RESERVE on `lane`, which wrote `score`, got no answer.
     pub(super) fn lose(&mut self, lane: u32, score: f64) {
         self.lost.push(Lost { lane, score });
+    }
+
+    /// Takes the free lanes, so that none is reused while their receipts are deleted
+    /// (give each back with [`Lanes::answered`]).
+    fn take_free(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.free)
     }
 
     /// Takes every lost receipt (give back what could not be reclaimed with
@@ -121,6 +127,29 @@ impl RedisBroker {
             );
         }
         Ok(restored)
+    }
+
+    /// Deletes the receipts of the lanes no RESERVE is using now (shutdown): each would
+    /// otherwise stay in Redis until its lease ends. Those lanes are out of use meanwhile.
+    ///
+    /// # Errors
+    /// [`BrokerError`] from Redis (the receipts then expire with their lease).
+    pub(super) async fn drop_receipts(&self) -> Result<(), BrokerError> {
+        let free = self.lock().lanes.take_free();
+        if free.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<String> = free.iter().map(|lane| self.receipt_key(*lane)).collect();
+        let deleted = redis::cmd("DEL")
+            .arg(&keys)
+            .query_async::<()>(&mut self.conn())
+            .await
+            .map_err(broker_error);
+        let mut state = self.lock();
+        for lane in free {
+            state.lanes.answered(lane);
+        }
+        deleted
     }
 
     /// Reclaims one lost receipt.
@@ -196,6 +225,14 @@ mod tests {
         );
         lanes.keep_lost(lost);
         assert_eq!(lanes.lost(), 1, "what could not be reclaimed stays lost");
+        let c = lanes.take();
+        lanes.answered(c);
+        assert_eq!(lanes.take_free(), vec![c], "only answered lanes are free");
+        assert_ne!(
+            lanes.take(),
+            c,
+            "a lane whose receipt is being deleted is not reused"
+        );
     }
 
     #[test]
