@@ -269,6 +269,8 @@ async fn stored_jobs_with_out_of_range_times_are_dead_letters() {
     worker.signal(libc::SIGTERM);
     let (_, log) = worker.wait(Duration::from_secs(30));
     assert!(!log.contains("panic"), "{log}");
+    // Every job has ended: the warm shutdown waits for none.
+    assert!(!log.contains("running job(s)"), "{log}");
 }
 
 /// A task directory with `math` as it is and `echo`, `fib` and `fail` beside manifests

@@ -225,6 +225,7 @@ async fn sigterm_lets_running_jobs_finish_and_keeps_the_queue() {
     worker.signal(libc::SIGTERM);
     let (code, log) = worker.wait(Duration::from_secs(10));
     assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("for 50 running job(s)"), "{log}");
     for j in &running {
         assert_eq!(
             store.get(&j.id).await.unwrap().unwrap().state,

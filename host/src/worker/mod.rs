@@ -440,7 +440,9 @@ impl Worker {
             // Unused permits go back when `permits` drops here.
         }
 
-        // Stop fetching; drain or cut.
+        // Stop fetching; drain or cut. Jobs that ended while the fetch waited are not
+        // running: reaped first, so the count below is of running ones.
+        while jobs.try_join_next().is_some() {}
         let mut cold = fatal.is_some() || *shutdown.borrow() == Shutdown::Cold;
         if !cold && !jobs.is_empty() {
             tracing::info!(
