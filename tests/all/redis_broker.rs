@@ -312,7 +312,7 @@ async fn dead_letter_writes_a_failure_result() {
 struct Proxy {
     addr: std::net::SocketAddr,
     cut: tokio::sync::watch::Sender<u64>,
-    swallow: Arc<std::sync::Mutex<Option<&'static [u8]>>>,
+    swallow: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
 }
 
 impl Proxy {
@@ -320,7 +320,7 @@ impl Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (cut, _) = tokio::sync::watch::channel(0u64);
-        let swallow: Arc<std::sync::Mutex<Option<&'static [u8]>>> = Arc::default();
+        let swallow: Arc<std::sync::Mutex<Option<Vec<u8>>>> = Arc::default();
         let cuts = cut.clone();
         let armed = swallow.clone();
         tokio::spawn(async move {
@@ -355,8 +355,8 @@ impl Proxy {
 
     /// Lets the next request that contains `marker` reach Redis, swallows the reply and
     /// drops that connection.
-    fn swallow_reply_to(&self, marker: &'static [u8]) {
-        *self.swallow.lock().unwrap() = Some(marker);
+    fn swallow_reply_to(&self, marker: impl Into<Vec<u8>>) {
+        *self.swallow.lock().unwrap() = Some(marker.into());
     }
 }
 
@@ -366,7 +366,7 @@ impl Proxy {
 async fn relay(
     mut client: tokio::net::TcpStream,
     mut upstream: tokio::net::TcpStream,
-    armed: Arc<std::sync::Mutex<Option<&'static [u8]>>>,
+    armed: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
 ) {
     use std::sync::atomic::{AtomicBool, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -383,7 +383,9 @@ async fn relay(
             let chunk = &buf[..n];
             let hit = {
                 let mut armed = armed.lock().unwrap();
-                let hit = armed.is_some_and(|m| chunk.windows(m.len()).any(|w| w == m));
+                let hit = armed
+                    .as_ref()
+                    .is_some_and(|m| chunk.windows(m.len()).any(|w| w == m.as_slice()));
                 if hit {
                     *armed = None;
                 }
@@ -523,7 +525,7 @@ async fn a_fetch_whose_reply_is_lost_puts_its_reservations_back() {
         // A reservation this broker got an answer for, still running: never put back.
         let running = b.fetch(one, 1, LONG_LEASE, Duration::ZERO).await.unwrap();
         assert_eq!(running.len(), 1);
-        proxy.swallow_reply_to(b"sprout.tag_seq");
+        proxy.swallow_reply_to("sprout.tag_seq");
         let lost = b.fetch(one, 3, LONG_LEASE, Duration::ZERO).await;
         assert!(
             lost.as_ref().is_err_and(|e| e.is_connection_error()),
@@ -602,10 +604,7 @@ async fn settles_whose_reply_is_lost_take_effect_once() {
     assert_eq!(got.len(), 3);
     // The reply to the next request naming `tag` is lost (the ack's and the retry's
     // single round trip).
-    let lose_reply = |tag: &DeliveryTag| {
-        let marker: &'static [u8] = Box::leak(tag.0.clone().into_bytes().into_boxed_slice());
-        proxy.swallow_reply_to(marker);
-    };
+    let lose_reply = |tag: &DeliveryTag| proxy.swallow_reply_to(tag.0.as_bytes());
     let lost = |what: &str, result: Result<(), BrokerError>| {
         assert!(
             result.as_ref().is_err_and(|e| e.is_connection_error()),

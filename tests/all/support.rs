@@ -385,44 +385,54 @@ pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     check()
 }
 
+/// Reads with `read` every 50 ms until `done` holds for what it returned, for up to
+/// 10 s; returns the last reading and whether `done` held for it.
+async fn poll_until<T, F: std::future::Future<Output = T>>(
+    mut read: impl FnMut() -> F,
+    done: impl Fn(&T) -> bool,
+) -> (T, bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let value = read().await;
+        if done(&value) || Instant::now() >= deadline {
+            let held = done(&value);
+            return (value, held);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits (up to 10 s) until no queue holds a ready, leased or scheduled message, and
 /// panics with the last stats if one still does. A job's result is stored before its
 /// delivery is acked, so a test that has just seen the last result must wait for the ack.
 pub async fn assert_nothing_left_behind(broker: &dyn Broker) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let stats = broker.stats().await.unwrap();
-        if stats
-            .iter()
-            .all(|q| q.ready == 0 && q.leased == 0 && q.scheduled == 0)
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "left ready, leased or scheduled: {stats:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (stats, empty) = poll_until(
+        || async { broker.stats().await.unwrap() },
+        |stats: &Vec<QueueStats>| {
+            stats
+                .iter()
+                .all(|q| q.ready == 0 && q.leased == 0 && q.scheduled == 0)
+        },
+    )
+    .await;
+    assert!(empty, "left ready, leased or scheduled: {stats:?}");
 }
 
 /// The dead letters (up to 1,000), once there are at least `count` (waiting up to 10 s;
 /// panics with what there is after that). A job's FAILURE is stored before its delivery
 /// is dead-lettered, so a test that has just seen the result must wait for the letter.
 pub async fn dead_letters_at_least(broker: &dyn Broker, count: usize) -> Vec<DeadLetter> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let dead = broker.dead_letters(1000).await.unwrap();
-        if dead.len() >= count {
-            return dead;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} dead letters, expected at least {count}: {dead:?}",
-            dead.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (dead, enough) = poll_until(
+        || async { broker.dead_letters(1000).await.unwrap() },
+        |dead: &Vec<DeadLetter>| dead.len() >= count,
+    )
+    .await;
+    assert!(
+        enough,
+        "{} dead letters, expected at least {count}: {dead:?}",
+        dead.len()
+    );
+    dead
 }
 
 /// stdout as a trimmed string.

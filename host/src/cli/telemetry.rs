@@ -65,15 +65,14 @@ const QUIET_LAPIN_CHANNELS: &str = "lapin::channel=off";
 /// # Errors
 /// A filter [`check_filter`] refuses.
 pub fn init(filter: &str, format: LogFormat) -> Result<(), String> {
-    let mut checked = check_filter(filter)?;
+    let mut env_filter = check_filter(filter)?;
     if !filter.contains("lapin")
         && let Ok(quiet) = QUIET_LAPIN_CHANNELS.parse()
     {
-        checked = checked.add_directive(quiet);
+        env_filter = env_filter.add_directive(quiet);
     }
-    let filter = checked;
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(env_filter)
         .with_writer(|| LossyStderr)
         .with_target(false);
     let _ = match format {
