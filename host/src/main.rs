@@ -22,7 +22,33 @@ use cli::commands;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Stack of the threads this process starts without naming a size (std's default is
+/// 2 MiB): tokio's workers and blocking threads, and the AMQP client's I/O thread. That
+/// client parses a message's headers recursively, ~1.5 KiB of stack per nesting level,
+/// and RabbitMQ passes on headers nested as deep as a frame holds: ~26,000 levels in the
+/// 128 KiB frames Sprout allows ([`sprout::storage::amqp::MAX_FRAME`]), which take
+/// ~40 MiB to parse. With 2 MiB, one such message published to a queue killed every
+/// worker that received it, again at each redelivery. Stacks are reserved, not used:
+/// only the pages a thread touches take memory.
+const THREAD_STACK_BYTES: &str = "67108864";
+
+/// Makes [`THREAD_STACK_BYTES`] the default stack of every thread started from now on,
+/// unless `RUST_MIN_STACK` already chooses one. std reads the variable once, at the
+/// first thread started without a size; that happens here, and the variable is then
+/// removed, so child processes (cargo, Python) do not inherit it.
+fn default_thread_stack() {
+    if std::env::var_os("RUST_MIN_STACK").is_some() {
+        return;
+    }
+    // SAFETY: the first statements of `main`: no other thread exists that could read
+    // the environment meanwhile (the one started here has ended before the removal).
+    unsafe { std::env::set_var("RUST_MIN_STACK", THREAD_STACK_BYTES) };
+    let _ = std::thread::spawn(|| {}).join();
+    unsafe { std::env::remove_var("RUST_MIN_STACK") };
+}
+
 fn main() -> ExitCode {
+    default_thread_stack();
     let Cli {
         log,
         log_format,

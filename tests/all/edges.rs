@@ -495,7 +495,11 @@ fn cli_flags_and_url_keys_out_of_range_are_usage_errors() {
         (with_options.as_str(), "takes no options"),
         (
             "amqp://guest:guest@127.0.0.1:5672//?frame_max=1",
-            "at least 4096",
+            "expected 4096 to 131072 bytes",
+        ),
+        (
+            "amqp://guest:guest@127.0.0.1:5672//?frame_max=0",
+            "expected 4096 to 131072 bytes",
         ),
     ] {
         assert_usage_error(&dir, &["status", "--broker", url], &[why]);

@@ -2,17 +2,25 @@
 //! into a queue among 1,000 good jobs, a real `sprout worker` killed with `kill -9` in
 //! the middle and started again. Every good job ends SUCCESS, every bad message is a
 //! dead letter, nothing stays reserved, and the worker never stops by itself — on the
-//! embedded SQLite broker and on Redis (Celery's protocol).
+//! embedded SQLite broker, on Redis and on RabbitMQ (Celery's protocol; on RabbitMQ the
+//! bad messages also carry hostile AMQP properties and headers).
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use lapin::BasicProperties;
+use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 use sprout::connect::{self, Connection};
 use sprout::model::{Job, State};
+use sprout::storage::amqp::AmqpOptions;
 
-use crate::support::{REDIS_ADDR, Workdir, assert_nothing_left_behind, raw, redis_test};
+use crate::amqp_broker::rabbit_test;
+use crate::support::{
+    REDIS_ADDR, Workdir, WorkerProcess, assert_nothing_left_behind, raw, redis_test,
+};
 
 /// Good jobs per run.
 const GOOD: usize = 1_000;
@@ -88,10 +96,20 @@ fn bad_messages(seed: u64) -> Vec<Vec<u8>> {
 }
 
 /// Waits until every good job has a terminal result and every bad message is a dead
-/// letter, or panics after `timeout`.
-async fn wait_until_all_ended(conn: &Connection, good: &[Job], bad: usize, timeout: Duration) {
+/// letter, or panics after `timeout` (or with its log when `worker` stops meanwhile).
+async fn wait_until_all_ended(
+    conn: &Connection,
+    worker: &mut WorkerProcess,
+    good: &[Job],
+    bad: usize,
+    timeout: Duration,
+) {
     let deadline = Instant::now() + timeout;
     loop {
+        if !worker.is_running() {
+            let (exit, log) = worker.wait(Duration::from_secs(5));
+            panic!("the worker stopped by itself (exit {exit:?}):\n{log}");
+        }
         let mut done = 0;
         for job in good {
             if conn
@@ -140,6 +158,29 @@ async fn kill_mid_run_and_check(
     bad: usize,
     args: &[&str],
 ) {
+    let restarted = kill_mid_run(w, conn, good, bad, args).await;
+    let dead = conn.broker.dead_letters(10_000).await.unwrap();
+    assert_eq!(
+        dead.len(),
+        bad,
+        "every bad message once: {:?}",
+        &dead[..dead.len().min(5)]
+    );
+    assert!(dead.iter().all(|d| !d.reason.is_empty()));
+    assert_nothing_left_behind(conn.broker.as_ref()).await;
+    stop_cleanly(restarted);
+}
+
+/// Starts a worker, kills it with SIGKILL once some but not all good jobs ended,
+/// restarts it and waits until every job ended (each good one SUCCESS); returns the
+/// running restarted worker.
+async fn kill_mid_run(
+    w: &Workdir,
+    conn: &Connection,
+    good: &[Job],
+    bad: usize,
+    args: &[&str],
+) -> WorkerProcess {
     let mut worker = w.worker(args);
     let deadline = Instant::now() + Duration::from_secs(60);
     while ended(conn, good).await < GOOD / 5 {
@@ -151,21 +192,17 @@ async fn kill_mid_run_and_check(
     assert!(ended(conn, good).await < GOOD, "the kill must land mid-run");
 
     let mut restarted = w.worker(args);
-    wait_until_all_ended(conn, good, bad, Duration::from_secs(120)).await;
+    wait_until_all_ended(conn, &mut restarted, good, bad, Duration::from_secs(120)).await;
     assert!(restarted.is_running(), "the worker never stops by itself");
     for job in good {
         let record = conn.backend.get(&job.id).await.unwrap().unwrap();
         assert_eq!(record.state, State::Success, "{record:?}");
     }
-    let dead = conn.broker.dead_letters(10_000).await.unwrap();
-    assert_eq!(
-        dead.len(),
-        bad,
-        "every bad message once: {:?}",
-        &dead[..dead.len().min(5)]
-    );
-    assert!(dead.iter().all(|d| !d.reason.is_empty()));
-    assert_nothing_left_behind(conn.broker.as_ref()).await;
+    restarted
+}
+
+/// Stops the worker with SIGTERM: it exits 0 and logged no panic.
+fn stop_cleanly(mut restarted: WorkerProcess) {
     restarted.signal(libc::SIGTERM);
     let (exit, log) = restarted.wait(Duration::from_secs(30));
     assert_eq!(exit, Some(0), "{log}");
@@ -245,4 +282,246 @@ async fn redis_queue_with_garbage_among_good_jobs_survives_kill_9() {
         .await
         .unwrap();
     assert_eq!(left, (0, 0), "nothing stays reserved");
+}
+
+/// How deep the nested headers of two bad AMQP messages go: about as deep as fits in
+/// one 128 KiB frame (a nested table costs 7 bytes a level, an array 5). Parsing takes
+/// the AMQP client ~1.5 KiB of stack a level (a worker with 2 MiB thread stacks died at
+/// 2,000 levels); this test's own process parses them too, when it lists dead letters.
+const DEEP_TABLE: usize = 18_500;
+const DEEP_ARRAY: usize = 26_000;
+
+/// Bad AMQP messages: the bad bodies of [`bad_messages`] with no properties, and good
+/// or bad bodies under hostile properties: headers of the wrong type, text that is not
+/// UTF-8, bodies a content type cannot decode, impossible times and limits, and headers
+/// nested thousands of levels deep. Every body differs, so the dead letters can be told
+/// apart by their bytes.
+fn amqp_bad_messages(seed: u64) -> Vec<(Vec<u8>, BasicProperties)> {
+    use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString};
+    let mut seen = HashSet::new();
+    let mut bad: Vec<(Vec<u8>, BasicProperties)> = bad_messages(seed)
+        .into_iter()
+        .filter(|body| seen.insert(body.clone()))
+        .map(|body| (body, BasicProperties::default()))
+        .collect();
+    let text = |s: &str| AMQPValue::LongString(LongString::from(s));
+    let celery = |extra: Vec<(&str, AMQPValue)>| {
+        let mut headers = FieldTable::default();
+        headers.insert("lang".into(), text("py"));
+        headers.insert("task".into(), text("sleep"));
+        headers.insert("id".into(), text(&uuid::Uuid::new_v4().to_string()));
+        for (k, v) in extra {
+            headers.insert(k.into(), v);
+        }
+        BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_content_encoding("utf-8".into())
+            .with_headers(headers)
+    };
+    // A runnable body, made unique by trailing spaces.
+    let mut n = 0;
+    let mut good_body = || {
+        n += 1;
+        format!("[[0.02], {{}}, {{}}]{}", " ".repeat(n)).into_bytes()
+    };
+    let mut deep_table = FieldTable::default();
+    for _ in 0..DEEP_TABLE {
+        let mut outer = FieldTable::default();
+        outer.insert("t".into(), AMQPValue::FieldTable(deep_table));
+        deep_table = outer;
+    }
+    let mut deep_array = AMQPValue::Void;
+    for _ in 0..DEEP_ARRAY {
+        deep_array = AMQPValue::FieldArray(FieldArray::from(vec![deep_array]));
+    }
+    bad.extend([
+        (b"{\"no\": \"headers\"}".to_vec(), celery(vec![])),
+        (b"not json at all".to_vec(), celery(vec![])),
+        (vec![0xff, 0xfe, b'[', 0x80], celery(vec![])),
+        (
+            good_body(),
+            celery(vec![("task", AMQPValue::LongLongInt(7))]),
+        ),
+        (
+            good_body(),
+            celery(vec![("task", AMQPValue::FieldTable(FieldTable::default()))]),
+        ),
+        (
+            good_body(),
+            celery(vec![(
+                "id",
+                AMQPValue::FieldArray(FieldArray::from(vec![text("a"), text("b")])),
+            )]),
+        ),
+        (
+            good_body(),
+            celery(vec![(
+                "task",
+                AMQPValue::LongString(LongString::from(vec![0xff, 0xfe, 0x00])),
+            )]),
+        ),
+        (
+            good_body(),
+            celery(vec![(
+                "timelimit",
+                AMQPValue::FieldArray(FieldArray::from(vec![
+                    AMQPValue::Double(1e300),
+                    AMQPValue::LongInt(-1),
+                ])),
+            )]),
+        ),
+        (good_body(), celery(vec![("eta", text("not a time"))])),
+        (
+            good_body(),
+            celery(vec![("expires", text("yesterday-ish"))]),
+        ),
+        (
+            good_body(),
+            celery(vec![]).with_content_type("application/x-python-serialize".into()),
+        ),
+        (
+            vec![0x80, 0x04, 0x95, 0xff],
+            celery(vec![]).with_content_encoding("binary".into()),
+        ),
+        ("[".repeat(20_000).into_bytes(), celery(vec![])),
+        (
+            good_body(),
+            celery(vec![("deep", AMQPValue::FieldTable(deep_table))]),
+        ),
+        (good_body(), celery(vec![("deep", deep_array)])),
+    ]);
+    bad
+}
+
+/// Runs `f` on a thread with a stack big enough for the AMQP client to encode (and
+/// drop) the deeply nested headers of [`amqp_bad_messages`].
+fn on_a_big_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::Builder::new()
+        .stack_size(1 << 30)
+        .spawn(f)
+        .expect("spawn a big-stack thread")
+        .join()
+        .expect("the big-stack thread panicked")
+}
+
+/// Publishes the messages of [`amqp_bad_messages`] to the `celery` queue of `url` as
+/// raw AMQP messages, one after each chunk of `good` (published by Sprout's own broker,
+/// which declares the queue), with publisher confirms. Returns their bodies.
+fn publish_interleaved(url: &str, good: &[Job], seed: u64) -> Vec<Vec<u8>> {
+    let (url, good) = (url.to_string(), good.to_vec());
+    on_a_big_stack(move || {
+        let bad = amqp_bad_messages(seed);
+        let bodies: Vec<Vec<u8>> = bad.iter().map(|(body, _)| body.clone()).collect();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let broker = connect::broker(&url).await.unwrap();
+            let amqp = AmqpOptions::from_url(&url)
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            let channel = amqp.create_channel().await.unwrap();
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .unwrap();
+            let mut chunks = good.chunks(GOOD / bad.len() + 1);
+            let mut bad = bad.into_iter();
+            loop {
+                let chunk = chunks.next();
+                if let Some(chunk) = chunk {
+                    broker.publish(chunk).await.unwrap();
+                }
+                let message = bad.next();
+                if let Some((body, properties)) = &message {
+                    let confirm = channel
+                        .basic_publish(
+                            "".into(),
+                            "celery".into(),
+                            BasicPublishOptions::default(),
+                            body,
+                            properties.clone(),
+                        )
+                        .await
+                        .unwrap()
+                        .await
+                        .unwrap();
+                    assert!(confirm.is_ack(), "RabbitMQ refused a bad message");
+                }
+                if chunk.is_none() && message.is_none() {
+                    break;
+                }
+            }
+            let _ = amqp.close(200, "published".into()).await;
+        });
+        bodies
+    })
+}
+
+/// The bodies of every dead letter on `url`, taken off the dead-letter queue.
+async fn dead_bodies(url: &str) -> Vec<Vec<u8>> {
+    let amqp = AmqpOptions::from_url(url).unwrap().connect().await.unwrap();
+    let channel = amqp.create_channel().await.unwrap();
+    let mut bodies = Vec::new();
+    while let Some(message) = channel
+        .basic_get("sprout.dead".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
+        bodies.push(message.delivery.data);
+    }
+    let _ = amqp.close(200, "read".into()).await;
+    bodies
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_queue_with_garbage_among_good_jobs_survives_kill_9() {
+    let test = "amqp_queue_with_garbage_among_good_jobs_survives_kill_9";
+    let Some(rabbit) = rabbit_test(test) else {
+        return;
+    };
+    let Some(redis) = redis_test(test) else {
+        return;
+    };
+    let w = Workdir::new();
+    let (url, results) = (rabbit.url(), redis.sprout_url());
+    let options = connect::ConnectOptions {
+        result_backend: Some(results.clone()),
+        ..Default::default()
+    };
+    let conn = connect::connect_with(&url, &options).await.unwrap();
+    let good = good_jobs();
+    let bad = publish_interleaved(&url, &good, 13);
+    let count = bad.len();
+    let bad_bodies: HashSet<Vec<u8>> = bad.into_iter().collect();
+    assert_eq!(bad_bodies.len(), count, "every bad body differs");
+
+    let args = ["-c", "20", "--broker", &url, "--result-backend", &results];
+    let restarted = kill_mid_run(&w, &conn, &good, count, &args).await;
+    let dead = conn.broker.dead_letters(10_000).await.unwrap();
+    assert!(dead.iter().all(|d| !d.reason.is_empty()), "{dead:?}");
+    // RabbitMQ's dead-lettering is a confirmed publish, then an ack: a bad message the
+    // kill caught between the two is dead-lettered again after the restart. So each bad
+    // message at least once, and twice at most for the deliveries held at the kill.
+    let bodies = dead_bodies(&url).await;
+    let distinct: HashSet<Vec<u8>> = bodies.iter().cloned().collect();
+    assert_eq!(
+        distinct.len(),
+        count,
+        "every bad message is a dead letter ({} letters)",
+        bodies.len()
+    );
+    assert!(distinct.is_subset(&bad_bodies), "only bad messages are");
+    assert!(bodies.len() <= count + 20, "{} letters", bodies.len());
+    let settled =
+        crate::support::wait_until(Duration::from_secs(10), || rabbit.depth("celery") == (0, 0));
+    assert!(
+        settled,
+        "left (ready, unacked): {:?}",
+        rabbit.depth("celery")
+    );
+    stop_cleanly(restarted);
 }

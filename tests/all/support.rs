@@ -161,6 +161,8 @@ impl Workdir {
     pub fn sprout(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(sprout_bin());
         cmd.args(args)
+            // The binary chooses its threads' stack itself (.cargo/config.toml).
+            .env_remove("RUST_MIN_STACK")
             .env("SPROUT_BROKER", self.broker())
             .env("SPROUT_CACHE_DIR", cache_dir())
             .env("SPROUT_LOG", "warn")

@@ -19,12 +19,25 @@
 //! A queue exists with the arguments of whoever declared it first: every producer and
 //! worker on a queue must agree on them, or RabbitMQ refuses the declaration
 //! (`PRECONDITION_FAILED`, reported naming these keys).
+//!
+//! `frame_max` is 4096 to [`MAX_FRAME`] bytes, and Sprout asks for [`MAX_FRAME`] when
+//! the URL does not say: a message's headers travel in one frame, and the AMQP client
+//! parses them recursively, so the frame size bounds how deeply nested headers can
+//! arrive (the `sprout` binary's threads have the stack for the deepest that fit).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use serde_json::{Map, Number, Value};
+
+/// The largest frame Sprout negotiates (RabbitMQ's default `frame_max`): 128 KiB.
+pub const MAX_FRAME: u64 = 128 * 1024;
+
+/// How deeply a header value may nest (tables and arrays) before a message is refused:
+/// as deep as the JSON Sprout reads (serde_json's limit). Celery's own headers nest a
+/// few levels.
+pub const MAX_HEADER_DEPTH: usize = 128;
 
 /// Why AMQP settings are unusable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -96,6 +109,7 @@ impl AmqpOptions {
             connect_timeout: Duration::from_secs(10),
         };
         let mut passed = Vec::new();
+        let mut frame_max_given = false;
         for pair in query.into_iter().flat_map(|q| q.split('&')) {
             if pair.is_empty() {
                 continue;
@@ -123,10 +137,12 @@ impl AmqpOptions {
                     let n = value
                         .parse::<u64>()
                         .map_err(|_| bad("expected a whole number"))?;
-                    // AMQP 0-9-1: a frame size limit is at least 4096 bytes (0: none).
-                    if key == "frame_max" && (1..4096).contains(&n) {
-                        return Err(bad("expected 0 (no limit) or at least 4096 bytes"));
+                    // AMQP 0-9-1: a frame size limit is at least 4096 bytes; more than
+                    // MAX_FRAME would let deeper headers arrive than a thread can parse.
+                    if key == "frame_max" && !(4096..=MAX_FRAME).contains(&n) {
+                        return Err(bad(&format!("expected 4096 to {MAX_FRAME} bytes")));
                     }
+                    frame_max_given |= key == "frame_max";
                     if key == "connection_timeout" {
                         opts.connect_timeout = Duration::from_millis(value.parse().unwrap_or(0));
                     }
@@ -155,6 +171,10 @@ impl AmqpOptions {
             p => percent_decode(p).ok_or_else(|| AmqpOptionsError::Url(redact(url)))?,
         };
         let mut uri = format!("amqp://{authority}/{}", percent_encode(&vhost));
+        let default_frame = format!("frame_max={MAX_FRAME}");
+        if !frame_max_given {
+            passed.push(&default_frame);
+        }
         if !passed.is_empty() {
             uri.push('?');
             uri.push_str(&passed.join("&"));
@@ -324,8 +344,19 @@ pub fn table_of(map: &Map<String, Value>) -> FieldTable {
 /// header is never silently changed.
 ///
 /// # Errors
-/// A message naming the field whose bytes are not UTF-8.
+/// A message naming the field whose bytes are not UTF-8, or that nests deeper than
+/// [`MAX_HEADER_DEPTH`] levels.
 pub fn from_amqp(value: &AMQPValue, path: &str) -> Result<Value, String> {
+    value_at(value, path, 0)
+}
+
+/// [`from_amqp`] of a value `depth` levels inside a header.
+fn value_at(value: &AMQPValue, path: &str, depth: usize) -> Result<Value, String> {
+    if depth > MAX_HEADER_DEPTH {
+        return Err(format!(
+            "header `{path}` nests deeper than {MAX_HEADER_DEPTH} levels"
+        ));
+    }
     let text = |bytes: &[u8]| {
         std::str::from_utf8(bytes)
             .map(|s| Value::String(s.to_string()))
@@ -355,10 +386,10 @@ pub fn from_amqp(value: &AMQPValue, path: &str) -> Result<Value, String> {
                 .as_slice()
                 .iter()
                 .enumerate()
-                .map(|(i, v)| from_amqp(v, &format!("{path}[{i}]")))
+                .map(|(i, v)| value_at(v, &format!("{path}[{i}]"), depth + 1))
                 .collect::<Result<_, _>>()?,
         ),
-        AMQPValue::FieldTable(t) => Value::Object(map_of(t, path)?),
+        AMQPValue::FieldTable(t) => Value::Object(map_at(t, path, depth)?),
         AMQPValue::Void => Value::Null,
     })
 }
@@ -368,6 +399,11 @@ pub fn from_amqp(value: &AMQPValue, path: &str) -> Result<Value, String> {
 /// # Errors
 /// As [`from_amqp`].
 pub fn map_of(table: &FieldTable, path: &str) -> Result<Map<String, Value>, String> {
+    map_at(table, path, 0)
+}
+
+/// [`map_of`] of a table `depth` levels inside a header.
+fn map_at(table: &FieldTable, path: &str, depth: usize) -> Result<Map<String, Value>, String> {
     let mut map = Map::new();
     for (k, v) in table.inner() {
         let inner = if path.is_empty() {
@@ -375,7 +411,7 @@ pub fn map_of(table: &FieldTable, path: &str) -> Result<Map<String, Value>, Stri
         } else {
             format!("{path}.{}", k.as_str())
         };
-        map.insert(k.as_str().to_string(), from_amqp(v, &inner)?);
+        map.insert(k.as_str().to_string(), value_at(v, &inner, depth + 1)?);
     }
     Ok(map)
 }
@@ -389,33 +425,75 @@ pub fn long_string(s: &str) -> AMQPValue {
 mod tests {
     use super::*;
 
+    /// A header nested `levels` deep: tables inside tables, or arrays inside arrays.
+    fn nested(levels: usize, arrays: bool) -> FieldTable {
+        let mut value = AMQPValue::Boolean(true);
+        for _ in 1..levels {
+            value = if arrays {
+                AMQPValue::FieldArray(FieldArray::from(vec![value]))
+            } else {
+                let mut t = FieldTable::default();
+                t.insert("t".into(), value);
+                AMQPValue::FieldTable(t)
+            };
+        }
+        let mut headers = FieldTable::default();
+        headers.insert("deep".into(), value);
+        headers
+    }
+
+    #[test]
+    fn headers_nest_at_most_max_header_depth_levels() {
+        for arrays in [false, true] {
+            let at_limit = map_of(&nested(MAX_HEADER_DEPTH, arrays), "").unwrap();
+            let mut value = &at_limit["deep"];
+            let mut levels = 1;
+            while let Some(inner) = value.get("t").or_else(|| value.get(0)) {
+                value = inner;
+                levels += 1;
+            }
+            assert_eq!((levels, value), (MAX_HEADER_DEPTH, &Value::Bool(true)));
+            let e = map_of(&nested(MAX_HEADER_DEPTH + 1, arrays), "").unwrap_err();
+            assert!(e.contains("nests deeper than 128 levels"), "{e}");
+            assert!(e.starts_with("header `deep"), "{e}");
+        }
+        // Far deeper: refused at the limit, without walking (or naming) the rest.
+        let e = map_of(&nested(3_000, true), "").unwrap_err();
+        assert!(e.len() < 1_000, "{e}");
+    }
+
     #[test]
     fn urls() {
         let o = AmqpOptions::from_url("amqp://guest:guest@127.0.0.1:5672//").unwrap();
         assert_eq!(o.vhost, "/");
-        assert_eq!(o.uri, "amqp://guest:guest@127.0.0.1:5672/%2F");
+        assert_eq!(
+            o.uri,
+            "amqp://guest:guest@127.0.0.1:5672/%2F?frame_max=131072"
+        );
         assert_eq!(o.display(), "amqp://guest:***@127.0.0.1:5672//");
         let o =
             AmqpOptions::from_url("pyamqp://u:p@h/my%2Fvh?max_priority=10&heartbeat=5").unwrap();
         assert_eq!(o.vhost, "my/vh");
         assert_eq!(o.max_priority, Some(10));
-        assert_eq!(o.uri, "amqp://u:p@h/my%2Fvh?heartbeat=5");
+        assert_eq!(o.uri, "amqp://u:p@h/my%2Fvh?heartbeat=5&frame_max=131072");
         assert!(AmqpOptions::from_url("amqp://h/?max_priority=300").is_err());
         assert!(AmqpOptions::from_url("amqp://h/?bogus=1").is_err());
         assert!(AmqpOptions::from_url("amqp://h/?queue_type=stream").is_err());
         assert!(AmqpOptions::from_url("amqp://h/?queue_type=quorum&max_priority=3").is_err());
         assert!(AmqpOptions::from_url("redis://h/").is_err());
-        // A frame size limit under AMQP's minimum would fail only at the handshake.
-        for small in ["1", "4095"] {
-            let e = AmqpOptions::from_url(&format!("amqp://h/?frame_max={small}")).unwrap_err();
-            assert!(e.to_string().contains("at least 4096"), "{e}");
+        // A frame size limit under AMQP's minimum would fail only at the handshake; over
+        // MAX_FRAME (or none: 0), headers could nest deeper than a thread can parse.
+        for refused in ["1", "4095", "0", "131073", "1048576"] {
+            let e = AmqpOptions::from_url(&format!("amqp://h/?frame_max={refused}")).unwrap_err();
+            assert!(e.to_string().contains("expected 4096 to 131072"), "{e}");
         }
-        for fine in ["0", "4096", "131072"] {
-            assert!(AmqpOptions::from_url(&format!("amqp://h/?frame_max={fine}")).is_ok());
+        for fine in ["4096", "131072"] {
+            let o = AmqpOptions::from_url(&format!("amqp://h/?frame_max={fine}")).unwrap();
+            assert_eq!(o.uri, format!("amqp://h/%2F?frame_max={fine}"));
         }
         assert_eq!(
             AmqpOptions::from_url("amqp://h").unwrap().uri,
-            "amqp://h/%2F"
+            "amqp://h/%2F?frame_max=131072"
         );
     }
 

@@ -141,6 +141,14 @@ struct Inner {
 }
 
 /// A [`Broker`] on RabbitMQ, wire-compatible with Celery 5 (kombu's AMQP transport).
+///
+/// # Thread stacks
+/// The AMQP client parses each message's headers recursively on a thread of its own,
+/// ~1.5 KiB of stack per nesting level, and headers nested as deep as a 128 KiB frame
+/// holds ([`MAX_FRAME`](crate::storage::amqp::MAX_FRAME)) need ~40 MiB. The `sprout`
+/// binary gives its threads 64 MiB; a program embedding this broker must do the same
+/// (`RUST_MIN_STACK=67108864` before its first thread starts), or one such message kills
+/// it.
 pub struct AmqpBroker {
     inner: Arc<Inner>,
 }
