@@ -95,6 +95,21 @@ fn bad_messages(seed: u64) -> Vec<Vec<u8>> {
     bad
 }
 
+/// Good jobs and bad messages interleaved, as a producer bug would leave them: each step
+/// is a chunk of good jobs and one bad message (either `None` once its side ran out),
+/// until both ran out.
+fn interleaved<'a, B>(
+    good: &'a [Job],
+    bad: &'a [B],
+) -> impl Iterator<Item = (Option<&'a [Job]>, Option<&'a B>)> {
+    let mut chunks = good.chunks(GOOD / bad.len().max(1) + 1);
+    let mut bad = bad.iter();
+    std::iter::from_fn(move || match (chunks.next(), bad.next()) {
+        (None, None) => None,
+        step => Some(step),
+    })
+}
+
 /// Waits until every good job has a terminal result and every bad message is a dead
 /// letter, or panics after `timeout` (or with its log when `worker` stops meanwhile).
 async fn wait_until_all_ended(
@@ -222,15 +237,13 @@ async fn sqlite_queue_with_garbage_among_good_jobs_survives_kill_9() {
         let mut insert = db
             .prepare("INSERT INTO jobs (queue, job_id, body) VALUES ('celery', NULL, ?1)")
             .unwrap();
-        let mut bad_rows = bad.iter();
-        for chunk in good.chunks(GOOD / bad.len() + 1) {
-            conn.broker.publish(chunk).await.unwrap();
-            if let Some(body) = bad_rows.next() {
+        for (chunk, body) in interleaved(&good, &bad) {
+            if let Some(chunk) = chunk {
+                conn.broker.publish(chunk).await.unwrap();
+            }
+            if let Some(body) = body {
                 insert.execute([body]).unwrap();
             }
-        }
-        for body in bad_rows {
-            insert.execute([body]).unwrap();
         }
     }
     kill_mid_run_and_check(&w, &conn, &good, bad.len(), &["-c", "20", "--lease", "2"]).await;
@@ -252,15 +265,10 @@ async fn redis_queue_with_garbage_among_good_jobs_survives_kill_9() {
     let good = good_jobs();
     let bad = bad_messages(12);
     let mut redis = raw(&opts).await;
-    // Good and bad interleaved, as a producer bug would leave them.
-    let mut bad_messages = bad.iter();
-    let mut chunks = good.chunks(GOOD / bad.len() + 1);
-    loop {
-        let chunk = chunks.next();
+    for (chunk, bytes) in interleaved(&good, &bad) {
         if let Some(chunk) = chunk {
             conn.broker.publish(chunk).await.unwrap();
         }
-        let bytes = bad_messages.next();
         if let Some(bytes) = bytes {
             let _: () = redis::cmd("LPUSH")
                 .arg(opts.key("celery"))
@@ -268,9 +276,6 @@ async fn redis_queue_with_garbage_among_good_jobs_survives_kill_9() {
                 .query_async(&mut redis)
                 .await
                 .unwrap();
-        }
-        if chunk.is_none() && bytes.is_none() {
-            break;
         }
     }
     let args = ["-c", "20", "--broker", url.as_str(), "--lease", "3"];
@@ -393,72 +398,42 @@ fn amqp_bad_messages(seed: u64) -> Vec<(Vec<u8>, BasicProperties)> {
     bad
 }
 
-/// Runs `f` on a thread with a stack big enough for the AMQP client to encode (and
-/// drop) the deeply nested headers of [`amqp_bad_messages`].
-fn on_a_big_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    std::thread::Builder::new()
-        .stack_size(1 << 30)
-        .spawn(f)
-        .expect("spawn a big-stack thread")
-        .join()
-        .expect("the big-stack thread panicked")
-}
-
 /// Publishes the messages of [`amqp_bad_messages`] to the `celery` queue of `url` as
 /// raw AMQP messages, one after each chunk of `good` (published by Sprout's own broker,
-/// which declares the queue), with publisher confirms. Returns their bodies.
-fn publish_interleaved(url: &str, good: &[Job], seed: u64) -> Vec<Vec<u8>> {
-    let (url, good) = (url.to_string(), good.to_vec());
-    on_a_big_stack(move || {
-        let bad = amqp_bad_messages(seed);
-        let bodies: Vec<Vec<u8>> = bad.iter().map(|(body, _)| body.clone()).collect();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let broker = connect::broker(&url).await.unwrap();
-            let amqp = AmqpOptions::from_url(&url)
+/// which declares the queue), with publisher confirms. Returns their bodies. Encoding,
+/// copying and dropping the deep headers takes this process's threads several MiB of
+/// stack: they have 64 MiB (.cargo/config.toml).
+async fn publish_interleaved(url: &str, good: &[Job], seed: u64) -> Vec<Vec<u8>> {
+    let bad = amqp_bad_messages(seed);
+    let broker = connect::broker(url).await.unwrap();
+    let amqp = AmqpOptions::from_url(url).unwrap().connect().await.unwrap();
+    let channel = amqp.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    for (chunk, message) in interleaved(good, &bad) {
+        if let Some(chunk) = chunk {
+            broker.publish(chunk).await.unwrap();
+        }
+        if let Some((body, properties)) = message {
+            let confirm = channel
+                .basic_publish(
+                    "".into(),
+                    "celery".into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    properties.clone(),
+                )
+                .await
                 .unwrap()
-                .connect()
                 .await
                 .unwrap();
-            let channel = amqp.create_channel().await.unwrap();
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await
-                .unwrap();
-            let mut chunks = good.chunks(GOOD / bad.len() + 1);
-            let mut bad = bad.into_iter();
-            loop {
-                let chunk = chunks.next();
-                if let Some(chunk) = chunk {
-                    broker.publish(chunk).await.unwrap();
-                }
-                let message = bad.next();
-                if let Some((body, properties)) = &message {
-                    let confirm = channel
-                        .basic_publish(
-                            "".into(),
-                            "celery".into(),
-                            BasicPublishOptions::default(),
-                            body,
-                            properties.clone(),
-                        )
-                        .await
-                        .unwrap()
-                        .await
-                        .unwrap();
-                    assert!(confirm.is_ack(), "RabbitMQ refused a bad message");
-                }
-                if chunk.is_none() && message.is_none() {
-                    break;
-                }
-            }
-            let _ = amqp.close(200, "published".into()).await;
-        });
-        bodies
-    })
+            assert!(confirm.is_ack(), "RabbitMQ refused a bad message");
+        }
+    }
+    let _ = amqp.close(200, "published".into()).await;
+    bad.into_iter().map(|(body, _)| body).collect()
 }
 
 /// The bodies of every dead letter on `url`, taken off the dead-letter queue.
@@ -494,7 +469,7 @@ async fn amqp_queue_with_garbage_among_good_jobs_survives_kill_9() {
     };
     let conn = connect::connect_with(&url, &options).await.unwrap();
     let good = good_jobs();
-    let bad = publish_interleaved(&url, &good, 13);
+    let bad = publish_interleaved(&url, &good, 13).await;
     let count = bad.len();
     let bad_bodies: HashSet<Vec<u8>> = bad.into_iter().collect();
     assert_eq!(bad_bodies.len(), count, "every bad body differs");
