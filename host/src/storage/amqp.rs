@@ -340,12 +340,12 @@ pub fn table_of(map: &Map<String, Value>) -> FieldTable {
     FieldTable::from(table)
 }
 
-/// A field-table value as JSON. Text that is not UTF-8 is an error naming `path`: a
-/// header is never silently changed.
+/// A field-table value as JSON. Text that is not UTF-8 and numbers JSON cannot hold
+/// (NaN, infinities) are errors naming `path`: a header is never silently changed.
 ///
 /// # Errors
-/// A message naming the field whose bytes are not UTF-8, or that nests deeper than
-/// [`MAX_HEADER_DEPTH`] levels.
+/// A message naming the field whose bytes are not UTF-8, that is not a finite number, or
+/// that nests deeper than [`MAX_HEADER_DEPTH`] levels.
 pub fn from_amqp(value: &AMQPValue, path: &str) -> Result<Value, String> {
     value_at(value, path, 0)
 }
@@ -362,6 +362,12 @@ fn value_at(value: &AMQPValue, path: &str, depth: usize) -> Result<Value, String
             .map(|s| Value::String(s.to_string()))
             .map_err(|_| format!("header `{path}` is not UTF-8 text"))
     };
+    // NaN and the infinities have no JSON form: refused, not turned into null.
+    let number = |f: f64| {
+        Number::from_f64(f)
+            .map(Value::Number)
+            .ok_or_else(|| format!("header `{path}` is not a finite number ({f})"))
+    };
     Ok(match value {
         AMQPValue::Boolean(b) => Value::Bool(*b),
         AMQPValue::ShortShortInt(n) => Value::from(*n),
@@ -372,8 +378,8 @@ fn value_at(value: &AMQPValue, path: &str, depth: usize) -> Result<Value, String
         AMQPValue::LongUInt(n) => Value::from(*n),
         AMQPValue::LongLongInt(n) => Value::from(*n),
         AMQPValue::Timestamp(n) => Value::from(*n),
-        AMQPValue::Float(f) => Number::from_f64(f64::from(*f)).map_or(Value::Null, Value::Number),
-        AMQPValue::Double(f) => Number::from_f64(*f).map_or(Value::Null, Value::Number),
+        AMQPValue::Float(f) => number(f64::from(*f))?,
+        AMQPValue::Double(f) => number(*f)?,
         AMQPValue::DecimalValue(d) => {
             let v = f64::from(d.value) / 10f64.powi(i32::from(d.scale));
             Number::from_f64(v).map_or(Value::Null, Value::Number)
@@ -460,6 +466,28 @@ mod tests {
         // Far deeper: refused at the limit, without walking (or naming) the rest.
         let e = map_of(&nested(3_000, true), "").unwrap_err();
         assert!(e.len() < 1_000, "{e}");
+    }
+
+    /// RabbitMQ itself refuses a publish with such numbers (INTERNAL_ERROR), but a
+    /// header is decoded as it comes, whatever the server.
+    #[test]
+    fn numbers_json_cannot_hold_are_refused() {
+        for bad in [
+            AMQPValue::Double(f64::NAN),
+            AMQPValue::Double(f64::INFINITY),
+            AMQPValue::Float(f32::NEG_INFINITY),
+        ] {
+            let mut headers = FieldTable::default();
+            headers.insert("timelimit".into(), AMQPValue::FieldArray(vec![bad].into()));
+            let e = map_of(&headers, "").unwrap_err();
+            assert!(
+                e.contains("header `timelimit[0]` is not a finite number"),
+                "{e}"
+            );
+        }
+        let mut headers = FieldTable::default();
+        headers.insert("x".into(), AMQPValue::Double(1e300));
+        assert_eq!(map_of(&headers, "").unwrap()["x"], 1e300);
     }
 
     #[test]
